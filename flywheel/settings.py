@@ -1,0 +1,214 @@
+"""One settings object per process: defaults < TOML file < ``FLYWHEEL_*`` environment.
+
+Loaded once (``load_settings``) at the edge of a process and passed down; library code
+never reads ``os.environ``. Environment keys name a section and a field with a double
+underscore: ``FLYWHEEL_GATEWAY__PORT=9000``, ``FLYWHEEL_KAFKA__BOOTSTRAP=host:9092``.
+Top-level fields take one underscore: ``FLYWHEEL_DATA_DIR=/srv/flywheel``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flywheel.errors import ConfigError
+
+ENV_PREFIX = "FLYWHEEL_"
+DEFAULT_CONFIG_FILE = "flywheel.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = Field(
+        "", description="Kafka bootstrap servers (host:port,...). Empty: start the embedded broker."
+    )
+    embedded_port: int = Field(19092, description="Port of the embedded broker (tansu) on 127.0.0.1.")
+    partitions: int = Field(4, ge=1, description="Partitions of each flywheel topic, created explicitly.")
+    topic_prefix: str = Field("flywheel.", description="Prefix of every topic name.")
+    client_id: str = Field("flywheel", description="Kafka client id prefix.")
+
+
+class SpoolSettings(_Section):
+    max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Bound of the on-disk event spool; beyond it new events are refused (503)."
+    )
+    segment_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Size at which the spool starts a new segment file.")
+    fsync: bool = Field(False, description="fsync every append (survives power loss, slower).")
+    send_batch: int = Field(2000, ge=1, description="Events sent to Kafka per replay batch.")
+
+
+class LandingSettings(_Section):
+    group_id: str = Field("flywheel-landing", description="Consumer group of the landing consumer.")
+    batch_max: int = Field(5000, ge=1, description="Most events written to DuckDB in one transaction.")
+    poll_ms: int = Field(200, ge=1, description="Longest wait for a batch.")
+    session_timeout_ms: int = Field(6000, ge=1000, description="Consumer session timeout (group joins wait half of it).")
+
+
+class GatewaySettings(_Section):
+    host: str = Field("127.0.0.1", description="Interface the gateway binds.")
+    port: int = Field(8000, description="Gateway port.")
+    threads: int = Field(32, ge=1, description="Request threads of the gateway's WSGI server.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; larger gets 413.")
+    max_n: int = Field(8, ge=1, description="Most drafts (n) one chat request may ask for.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
+    max_batch_events: int = Field(1000, ge=1, description="Most items in one POST /v1/events batch.")
+    auth: bool = Field(True, description="Require bearer API keys.")
+    app: str = Field("default", description="App name recorded on interactions that do not name one.")
+
+
+class ModelSettings(_Section):
+    backend: str = Field("local", description="Serving backend: local (transformers) or scripted (tests, benchmarks).")
+    alias: str = Field("flywheel-chat", description="Public model name clients ask for.")
+    version: str = Field("base", description="Version the alias serves.")
+    cache_dir: str = Field("~/.cache/flywheel/models", description="Where the bundled model is converted to HF format once.")
+    max_batch: int = Field(16, ge=1, description="Most sequences decoded together by the local backend.")
+    max_queue: int = Field(256, ge=1, description="Most requests waiting for the local backend before 503.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
+
+
+class PrivacySettings(_Section):
+    redact: bool = Field(True, description="Redact PII before anything is emitted.")
+    kinds: tuple[str, ...] = Field(
+        ("EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET"), description="PII kinds to redact."
+    )
+    extra_patterns: dict[str, str] = Field(default_factory=dict, description="Extra placeholder name -> regex.")
+    user_salt: str = Field(
+        "flywheel-dev-salt", description="Secret salt of the pseudonymous user id (HMAC). Change it in production."
+    )
+
+
+class ControlSettings(_Section):
+    host: str = Field("127.0.0.1", description="Interface of the control plane's JSON API.")
+    port: int = Field(8100, description="Port of the control plane's JSON API.")
+
+
+class Settings(_Section):
+    data_dir: str = Field("./data", description="Folder of the DuckDB file, spool, keys and logs.")
+    log_level: str = Field("INFO", description="Log level of every process.")
+    kafka: KafkaSettings = KafkaSettings()
+    spool: SpoolSettings = SpoolSettings()
+    landing: LandingSettings = LandingSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    model: ModelSettings = ModelSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    control: ControlSettings = ControlSettings()
+
+    # -- derived paths -------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path / "flywheel.duckdb"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_path / "spool"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.data_path / "api_keys.json"
+
+    @property
+    def model_cache_path(self) -> Path:
+        return Path(self.model.cache_dir).expanduser()
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway.host}:{self.gateway.port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.control.host}:{self.control.port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.bootstrap or f"127.0.0.1:{self.kafka.embedded_port}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka.topic_prefix}{name}"
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with some fields changed; nested sections as dicts: replace(gateway={"port": 1})."""
+        data = self.model_dump()
+        _deep_merge(data, changes)
+        return Settings.model_validate(data)
+
+
+def _deep_merge(base: dict, extra: Mapping) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict:
+    out: dict = {}
+    sections = {name for name, f in Settings.model_fields.items() if isinstance(f.default, BaseModel)}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key == "FLYWHEEL_CONFIG":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        section, sep, field = name.partition("__")
+        value = _parse_env_value(raw)
+        if sep:
+            if section not in sections:
+                raise ConfigError(f"{key}: unknown settings section {section!r} (known: {', '.join(sorted(sections))})")
+            out.setdefault(section, {})[field] = value
+        else:
+            out[name] = value
+    return out
+
+
+def _parse_env_value(raw: str):
+    # JSON for lists/dicts/numbers/booleans; anything else stays a string.
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file (``path``, else ``$FLYWHEEL_CONFIG``, else ./flywheel.toml if
+    present), then ``FLYWHEEL_*`` variables. Errors name the offending key."""
+    env = os.environ if env is None else env
+    data: dict = {}
+    path = path or env.get("FLYWHEEL_CONFIG")
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"settings file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"settings file {path} is not valid TOML: {e}") from None
+    _deep_merge(data, _env_overrides(env))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every setting: used by docs and `flywheel config`."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if isinstance(field.default, BaseModel):
+            for sub, sf in type(field.default).model_fields.items():
+                default = sf.default if sf.default_factory is None else sf.default_factory()
+                rows.append((f"{name}.{sub}", json.dumps(default), sf.description or ""))
+        else:
+            rows.append((name, json.dumps(field.default), field.description or ""))
+    return rows

@@ -1,0 +1,82 @@
+"""Bearer API keys with roles, stored hashed, compared in constant time.
+
+Keys are random 32-byte tokens (``fw-<role>-<urlsafe>``), so a plain SHA-256 is a safe
+hash (no dictionary to attack). The store keeps only hashes; the plain key is shown once
+when created (``flywheel keys create``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+# What each role may call.
+ROLES = {"chat": {"chat", "feedback", "models"}, "ingest": {"events", "models"}, "admin": {"chat", "feedback", "events", "models"}}
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    role: str
+    hash: str
+    created_at: str
+    name: str = ""
+
+
+class KeyStore:
+    def __init__(self, keys: list[ApiKey]):
+        self.keys = keys
+
+    @classmethod
+    def load(cls, path: Path) -> "KeyStore":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            return cls([])
+        return cls([ApiKey(**k) for k in data.get("keys", [])])
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"keys": [k.__dict__ for k in self.keys]}, indent=2))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    def create(self, role: str, name: str = "") -> str:
+        """Add a key; return the plain token (the only time it exists outside the client)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+        token = f"fw-{role}-{secrets.token_urlsafe(32)}"
+        key_id = f"key_{secrets.token_hex(6)}"
+        self.keys.append(ApiKey(key_id, role, _digest(token), datetime.now(timezone.utc).isoformat(), name))
+        return token
+
+    def revoke(self, key_id: str) -> bool:
+        before = len(self.keys)
+        self.keys = [k for k in self.keys if k.id != key_id]
+        return len(self.keys) < before
+
+    def verify(self, token: str) -> ApiKey | None:
+        """The key matching ``token``. Every stored hash is compared, in constant time each,
+        so the answer's timing says nothing about which key (or how much of one) matched."""
+        digest = _digest(token)
+        found = None
+        for key in self.keys:
+            if hmac.compare_digest(digest, key.hash):
+                found = key
+        return found
+
+
+def allowed(key: ApiKey, action: str) -> bool:
+    return action in ROLES.get(key.role, set())

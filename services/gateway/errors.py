@@ -1,0 +1,70 @@
+"""Errors in OpenAI's error format: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+from flask import jsonify
+from pydantic import ValidationError
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self):
+        resp = jsonify(self.body())
+        resp.status_code = self.status
+        return resp
+
+
+def param_of(loc: tuple) -> str:
+    """('messages', 0, 'role') -> 'messages[0].role', as OpenAI names parameters."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def from_validation(error: ValidationError, prefix: tuple = ()) -> APIError:
+    first = error.errors()[0]
+    loc = prefix + tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    param = param_of(loc) or None
+    msg = first["msg"]
+    if first["type"] == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif first["type"] == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: '{param}'."
+    else:
+        message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
+    more = error.error_count() - 1
+    if more:
+        message += f" ({more} more problem{'s' if more > 1 else ''} in this request.)"
+    return APIError(400, message, param=param, code="invalid_value" if first["type"] != "missing" else "missing_required_parameter")
+
+
+def unauthorized(message: str) -> APIError:
+    return APIError(401, message, type="invalid_request_error", code="invalid_api_key")
+
+
+def forbidden(message: str) -> APIError:
+    return APIError(403, message, type="permission_error", code="insufficient_permissions")
+
+
+def not_found(message: str, code: str = "not_found", param: str | None = None) -> APIError:
+    return APIError(404, message, type="invalid_request_error", code=code, param=param)
+
+
+def backend_error(status: int, message: str) -> APIError:
+    return APIError(status, message, type="server_error" if status == 502 else "service_unavailable",
+                    code="backend_error" if status == 502 else "backend_unavailable")

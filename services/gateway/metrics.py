@@ -1,0 +1,28 @@
+"""Prometheus metrics of one gateway, in a registry of its own (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE
+
+__all__ = ["GatewayMetrics", "CONTENT_TYPE"]
+
+
+class GatewayMetrics:
+    def __init__(self, producer, backend):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("flywheel_gateway_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram("flywheel_gateway_request_seconds", "Request latency by route", ["route"], registry=r,
+                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.tokens = Counter("flywheel_gateway_tokens", "Tokens generated", ["kind"], registry=r)
+        self.events = Counter("flywheel_events_emitted", "Events accepted into the spool, by topic", ["topic"], registry=r)
+        self.events_lost = Counter("flywheel_events_lost", "Interactions not recorded because the spool was full", registry=r)
+        Gauge("flywheel_spool_depth", "Events waiting in the on-disk spool", registry=r).set_function(lambda: producer.spool.depth)
+        Gauge("flywheel_spool_bytes", "Bytes waiting in the on-disk spool", registry=r).set_function(lambda: producer.spool.depth_bytes)
+        Gauge("flywheel_broker_up", "1 when the last send to Kafka succeeded", registry=r).set_function(lambda: float(producer.broker_up))
+        Gauge("flywheel_kafka_send_errors", "Failed send attempts to Kafka", registry=r).set_function(lambda: producer.send_errors)
+        Gauge("flywheel_backend_queued", "Requests waiting for the backend", registry=r).set_function(
+            lambda: float(backend.health().get("queued", 0)))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,19 @@
+"""Serving backends: ``local`` (transformers, continuous batching) and ``scripted`` (tests,
+benchmarks). ``make_backend`` picks one from the settings."""
+
+from __future__ import annotations
+
+
+def make_backend(settings):
+    kind = settings.model.backend
+    if kind == "local":
+        from serving.backends.local import LocalBackend
+        from serving.model_store import ensure_hf_model
+
+        model_dir = ensure_hf_model(settings.model_cache_path)
+        return LocalBackend(model_dir, max_batch=settings.model.max_batch, max_queue=settings.model.max_queue)
+    if kind == "scripted":
+        from serving.backends.scripted import ScriptedBackend
+
+        return ScriptedBackend()
+    raise ValueError(f"unknown model.backend {kind!r}: use 'local' or 'scripted'")

@@ -1,0 +1,239 @@
+"""Landing: Kafka → DuckDB, exactly once in effect.
+
+A kafka-python consumer group reads the event topics; each polled batch is validated
+record by record and written in ONE DuckDB transaction (``INSERT OR IGNORE`` on
+``event_id``, so redelivery never duplicates a row) together with the landed position per
+partition; offsets are committed to Kafka only after that transaction committed. A crash
+anywhere re-reads from the last committed offset and lands nothing twice.
+
+Records that fail validation become dead letters: landed in ``dead_letters`` with the
+reason (in the same transaction) and produced to the DLQ topic. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import duckdb
+import pyarrow as pa
+from pydantic import BaseModel, ValidationError
+
+from streams.schemas import DeadLetter, Feedback, Interaction
+
+log = logging.getLogger(__name__)
+
+# json_transform structures: DuckDB parses each canonical record once, vectorised.
+_INTERACTION_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","request_id":"VARCHAR",
+ "session_id":"VARCHAR","turn":"INTEGER","user_id":"VARCHAR","app":"VARCHAR","created_at":"TIMESTAMPTZ",
+ "model_alias":"VARCHAR","model_version":"VARCHAR","messages":"JSON","drafts":"JSON","params":"JSON",
+ "usage":{"prompt_tokens":"INTEGER","completion_tokens":"INTEGER"},"timing":{"ttft_ms":"DOUBLE","total_ms":"DOUBLE"},
+ "status":"VARCHAR","error":"JSON","tags":"JSON"}"""
+_FEEDBACK_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","request_id":"VARCHAR","draft":"INTEGER",
+ "kind":"VARCHAR","value":"INTEGER","text":"VARCHAR","user_id":"VARCHAR","session_id":"VARCHAR","app":"VARCHAR",
+ "created_at":"TIMESTAMPTZ","comment":"VARCHAR"}"""
+_DEAD_STRUCT = """{"event_id":"VARCHAR","source_topic":"VARCHAR","partition":"INTEGER","offset":"BIGINT",
+ "key":"VARCHAR","reason":"VARCHAR","payload":"VARCHAR","created_at":"TIMESTAMPTZ"}"""
+
+_INSERTS = {
+    "interactions": f"""
+        INSERT OR IGNORE INTO interactions (event_id, schema_version, request_id, session_id, turn, user_id, app,
+            created_at, model_alias, model_version, messages, drafts, params, prompt_tokens, completion_tokens,
+            ttft_ms, total_ms, status, error, tags, task_type, source, kafka_partition, kafka_offset)
+        SELECT j.event_id, j.schema_version, j.request_id, j.session_id, j.turn, j.user_id, j.app, j.created_at,
+            j.model_alias, j.model_version, j.messages, j.drafts, j.params, j.usage.prompt_tokens,
+            j.usage.completion_tokens, j.timing.ttft_ms, j.timing.total_ms, j.status,
+            CASE WHEN json_type(j.error) = 'NULL' THEN NULL ELSE j.error END, j.tags,
+            j.tags->>'task_type', j.tags->>'source', p, o
+        FROM (SELECT json_transform(raw, '{_INTERACTION_STRUCT}') AS j, partition AS p, "offset" AS o FROM staged)""",
+    "feedback": f"""
+        INSERT OR IGNORE INTO feedback (event_id, schema_version, request_id, draft, kind, value, text, user_id,
+            session_id, app, created_at, comment, kafka_partition, kafka_offset)
+        SELECT j.event_id, j.schema_version, j.request_id, j.draft, j.kind, j.value, j.text, j.user_id,
+            j.session_id, j.app, j.created_at, j.comment, p, o
+        FROM (SELECT json_transform(raw, '{_FEEDBACK_STRUCT}') AS j, partition AS p, "offset" AS o FROM staged)""",
+    "dead_letters": f"""
+        INSERT OR IGNORE INTO dead_letters (event_id, source_topic, partition, "offset", key, reason, payload, created_at)
+        SELECT j.event_id, j.source_topic, j.partition, j.offset, j.key, j.reason, j.payload, j.created_at
+        FROM (SELECT json_transform(raw, '{_DEAD_STRUCT}') AS j FROM staged)""",
+}
+
+
+def validation_reason(error: Exception) -> str:
+    """A one-line reason a person can act on."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for e in error.errors()[:5]:
+            loc = ".".join(str(x) for x in e["loc"]) or "(record)"
+            parts.append(f"{loc}: {e['msg']}")
+        more = f" (+{error.error_count() - 5} more)" if error.error_count() > 5 else ""
+        return "schema validation failed: " + "; ".join(parts) + more
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class Record:
+    """What landing needs of a Kafka record (kafka-python's ConsumerRecord has these)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class BatchResult:
+    landed: dict[str, int] = field(default_factory=dict)  # table -> records handed to DuckDB
+    dead: list[DeadLetter] = field(default_factory=list)  # to produce to the DLQ topic
+
+
+class Lander:
+    """Validates and writes batches of records; knows nothing about the consumer."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, topics: dict[str, str]):
+        self.conn = conn
+        self.table_of = {topics["interactions"]: "interactions", topics["feedback"]: "feedback", topics["dlq"]: "dead_letters"}
+        self.model_of = {"interactions": Interaction, "feedback": Feedback, "dead_letters": DeadLetter}
+
+    def _dead(self, rec: Record, reason: str) -> DeadLetter:
+        return DeadLetter(
+            event_id=f"{rec.topic}:{rec.partition}:{rec.offset}",
+            source_topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key.decode("utf-8", "replace") if rec.key is not None else None,
+            reason=reason,
+            payload=(rec.value or b"").decode("utf-8", "replace"),
+            created_at=datetime.now(timezone.utc),
+        )
+
+    def land(self, records: list[Record]) -> BatchResult:
+        rows: dict[str, dict[str, tuple[bytes, int, int]]] = {t: {} for t in _INSERTS}
+        result = BatchResult()
+        positions: dict[tuple[str, int], int] = {}
+        for rec in records:
+            positions[(rec.topic, rec.partition)] = max(positions.get((rec.topic, rec.partition), -1), rec.offset + 1)
+            table = self.table_of.get(rec.topic)
+            if table is None:
+                continue
+            model: type[BaseModel] = self.model_of[table]
+            try:
+                if rec.value is None:
+                    raise ValueError("empty record (no value)")
+                event = model.model_validate_json(rec.value)
+            except (ValidationError, ValueError) as e:
+                dead = self._dead(rec, validation_reason(e))
+                rows["dead_letters"][dead.event_id] = (dead.model_dump_json().encode(), rec.partition, rec.offset)
+                if table != "dead_letters":  # never bounce a broken dead letter back into the DLQ
+                    result.dead.append(dead)
+                continue
+            # The canonical form (defaults filled in, datetimes normalised) is what lands.
+            rows[table][event.event_id] = (event.model_dump_json().encode(), rec.partition, rec.offset)
+
+        self.conn.execute("BEGIN TRANSACTION")
+        try:
+            for table, by_id in rows.items():
+                if not by_id:
+                    continue
+                raw, parts, offs = zip(*by_id.values())
+                staged = pa.table({"raw": pa.array(raw, pa.binary()).cast(pa.string()),
+                                   "partition": pa.array(parts, pa.int32()), "offset": pa.array(offs, pa.int64())})
+                self.conn.register("staged", staged)
+                self.conn.execute(_INSERTS[table])
+                self.conn.unregister("staged")
+                result.landed[table] = len(by_id)
+            if positions:
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO landing_offsets (topic, partition, next_offset, updated_at) VALUES (?, ?, ?, now())",
+                    [[t, p, o] for (t, p), o in positions.items()],
+                )
+            self.conn.execute("COMMIT")
+        except Exception:
+            self.conn.execute("ROLLBACK")
+            raise
+        return result
+
+
+class LandingConsumer:
+    """The consumer loop. ``run`` returns when ``stop`` is set and the topics are drained
+    (no record for ``drain_idle_s``), or at once if ``stop_now`` is set."""
+
+    def __init__(self, settings, conn: duckdb.DuckDBPyConnection, topics: dict[str, str]):
+        self.settings = settings
+        self.topics = topics
+        self.lander = Lander(conn, topics)
+        self.stop = threading.Event()
+        self.stop_now = threading.Event()
+        self.batches = 0
+        self.landed_total = 0
+        self.dead_total = 0
+        self.last_batch_at: float | None = None
+        self.drain_idle_s = 1.0
+
+    def _consumer(self):
+        from kafka import KafkaConsumer
+
+        s = self.settings
+        return KafkaConsumer(
+            *self.topics.values(),
+            bootstrap_servers=s.bootstrap.split(","),
+            group_id=s.landing.group_id,
+            client_id=f"{s.kafka.client_id}-landing",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.landing.batch_max,
+            session_timeout_ms=s.landing.session_timeout_ms,
+            heartbeat_interval_ms=max(500, s.landing.session_timeout_ms // 3),
+            fetch_max_wait_ms=min(s.landing.poll_ms, 500),
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+
+    def _dlq_producer(self):
+        from kafka import KafkaProducer
+
+        return KafkaProducer(bootstrap_servers=self.settings.bootstrap.split(","), acks="all",
+                             client_id=f"{self.settings.kafka.client_id}-landing-dlq", max_block_ms=10000)
+
+    def run(self) -> None:
+        consumer = dlq = None
+        idle_since = time.monotonic()
+        try:
+            while not self.stop_now.is_set():
+                if consumer is None:
+                    try:
+                        consumer = self._consumer()
+                    except Exception as e:  # noqa: BLE001 - broker not reachable yet: keep trying
+                        log.warning("landing cannot reach Kafka (%s); retrying", e)
+                        if self.stop.is_set() or self.stop_now.wait(1.0):
+                            return
+                        continue
+                polled = consumer.poll(timeout_ms=self.settings.landing.poll_ms, max_records=self.settings.landing.batch_max)
+                records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for rs in polled.values() for r in rs]
+                if not records:
+                    if self.stop.is_set() and time.monotonic() - idle_since >= self.drain_idle_s:
+                        return
+                    continue
+                idle_since = time.monotonic()
+                result = self.lander.land(records)
+                if result.dead:
+                    dlq = dlq or self._dlq_producer()
+                    for d in result.dead:
+                        dlq.send(self.topics["dlq"], key=d.event_id.encode(), value=d.model_dump_json().encode())
+                    dlq.flush(timeout=30)
+                    self.dead_total += len(result.dead)
+                try:
+                    consumer.commit()
+                except Exception as e:  # noqa: BLE001 - a rebalance: the rows are landed; redelivery is ignored
+                    log.warning("offset commit failed after landing (%s); redelivered records will be skipped", e)
+                self.batches += 1
+                self.landed_total += len(records)
+                self.last_batch_at = time.time()
+        finally:
+            if consumer is not None:
+                consumer.close(autocommit=False)
+            if dlq is not None:
+                dlq.close(timeout=5)

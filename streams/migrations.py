@@ -1,0 +1,86 @@
+"""Tables owned by streams/: the landed events and the landing's own bookkeeping."""
+
+from __future__ import annotations
+
+
+def m001_interactions(conn) -> None:
+    conn.execute("""
+        CREATE TABLE interactions (
+            event_id          VARCHAR PRIMARY KEY,
+            schema_version    INTEGER NOT NULL,
+            request_id        VARCHAR NOT NULL,
+            session_id        VARCHAR NOT NULL,
+            turn              INTEGER NOT NULL,
+            user_id           VARCHAR,
+            app               VARCHAR NOT NULL,
+            created_at        TIMESTAMPTZ NOT NULL,
+            model_alias       VARCHAR NOT NULL,
+            model_version     VARCHAR NOT NULL,
+            messages          JSON NOT NULL,
+            drafts            JSON NOT NULL,
+            params            JSON NOT NULL,
+            prompt_tokens     INTEGER,
+            completion_tokens INTEGER,
+            ttft_ms           DOUBLE,
+            total_ms          DOUBLE,
+            status            VARCHAR NOT NULL,
+            error             JSON,
+            tags              JSON NOT NULL,
+            task_type         VARCHAR,
+            source            VARCHAR,
+            kafka_partition   INTEGER,
+            kafka_offset      BIGINT,
+            landed_at         TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+
+
+def m002_feedback(conn) -> None:
+    conn.execute("""
+        CREATE TABLE feedback (
+            event_id        VARCHAR PRIMARY KEY,
+            schema_version  INTEGER NOT NULL,
+            request_id      VARCHAR NOT NULL,
+            draft           INTEGER NOT NULL,
+            kind            VARCHAR NOT NULL,
+            value           INTEGER,
+            text            VARCHAR,
+            user_id         VARCHAR,
+            session_id      VARCHAR,
+            app             VARCHAR NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL,
+            comment         VARCHAR,
+            kafka_partition INTEGER,
+            kafka_offset    BIGINT,
+            landed_at       TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+
+
+def m003_dead_letters(conn) -> None:
+    conn.execute("""
+        CREATE TABLE dead_letters (
+            event_id     VARCHAR PRIMARY KEY,   -- source_topic:partition:offset
+            source_topic VARCHAR NOT NULL,
+            partition    INTEGER NOT NULL,
+            "offset"     BIGINT NOT NULL,
+            key          VARCHAR,
+            reason       VARCHAR NOT NULL,
+            payload      VARCHAR NOT NULL,
+            created_at   TIMESTAMPTZ NOT NULL,
+            landed_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+
+
+def m004_landing_offsets(conn) -> None:
+    # Written in the same transaction as each batch: the landed position per partition,
+    # which `flywheel status` compares with what producers had acknowledged.
+    conn.execute("""
+        CREATE TABLE landing_offsets (
+            topic       VARCHAR NOT NULL,
+            partition   INTEGER NOT NULL,
+            next_offset BIGINT NOT NULL,
+            updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (topic, partition)
+        )""")
+
+
+MIGRATIONS = [m001_interactions, m002_feedback, m003_dead_letters, m004_landing_offsets]

@@ -1,0 +1,173 @@
+"""The event contract: every record on a flywheel topic is one of these models, as JSON.
+
+Versioned (``schema_version``), strict (``extra="forbid"``, no type coercion), one module.
+Producers outside Python get the JSON Schemas from ``flywheel schema``.
+
+Compatibility rule: adding an optional field keeps the version; renaming, removing or
+retyping a field bumps ``SCHEMA_VERSION`` and the landing keeps reading the old one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator, with_config
+from typing_extensions import NotRequired, TypedDict
+
+SCHEMA_VERSION = 1
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+Text = Annotated[str, Field(max_length=1_000_000)]
+
+
+def new_id(prefix: str = "") -> str:
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# Nested parts are TypedDicts, not models: validation builds plain dicts in Rust, which
+# halves the landing's validation cost (measured: 13 µs vs 26 µs per interaction).
+_NESTED = ConfigDict(extra="forbid", strict=True)
+
+
+@with_config(_NESTED)
+class Message(TypedDict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text
+    name: NotRequired[str | None]
+
+
+@with_config(_NESTED)
+class Draft(TypedDict):
+    index: Annotated[int, Field(ge=0)]
+    content: Text
+    finish_reason: NotRequired[Literal["stop", "length", "error", "content_filter", "tool_calls"] | None]
+
+
+@with_config(_NESTED)
+class Usage(TypedDict):
+    prompt_tokens: Annotated[int, Field(ge=0)]
+    completion_tokens: Annotated[int, Field(ge=0)]
+
+
+@with_config(_NESTED)
+class Timing(TypedDict):
+    total_ms: Annotated[float, Field(ge=0)]
+    ttft_ms: NotRequired[Annotated[float, Field(ge=0)] | None]
+
+
+@with_config(_NESTED)
+class ErrorInfo(TypedDict):
+    type: str
+    message: Text
+    status: NotRequired[int | None]
+
+
+@with_config(_NESTED)
+class Tags(TypedDict, total=False):
+    task_type: str | None  # task type when the sender knows it (e.g. data-viz/chart-config)
+    robustness: list[str]  # robustness labels, e.g. typo, mixed-language
+    source: str  # where the event came from: gateway, ingest, import...
+    labels: dict[str, str]  # free-form string labels
+
+
+class Interaction(_Model):
+    """One chat request and the draft(s) the model answered with."""
+
+    type: Literal["interaction"] = "interaction"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id
+    request_id: Id
+    session_id: Id
+    turn: int = Field(1, ge=1)
+    user_id: str | None = Field(None, max_length=128, description="Pseudonymous user id.")
+    app: str = Field("default", max_length=128)
+    created_at: AwareDatetime
+    model_alias: str = Field(max_length=256)
+    model_version: str = Field(max_length=256)
+    messages: list[Message] = Field(min_length=1)
+    drafts: list[Draft] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict, description="Sampling parameters as requested.")
+    usage: Usage = Field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    timing: Timing = Field(default_factory=lambda: {"total_ms": 0.0})
+    status: Literal["ok", "error"] = "ok"
+    error: ErrorInfo | None = None
+    tags: Tags = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _status_matches(self) -> "Interaction":
+        if self.status == "ok" and not self.drafts:
+            raise ValueError("an interaction with status 'ok' needs at least one draft")
+        if self.status == "error" and self.error is None:
+            raise ValueError("an interaction with status 'error' needs an error")
+        return self
+
+
+FeedbackKind = Literal["thumb", "rating", "choice", "edit", "regenerate", "copy"]
+
+
+class Feedback(_Model):
+    """A user's signal about one draft of one request."""
+
+    type: Literal["feedback"] = "feedback"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id
+    request_id: Id
+    draft: int = Field(0, ge=0, description="Index of the draft the feedback is about (the chosen one for 'choice').")
+    kind: FeedbackKind
+    value: int | None = Field(None, description="thumb: 1 or -1; rating: 1..5; otherwise absent.")
+    text: Text | None = Field(None, description="edit: the corrected answer.")
+    user_id: str | None = Field(None, max_length=128)
+    session_id: str | None = Field(None, max_length=128)
+    app: str = Field("default", max_length=128)
+    created_at: AwareDatetime
+    comment: Text | None = None
+
+    @model_validator(mode="after")
+    def _value_matches_kind(self) -> "Feedback":
+        if self.kind == "thumb" and self.value not in (1, -1):
+            raise ValueError("a 'thumb' needs value 1 or -1")
+        if self.kind == "rating" and (self.value is None or not 1 <= self.value <= 5):
+            raise ValueError("a 'rating' needs a value from 1 to 5")
+        if self.kind not in ("thumb", "rating") and self.value is not None:
+            raise ValueError(f"a '{self.kind}' takes no value")
+        if self.kind == "edit" and not self.text:
+            raise ValueError("an 'edit' needs the corrected text")
+        if self.kind != "edit" and self.text is not None:
+            raise ValueError(f"a '{self.kind}' takes no text (only 'edit' does)")
+        return self
+
+
+class DeadLetter(_Model):
+    """A record that failed validation, with why. ``event_id`` is derived from its position
+    (topic:partition:offset) so redelivery never lands it twice."""
+
+    type: Literal["dead_letter"] = "dead_letter"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    reason: Text
+    payload: Text = Field(description="The record as received (UTF-8, invalid bytes replaced).")
+    created_at: AwareDatetime
+
+
+Event = Annotated[Union[Interaction, Feedback], Field(discriminator="type")]
+EVENT_MODELS: dict[str, type[_Model]] = {"interaction": Interaction, "feedback": Feedback, "dead_letter": DeadLetter}
+event_adapter: TypeAdapter[Interaction | Feedback] = TypeAdapter(Event)
+
+
+def json_schemas() -> dict[str, dict]:
+    """The JSON Schema of every event, keyed by event type."""
+    return {name: model.model_json_schema() for name, model in EVENT_MODELS.items()}

@@ -1,0 +1,184 @@
+"""An append-only on-disk spool: the write-ahead log between the request path and Kafka.
+
+Request threads append records (a file write, no network); one sender thread reads them
+back in order, sends them to Kafka and, once the broker has acknowledged them, moves the
+cursor past them. So a broker outage, a slow broker or a gateway restart never loses an
+event and never blocks a request: the spool simply grows, and drains, in order, when the
+broker returns. Delivery is at-least-once; landing is idempotent on ``event_id``.
+
+Layout: ``seg-000000000001.log``... segment files of lines ``["topic","key"]\\t<value>\\n``
+(values are compact JSON, which never holds a raw tab or newline) and a ``cursor`` file
+``{"segment": n, "offset": bytes}``, replaced atomically. Fully sent segments are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from flywheel.errors import FlywheelError
+
+
+class SpoolFull(FlywheelError):
+    """The spool reached its bound: the broker has been unreachable for too long."""
+
+
+@dataclass(frozen=True)
+class SpoolRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    segment: int  # position just after this record, for commit()
+    end: int
+    size: int  # bytes of its line
+
+
+def _seg_name(n: int) -> str:
+    return f"seg-{n:012d}.log"
+
+
+class Spool:
+    def __init__(self, path: Path, *, max_bytes: int, segment_bytes: int, fsync: bool = False):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._cursor = self._read_cursor()
+        segments = self._segments()
+        self._repair_tail(segments)
+        self._write_seg = segments[-1] if segments else max(self._cursor[0], 1)
+        self._file = open(self.path / _seg_name(self._write_seg), "ab")
+        # Depth in bytes and records between the cursor and the end.
+        self._bytes, self._records = self._measure()
+
+    # -- state on disk -------------------------------------------------------------
+    def _segments(self) -> list[int]:
+        return sorted(int(p.name[4:16]) for p in self.path.glob("seg-*.log"))
+
+    def _read_cursor(self) -> tuple[int, int]:
+        try:
+            data = json.loads((self.path / "cursor").read_text())
+            return int(data["segment"]), int(data["offset"])
+        except FileNotFoundError:
+            return (1, 0)
+
+    def _repair_tail(self, segments: list[int]) -> None:
+        # A crash in the middle of an append leaves a partial last line; its request never
+        # got an answer, so dropping that fragment loses nothing that was acknowledged.
+        if not segments:
+            return
+        last = self.path / _seg_name(segments[-1])
+        data = last.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(last, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def _measure(self) -> tuple[int, int]:
+        seg0, off0 = self._cursor
+        nbytes = nrec = 0
+        for seg in self._segments():
+            if seg < seg0:
+                continue
+            with open(self.path / _seg_name(seg), "rb") as f:
+                if seg == seg0:
+                    f.seek(off0)
+                data = f.read()
+            nbytes += len(data)
+            nrec += data.count(b"\n")
+        return nbytes, nrec
+
+    # -- request side --------------------------------------------------------------
+    def append(self, records: list[tuple[str, bytes | None, bytes]]) -> None:
+        """Append records (topic, key, value) atomically with respect to other appends.
+        Raises SpoolFull when the bound would be exceeded."""
+        lines = []
+        for topic, key, value in records:
+            header = json.dumps([topic, key.decode() if key is not None else None], ensure_ascii=False)
+            lines.append(header.encode() + b"\t" + value + b"\n")
+        blob = b"".join(lines)
+        with self._lock:
+            if self._bytes + len(blob) > self.max_bytes:
+                raise SpoolFull(
+                    f"event spool is full ({self._bytes} of {self.max_bytes} bytes): the Kafka broker has "
+                    "been unreachable too long; retry later or raise spool.max_bytes"
+                )
+            if self._file.tell() >= self.segment_bytes:
+                self._file.close()
+                self._write_seg += 1
+                self._file = open(self.path / _seg_name(self._write_seg), "ab")
+            self._file.write(blob)
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+            self._bytes += len(blob)
+            self._records += len(lines)
+
+    # -- sender side ---------------------------------------------------------------
+    def read(self, max_records: int) -> list[SpoolRecord]:
+        """The next records after the cursor, in append order (does not move the cursor)."""
+        out: list[SpoolRecord] = []
+        seg, off = self._cursor
+        with self._lock:
+            write_seg = self._write_seg
+        while len(out) < max_records and seg <= write_seg:
+            path = self.path / _seg_name(seg)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(off)
+                    data = f.read(4 * 1024 * 1024)
+            except FileNotFoundError:
+                data = b""
+            complete = data[: data.rfind(b"\n") + 1]
+            pos = off
+            for line in complete.splitlines(keepends=True):
+                pos += len(line)
+                header, _, value = line.rstrip(b"\n").partition(b"\t")
+                topic, key = json.loads(header)
+                out.append(
+                    SpoolRecord(topic, key.encode() if key is not None else None, value, seg, pos, len(line))
+                )
+                if len(out) >= max_records:
+                    break
+            if len(out) >= max_records or seg == write_seg:
+                break
+            if len(complete) < len(data) or len(data) == 4 * 1024 * 1024:
+                break  # more of this segment to read next time
+            seg, off = seg + 1, 0
+        return out
+
+    def commit(self, sent: list[SpoolRecord]) -> None:
+        """Move the cursor past ``sent``, a prefix of what read() returned, now acknowledged."""
+        if not sent:
+            return
+        record = sent[-1]
+        count, nbytes = len(sent), sum(r.size for r in sent)
+        tmp = self.path / "cursor.tmp"
+        tmp.write_text(json.dumps({"segment": record.segment, "offset": record.end}))
+        os.replace(tmp, self.path / "cursor")
+        old_seg = self._cursor[0]
+        self._cursor = (record.segment, record.end)
+        with self._lock:
+            self._bytes -= nbytes
+            self._records -= count
+            write_seg = self._write_seg
+        for seg in range(old_seg, record.segment):
+            if seg < write_seg:
+                (self.path / _seg_name(seg)).unlink(missing_ok=True)
+
+    # -- metrics -------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self._records
+
+    @property
+    def depth_bytes(self) -> int:
+        return self._bytes
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
