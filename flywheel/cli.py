@@ -1,0 +1,295 @@
+"""The `flywheel` command. Commands stay thin: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from flywheel.errors import FlywheelError
+from flywheel.settings import describe_settings, load_settings
+
+console = Console(stderr=False)
+DEV_KEYS_FILE = "dev_api_keys.json"
+
+
+def _settings(ctx: click.Context):
+    return ctx.obj["settings"]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FlywheelError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="FLYWHEEL_CONFIG",
+              help="Settings file (TOML). Default: ./flywheel.toml if present. FLYWHEEL_* variables override it.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """Flywheel: capture chat traffic and feedback, land it in DuckDB, and (later issues)
+    turn it into a better model.
+
+    Start the whole local stack with `flywheel up`; see `flywheel COMMAND --help`."""
+    try:
+        settings = load_settings(config_path)
+    except FlywheelError as e:
+        raise click.ClickException(str(e)) from None
+    if config_path:
+        os.environ["FLYWHEEL_CONFIG"] = str(Path(config_path).resolve())  # children read the same file
+    _setup_logging(settings.log_level)
+    ctx.obj = {"settings": settings}
+
+
+# -- the stack -----------------------------------------------------------------------
+@main.command()
+@click.option("--simulate", "simulate_s", type=float, default=0, show_default=True,
+              help="After start-up, send simulated traffic for this many seconds, then print the status.")
+@click.option("--exit-after-simulate", is_flag=True, help="Stop the stack after the simulation instead of waiting for Ctrl-C.")
+@click.pass_context
+def up(ctx: click.Context, simulate_s: float, exit_after_simulate: bool) -> None:
+    """Run the stack: embedded broker (unless kafka.bootstrap is set), topics, control plane
+    (landing), gateway. Ctrl-C or SIGTERM stops it cleanly: the gateway drains its spool,
+    landing lands everything produced, then the broker stops."""
+    from flywheel.stack import Stack
+
+    s = _settings(ctx)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(s, console=console)
+    code = 0
+    try:
+        stack.start()
+        console.print(f"[bold green]flywheel is up[/]: gateway {s.gateway_url}/v1  control plane {s.control_url}  "
+                      f"data {s.data_path}")
+        console.print(f"API keys for local use: {s.data_path / DEV_KEYS_FILE}.  Stop with Ctrl-C.")
+        if simulate_s > 0 and not stop.is_set():
+            _run_simulation(s, duration_s=simulate_s, stop=stop)
+            time.sleep(2.0)  # let landing catch up before the figures
+            _print_status(s)
+            if exit_after_simulate:
+                stop.set()
+        dead = stack.wait(stop)
+        if dead is not None:
+            console.print(f"[red]{dead.name} exited unexpectedly (code {dead.proc.returncode}); see {dead.log_path}[/]")
+            code = 1
+    finally:
+        console.print("stopping: gateway (draining its spool), control plane (landing what was produced), broker")
+        stack.stop()
+        console.print("stopped.")
+    sys.exit(code)
+
+
+@main.command("gateway")
+@click.pass_context
+def gateway_cmd(ctx: click.Context) -> None:
+    """Run the OpenAI-compatible gateway (gunicorn) on gateway.host:gateway.port."""
+    from services.gateway.server import serve
+
+    serve(_settings(ctx))
+
+
+@main.command("control-plane")
+@click.pass_context
+def control_plane_cmd(ctx: click.Context) -> None:
+    """Run the control plane: migrations, landing consumer (Kafka -> DuckDB), JSON API."""
+    from services.control.plane import ControlPlane
+
+    s = _settings(ctx)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    plane = ControlPlane(s).start()
+    logging.getLogger("flywheel").info("control plane up on %s", s.control_url)
+    plane.wait(stop)
+    plane.stop(drain=True)
+    if plane.failed is not None:
+        raise click.ClickException(f"landing failed: {plane.failed}")
+
+
+# -- inspection ----------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Rows landed per table, spool depth, landing lag, last event time."""
+    s = _settings(ctx)
+    if as_json:
+        from services.control.status import collect_status
+
+        click.echo(json.dumps(collect_status(s), indent=2))
+    else:
+        _print_status(s)
+
+
+def _print_status(s) -> None:
+    from services.control.status import collect_status
+
+    st = collect_status(s)
+    table = Table(title=f"flywheel status (from the {st['source']})")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for name, count in st["tables"].items():
+        table.add_row(f"rows in {name}", str(count))
+    gw = st["gateway"]
+    table.add_row("gateway", gw["status"] if gw["reachable"] else "not reachable")
+    table.add_row("spool depth (events)", "-" if gw["spool_depth"] is None else str(gw["spool_depth"]))
+    table.add_row("landing lag (events)", "-" if st["landing_lag_events"] is None else str(st["landing_lag_events"]))
+    table.add_row("last event at", st["last_event_at"] or "-")
+    table.add_row("last landed at", st["last_landed_at"] or "-")
+    if st.get("error"):
+        table.add_row("error", st["error"])
+    console.print(table)
+
+
+@main.command()
+@click.option("--event", type=click.Choice(["interaction", "feedback", "dead_letter"]), help="Only this event.")
+def schema(event: str | None) -> None:
+    """Print the JSON Schema of every event (for producers outside Python)."""
+    from streams.schemas import json_schemas
+
+    schemas = json_schemas()
+    click.echo(json.dumps(schemas[event] if event else schemas, indent=2))
+
+
+@main.command("config")
+@click.option("--describe", is_flag=True, help="List every setting with its default and meaning.")
+@click.pass_context
+def config_cmd(ctx: click.Context, describe: bool) -> None:
+    """Print the effective settings (defaults < file < FLYWHEEL_* environment)."""
+    if describe:
+        for key, default, text in describe_settings():
+            click.echo(f"{key} = {default}\n    {text}")
+    else:
+        click.echo(_settings(ctx).model_dump_json(indent=2))
+
+
+# -- traffic -------------------------------------------------------------------------
+@main.command()
+@click.option("--duration", type=float, default=60, show_default=True, help="Seconds of traffic.")
+@click.option("--sessions", type=int, default=None, help="Stop after this many sessions instead.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Sessions in parallel.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed gives the same traffic.")
+@click.option("--base-url", default=None, help="Gateway base URL. Default: the configured gateway's /v1.")
+@click.option("--api-key", envvar="FLYWHEEL_API_KEY", default=None, help="Chat API key. Default: the local dev key.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the ground truth (JSONL). Default: DATA_DIR/simulations/seed-N.jsonl.")
+@click.option("--max-tokens", type=int, default=200, show_default=True, help="max_tokens of each request.")
+@click.pass_context
+def simulate(ctx, duration, sessions, concurrency, seed, base_url, api_key, manifest, max_tokens) -> None:
+    """Play the demo domain's users against the gateway with the openai client: chart-config
+    and other tasks, messy prompts, honest/random/reverse raters, draft choices and edits."""
+    s = _settings(ctx)
+    report = _run_simulation(s, duration_s=duration if sessions is None else None, max_sessions=sessions,
+                             concurrency=concurrency, seed=seed, base_url=base_url, api_key=api_key,
+                             manifest=manifest, max_tokens=max_tokens)
+    if report is not None and getattr(report, "requests", 0) and getattr(report, "errors", 0) == report.requests:
+        raise click.ClickException("every request failed: is the gateway up (`flywheel up`) and the key right?")
+
+
+def _run_simulation(s, *, duration_s=None, max_sessions=None, concurrency=4, seed=0, base_url=None, api_key=None,
+                    manifest=None, max_tokens=200, stop: threading.Event | None = None):
+    from flywheel.simulate import run_simulation
+
+    api_key = api_key or dev_key(s, "chat")
+    manifest_path = Path(manifest) if manifest else s.data_path / "simulations" / f"seed-{seed}.jsonl"
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"simulating traffic: seed {seed}, concurrency {concurrency}, "
+                  f"{f'{duration_s:.0f}s' if duration_s else f'{max_sessions} sessions'}; truth in {manifest_path}")
+    report = run_simulation(base_url or f"{s.gateway_url}/v1", api_key or "", seed=seed, duration_s=duration_s,
+                            max_sessions=max_sessions, concurrency=concurrency, manifest_path=manifest_path,
+                            max_tokens=max_tokens, progress=True)
+    console.print(report)
+    return report
+
+
+# -- keys ----------------------------------------------------------------------------
+@main.group()
+def keys() -> None:
+    """Manage API keys (stored hashed in DATA_DIR/api_keys.json)."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["chat", "ingest", "admin"]), required=True,
+              help="chat: chat + feedback; ingest: /v1/events; admin: all.")
+@click.option("--name", default="", help="A label for the key.")
+@click.pass_context
+def keys_create(ctx, role: str, name: str) -> None:
+    """Create a key and print it (the only time it is shown)."""
+    from services.gateway.auth import KeyStore
+
+    s = _settings(ctx)
+    store = KeyStore.load(s.keys_path)
+    token = store.create(role, name)
+    store.save(s.keys_path)
+    click.echo(token)
+
+
+@keys.command("list")
+@click.pass_context
+def keys_list(ctx) -> None:
+    """List keys (ids and roles; never the keys themselves)."""
+    from services.gateway.auth import KeyStore
+
+    for k in KeyStore.load(_settings(ctx).keys_path).keys:
+        click.echo(f"{k.id}\t{k.role}\t{k.created_at}\t{k.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx, key_id: str) -> None:
+    """Revoke a key by id (restart gateways to apply)."""
+    from services.gateway.auth import KeyStore
+
+    s = _settings(ctx)
+    store = KeyStore.load(s.keys_path)
+    if not store.revoke(key_id):
+        raise click.ClickException(f"no key with id {key_id}; see `flywheel keys list`")
+    store.save(s.keys_path)
+    click.echo(f"revoked {key_id}")
+
+
+def ensure_dev_keys(s) -> dict[str, str]:
+    """For the local stack: a chat and an ingest key, created once, their plain values kept
+    in DATA_DIR/dev_api_keys.json (mode 600) for the simulator and for you."""
+    from services.gateway.auth import KeyStore
+
+    path = s.data_path / DEV_KEYS_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    store = KeyStore.load(s.keys_path)
+    plain = {role: store.create(role, name="dev") for role in ("chat", "ingest")}
+    store.save(s.keys_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plain, indent=2))
+    os.chmod(path, 0o600)
+    return plain
+
+
+def dev_key(s, role: str) -> str | None:
+    path = s.data_path / DEV_KEYS_FILE
+    return json.loads(path.read_text()).get(role) if path.exists() else None
+
+
+if __name__ == "__main__":
+    main()

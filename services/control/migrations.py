@@ -1,0 +1,5 @@
+"""The one ordered list of migrations: each package's own list, in import order."""
+
+from streams.migrations import MIGRATIONS as STREAMS
+
+ALL = [*STREAMS]
