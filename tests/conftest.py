@@ -1,0 +1,196 @@
+"""Fixtures with real parts: the tansu broker, a DuckDB file, the small model, real HTTP.
+
+One broker serves the session; each test gets its own topic prefix, consumer group, data
+folder and ports, so tests never see each other's events. Tests that stop the broker
+start their own (``own_broker``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from flywheel.settings import Settings
+from services.gateway.auth import KeyStore
+from streams.broker import EmbeddedBroker
+from streams.topics import ensure_topics, topic_names
+from streams.warehouse import connect
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def broker():
+    b = EmbeddedBroker(free_port()).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def own_broker():
+    """A broker of this test's own, which the test may stop and restart."""
+    b = EmbeddedBroker(free_port()).start()
+    yield b
+    b.stop()
+
+
+def make_settings(tmp_path: Path, bootstrap: str, **changes) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    base = Settings(data_dir=str(tmp_path / "data")).replace(
+        kafka={"bootstrap": bootstrap, "topic_prefix": f"t{tag}.", "partitions": 2},
+        landing={"group_id": f"landing-{tag}", "poll_ms": 100},
+        gateway={"port": free_port()},
+        control={"port": free_port()},
+        model={"cache_dir": os.environ.get("FLYWHEEL_MODEL_CACHE", "~/.cache/flywheel/models")},
+    )
+    return base.replace(**changes) if changes else base
+
+
+@pytest.fixture
+def settings(tmp_path, broker) -> Settings:
+    s = make_settings(tmp_path, broker.bootstrap)
+    ensure_topics(s.bootstrap, list(topic_names(s).values()), s.kafka.partitions)
+    return s
+
+
+@pytest.fixture(scope="session")
+def model_dir():
+    from serving.model_store import ensure_hf_model
+
+    return ensure_hf_model(Path(os.environ.get("FLYWHEEL_MODEL_CACHE", "~/.cache/flywheel/models")).expanduser())
+
+
+@pytest.fixture(scope="session")
+def local_backend(model_dir):
+    """The real SmolLM2-135M-Instruct behind the continuous-batching backend, shared."""
+    from serving.backends.local import LocalBackend
+
+    backend = LocalBackend(model_dir, max_batch=16)
+    yield backend
+    backend.close()
+
+
+class _Shared:
+    """Wraps a session-wide backend so closing one gateway does not close it."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.name = inner.name
+
+    def __getattr__(self, item):
+        return getattr(self._inner, item)
+
+    def close(self):
+        pass
+
+
+class RunningGateway:
+    def __init__(self, settings: Settings, backend, keys: KeyStore, tokens: dict[str, str]):
+        from services.gateway.app import create_app
+
+        self.settings = settings
+        self.tokens = tokens
+        self.app = create_app(settings, backend=backend, keys=keys)
+        self.server = make_server("127.0.0.1", settings.gateway.port, self.app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.gateway.port}"
+
+    @property
+    def gw(self):
+        return self.app.extensions["flywheel"]
+
+    def client(self, role: str = "chat", **kw):
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.tokens[role], max_retries=0, **kw)
+
+    def stop(self):
+        self.server.shutdown()
+        self.thread.join(5)
+        self.gw.close()
+
+
+def _keys() -> tuple[KeyStore, dict[str, str]]:
+    store = KeyStore([])
+    return store, {role: store.create(role) for role in ("chat", "ingest", "admin")}
+
+
+@pytest.fixture
+def start_gateway():
+    """Start gateways on demand: start_gateway(settings, backend)."""
+    started: list[RunningGateway] = []
+    keys, tokens = _keys()
+
+    def start(settings: Settings, backend) -> RunningGateway:
+        gw = RunningGateway(settings, _Shared(backend), keys, tokens)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        try:
+            gw.stop()
+        except Exception:  # noqa: BLE001 - already stopped by the test
+            pass
+
+
+@pytest.fixture
+def scripted_gateway(settings, start_gateway):
+    from serving.backends.scripted import ScriptedBackend
+
+    return start_gateway(settings, ScriptedBackend())
+
+
+@pytest.fixture
+def model_gateway(settings, start_gateway, local_backend):
+    return start_gateway(settings, local_backend)
+
+
+@pytest.fixture
+def control_plane(settings):
+    from services.control.plane import ControlPlane
+
+    plane = ControlPlane(settings, serve_api=False).start()
+    yield plane
+    plane.stop(drain=False)
+
+
+def query(plane_or_path, sql: str, params=None):
+    """Run a read query against a control plane's DuckDB (or a closed database file)."""
+    if hasattr(plane_or_path, "reader"):
+        with plane_or_path.reader() as cur:
+            return cur.execute(sql, params or []).fetchall()
+    with connect(plane_or_path, read_only=True) as conn:
+        return conn.execute(sql, params or []).fetchall()
+
+
+def count(plane, table: str, where: str = "true", params=None) -> int:
+    return query(plane, f"SELECT count(*) FROM {table} WHERE {where}", params)[0][0]
