@@ -132,10 +132,10 @@ class RunningGateway:
 
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.tokens[role], max_retries=0, **kw)
 
-    def stop(self):
+    def stop(self, drain_timeout: float = 10.0):
         self.server.shutdown()
         self.thread.join(5)
-        self.gw.close()
+        self.gw.close(drain_timeout)
 
 
 def _keys() -> tuple[KeyStore, dict[str, str]]:

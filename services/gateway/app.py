@@ -64,8 +64,9 @@ class Gateway:
         for topic, _, _ in items:
             self.metrics.events.labels(topic).inc()
 
-    def close(self) -> None:
-        self.producer.close()
+    def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop: drain the spool to Kafka for up to ``drain_timeout`` (the rest stays on disk)."""
+        self.producer.close(drain_timeout=drain_timeout)
         self.backend.close()
 
 

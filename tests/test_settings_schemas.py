@@ -1,0 +1,92 @@
+"""Settings (file + environment), the event contract, and the CLI's inspection commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from click.testing import CliRunner
+from pydantic import ValidationError
+
+from flywheel.cli import main
+from flywheel.errors import ConfigError
+from flywheel.settings import load_settings
+from streams.schemas import Feedback, Interaction, json_schemas
+
+
+def test_file_then_environment(tmp_path):
+    cfg = tmp_path / "fw.toml"
+    cfg.write_text('data_dir = "/srv/fw"\n[gateway]\nport = 9001\nthreads = 8\n[privacy]\nkinds = ["EMAIL"]\n')
+    s = load_settings(cfg, env={"FLYWHEEL_GATEWAY__PORT": "9002", "FLYWHEEL_LOG_LEVEL": "DEBUG"})
+    assert (s.data_dir, s.gateway.port, s.gateway.threads, s.log_level) == ("/srv/fw", 9002, 8, "DEBUG")
+    assert s.privacy.kinds == ("EMAIL",)
+    assert s.bootstrap == "127.0.0.1:19092"  # embedded default
+    assert load_settings(None, env={"FLYWHEEL_KAFKA__BOOTSTRAP": "k1:9092"}).bootstrap == "k1:9092"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"FLYWHEEL_GATEWAY__PORTT": "1"}, "gateway.portt"),
+    ({"FLYWHEEL_NOPE__X": "1"}, "unknown settings section 'nope'"),
+    ({"FLYWHEEL_GATEWAY__THREADS": "0"}, "gateway.threads"),
+])
+def test_bad_settings_name_the_key(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, env=env)
+
+
+def test_missing_settings_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", env={})
+
+
+def _interaction(**changes):
+    base = dict(event_id="e1", request_id="r1", session_id="s1", created_at=datetime.now(timezone.utc),
+                model_alias="a", model_version="base", messages=[{"role": "user", "content": "hi"}],
+                drafts=[{"index": 0, "content": "hello", "finish_reason": "stop"}])
+    base.update(changes)
+    return Interaction(**base)
+
+
+def test_events_are_strict():
+    ok = _interaction()
+    assert Interaction.model_validate_json(ok.model_dump_json()) == ok
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        Interaction.model_validate_json(ok.model_dump_json().replace('"turn":1', '"turn":1,"x":1'))
+    with pytest.raises(ValidationError):
+        Interaction.model_validate_json(ok.model_dump_json().replace('"turn":1', '"turn":"1"'))  # no coercion
+    with pytest.raises(ValidationError, match="timezone"):
+        _interaction(created_at=datetime(2026, 1, 1))
+    with pytest.raises(ValidationError, match="at least one draft"):
+        _interaction(drafts=[])
+    with pytest.raises(ValidationError, match="needs an error"):
+        _interaction(status="error")
+    now = datetime.now(timezone.utc)
+    assert Feedback(event_id="f", request_id="r", kind="choice", draft=1, created_at=now).draft == 1
+    for bad in [dict(kind="thumb", value=2), dict(kind="rating", value=0), dict(kind="edit"),
+                dict(kind="copy", value=1), dict(kind="choice", text="x")]:
+        with pytest.raises(ValidationError):
+            Feedback(event_id="f", request_id="r", created_at=now, **bad)
+
+
+def test_schema_command_prints_every_event_schema():
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0, result.output
+    schemas = json.loads(result.output)
+    assert set(schemas) == {"interaction", "feedback", "dead_letter"}
+    assert schemas == json.loads(json.dumps(json_schemas()))
+    assert schemas["feedback"]["additionalProperties"] is False
+    assert "event_id" in schemas["interaction"]["required"]
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+
+    def walk(cmd, path):
+        result = runner.invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(main, [])
