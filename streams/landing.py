@@ -13,6 +13,7 @@ reason (in the same transaction) and produced to the DLQ topic. Nothing is dropp
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -112,11 +113,15 @@ class Lander:
         )
 
     def land(self, records: list[Record]) -> BatchResult:
+        return self.write(self.prepare(records))
+
+    def prepare(self, records: list[Record]) -> "Prepared":
+        """Validate records (Python, holds the GIL): canonical rows per table, dead letters."""
         rows: dict[str, dict[str, tuple[bytes, int, int]]] = {t: {} for t in _INSERTS}
-        result = BatchResult()
-        positions: dict[tuple[str, int], int] = {}
+        prepared = Prepared()
         for rec in records:
-            positions[(rec.topic, rec.partition)] = max(positions.get((rec.topic, rec.partition), -1), rec.offset + 1)
+            key = (rec.topic, rec.partition)
+            prepared.positions[key] = max(prepared.positions.get(key, 0), rec.offset + 1)
             table = self.table_of.get(rec.topic)
             if table is None:
                 continue
@@ -129,33 +134,50 @@ class Lander:
                 dead = self._dead(rec, validation_reason(e))
                 rows["dead_letters"][dead.event_id] = (dead.model_dump_json().encode(), rec.partition, rec.offset)
                 if table != "dead_letters":  # never bounce a broken dead letter back into the DLQ
-                    result.dead.append(dead)
+                    prepared.dead.append(dead)
                 continue
             # The canonical form (defaults filled in, datetimes normalised) is what lands.
             rows[table][event.event_id] = (event.model_dump_json().encode(), rec.partition, rec.offset)
+        for table, by_id in rows.items():
+            if by_id:
+                raw, parts, offs = zip(*by_id.values())
+                prepared.tables[table] = pa.table({
+                    "raw": pa.array(raw, pa.binary()).cast(pa.string()),
+                    "partition": pa.array(parts, pa.int32()), "offset": pa.array(offs, pa.int64())})
+        return prepared
 
+    def write(self, prepared: "Prepared") -> BatchResult:
+        """One DuckDB transaction for the batch (DuckDB releases the GIL while it works)."""
+        result = BatchResult(dead=prepared.dead)
         self.conn.execute("BEGIN TRANSACTION")
         try:
-            for table, by_id in rows.items():
-                if not by_id:
-                    continue
-                raw, parts, offs = zip(*by_id.values())
-                staged = pa.table({"raw": pa.array(raw, pa.binary()).cast(pa.string()),
-                                   "partition": pa.array(parts, pa.int32()), "offset": pa.array(offs, pa.int64())})
+            for table, staged in prepared.tables.items():
                 self.conn.register("staged", staged)
                 self.conn.execute(_INSERTS[table])
                 self.conn.unregister("staged")
-                result.landed[table] = len(by_id)
-            if positions:
-                self.conn.executemany(
-                    "INSERT OR REPLACE INTO landing_offsets (topic, partition, next_offset, updated_at) VALUES (?, ?, ?, now())",
-                    [[t, p, o] for (t, p), o in positions.items()],
-                )
+                result.landed[table] = staged.num_rows
+            if prepared.positions:
+                offsets = pa.table({
+                    "topic": [t for t, _ in prepared.positions], "partition": [p for _, p in prepared.positions],
+                    "next_offset": list(prepared.positions.values())})
+                self.conn.register("positions", offsets)
+                self.conn.execute("INSERT OR REPLACE INTO landing_offsets (topic, partition, next_offset, updated_at) "
+                                  "SELECT topic, partition, next_offset, now() FROM positions")
+                self.conn.unregister("positions")
             self.conn.execute("COMMIT")
         except Exception:
             self.conn.execute("ROLLBACK")
             raise
         return result
+
+
+@dataclass
+class Prepared:
+    """A validated batch, ready for one DuckDB transaction."""
+
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class LandingConsumer:
@@ -199,7 +221,44 @@ class LandingConsumer:
                              client_id=f"{self.settings.kafka.client_id}-landing-dlq", max_block_ms=10000)
 
     def run(self) -> None:
+        """Two stages: this thread polls Kafka; a writer thread lands batches in DuckDB
+        (DuckDB releases the GIL, so fetching the next batch overlaps writing this one).
+        Offsets are committed here, for batches the writer has committed, in order."""
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
         consumer = dlq = None
+        work: queue.Queue = queue.Queue(maxsize=2)
+        done: queue.Queue = queue.Queue()
+        in_flight = 0
+        writer = threading.Thread(target=self._write, args=(work, done), name="landing-writer", daemon=True)
+        writer.start()
+
+        def settle(block: bool) -> None:
+            nonlocal in_flight, dlq
+            while in_flight:
+                try:
+                    positions, n, result, error = done.get(timeout=30 if block else 0)
+                except queue.Empty:
+                    if block:
+                        continue
+                    return
+                in_flight -= 1
+                if error is not None:
+                    raise error
+                if result.dead:
+                    dlq = dlq or self._dlq_producer()
+                    for d in result.dead:
+                        dlq.send(self.topics["dlq"], key=d.event_id.encode(), value=d.model_dump_json().encode())
+                    dlq.flush(timeout=30)
+                    self.dead_total += len(result.dead)
+                try:
+                    consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()})
+                except Exception as e:  # noqa: BLE001 - a rebalance: the rows are landed; redelivery is ignored
+                    log.warning("offset commit failed after landing (%s); redelivered records will be skipped", e)
+                self.batches += 1
+                self.landed_total += n
+                self.last_batch_at = time.time()
+
         idle_since = time.monotonic()
         try:
             while not self.stop_now.is_set():
@@ -211,29 +270,33 @@ class LandingConsumer:
                         if self.stop.is_set() or self.stop_now.wait(1.0):
                             return
                         continue
+                settle(block=False)
                 polled = consumer.poll(timeout_ms=self.settings.landing.poll_ms, max_records=self.settings.landing.batch_max)
                 records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for rs in polled.values() for r in rs]
                 if not records:
+                    settle(block=True)
                     if self.stop.is_set() and time.monotonic() - idle_since >= self.drain_idle_s:
                         return
                     continue
                 idle_since = time.monotonic()
-                result = self.lander.land(records)
-                if result.dead:
-                    dlq = dlq or self._dlq_producer()
-                    for d in result.dead:
-                        dlq.send(self.topics["dlq"], key=d.event_id.encode(), value=d.model_dump_json().encode())
-                    dlq.flush(timeout=30)
-                    self.dead_total += len(result.dead)
-                try:
-                    consumer.commit()
-                except Exception as e:  # noqa: BLE001 - a rebalance: the rows are landed; redelivery is ignored
-                    log.warning("offset commit failed after landing (%s); redelivered records will be skipped", e)
-                self.batches += 1
-                self.landed_total += len(records)
-                self.last_batch_at = time.time()
+                work.put(self.lander.prepare(records))
+                in_flight += 1
         finally:
+            work.put(None)
+            writer.join(60)
             if consumer is not None:
-                consumer.close(autocommit=False)
+                try:
+                    settle(block=False)
+                finally:
+                    consumer.close(autocommit=False)
             if dlq is not None:
                 dlq.close(timeout=5)
+
+    def _write(self, work: queue.Queue, done: queue.Queue) -> None:
+        while (prepared := work.get()) is not None:
+            n = sum(t.num_rows for t in prepared.tables.values())
+            try:
+                done.put((prepared.positions, n, self.lander.write(prepared), None))
+            except Exception as e:  # noqa: BLE001 - handed to the consumer thread, which stops landing
+                done.put((prepared.positions, n, None, e))
+                return
