@@ -39,27 +39,34 @@ _FEEDBACK_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","request_
 _DEAD_STRUCT = """{"event_id":"VARCHAR","source_topic":"VARCHAR","partition":"INTEGER","offset":"BIGINT",
  "key":"VARCHAR","reason":"VARCHAR","payload":"VARCHAR","created_at":"TIMESTAMPTZ"}"""
 
+# Valid records land as received (no re-serialisation on the hot path): ``event_id`` and
+# ``created_at`` come from the validated model (staged columns), optional fields the sender
+# left out get the schema's defaults here. tests/test_landing.py checks that a minimal
+# record lands exactly like its fully spelled-out canonical form.
 _INSERTS = {
     "interactions": f"""
         INSERT OR IGNORE INTO interactions (event_id, schema_version, request_id, session_id, turn, user_id, app,
             created_at, model_alias, model_version, messages, drafts, params, prompt_tokens, completion_tokens,
             ttft_ms, total_ms, status, error, tags, task_type, source, kafka_partition, kafka_offset)
-        SELECT j.event_id, j.schema_version, j.request_id, j.session_id, j.turn, j.user_id, j.app, j.created_at,
-            j.model_alias, j.model_version, j.messages, j.drafts, j.params, j.usage.prompt_tokens,
-            j.usage.completion_tokens, j.timing.ttft_ms, j.timing.total_ms, j.status,
-            CASE WHEN json_type(j.error) = 'NULL' THEN NULL ELSE j.error END, j.tags,
+        SELECT id, coalesce(j.schema_version, 1), j.request_id, j.session_id, coalesce(j.turn, 1), j.user_id,
+            coalesce(j.app, 'default'), ts, j.model_alias, j.model_version, j.messages, coalesce(j.drafts, '[]'),
+            coalesce(j.params, '{{}}'), coalesce(j.usage.prompt_tokens, 0), coalesce(j.usage.completion_tokens, 0),
+            j.timing.ttft_ms, coalesce(j.timing.total_ms, 0), coalesce(j.status, 'ok'),
+            CASE WHEN json_type(j.error) = 'NULL' THEN NULL ELSE j.error END, coalesce(j.tags, '{{}}'),
             j.tags->>'task_type', j.tags->>'source', p, o
-        FROM (SELECT json_transform(raw, '{_INTERACTION_STRUCT}') AS j, partition AS p, "offset" AS o FROM staged)""",
+        FROM (SELECT json_transform(raw, '{_INTERACTION_STRUCT}') AS j, event_id AS id, created_at AS ts,
+                     partition AS p, "offset" AS o FROM staged)""",
     "feedback": f"""
         INSERT OR IGNORE INTO feedback (event_id, schema_version, request_id, draft, kind, value, text, user_id,
             session_id, app, created_at, comment, kafka_partition, kafka_offset)
-        SELECT j.event_id, j.schema_version, j.request_id, j.draft, j.kind, j.value, j.text, j.user_id,
-            j.session_id, j.app, j.created_at, j.comment, p, o
-        FROM (SELECT json_transform(raw, '{_FEEDBACK_STRUCT}') AS j, partition AS p, "offset" AS o FROM staged)""",
+        SELECT id, coalesce(j.schema_version, 1), j.request_id, coalesce(j.draft, 0), j.kind, j.value, j.text,
+            j.user_id, j.session_id, coalesce(j.app, 'default'), ts, j.comment, p, o
+        FROM (SELECT json_transform(raw, '{_FEEDBACK_STRUCT}') AS j, event_id AS id, created_at AS ts,
+                     partition AS p, "offset" AS o FROM staged)""",
     "dead_letters": f"""
         INSERT OR IGNORE INTO dead_letters (event_id, source_topic, partition, "offset", key, reason, payload, created_at)
-        SELECT j.event_id, j.source_topic, j.partition, j.offset, j.key, j.reason, j.payload, j.created_at
-        FROM (SELECT json_transform(raw, '{_DEAD_STRUCT}') AS j FROM staged)""",
+        SELECT id, j.source_topic, j.partition, j.offset, j.key, j.reason, j.payload, ts
+        FROM (SELECT json_transform(raw, '{_DEAD_STRUCT}') AS j, event_id AS id, created_at AS ts FROM staged)""",
 }
 
 
@@ -117,7 +124,7 @@ class Lander:
 
     def prepare(self, records: list[Record]) -> "Prepared":
         """Validate records (Python, holds the GIL): canonical rows per table, dead letters."""
-        rows: dict[str, dict[str, tuple[bytes, int, int]]] = {t: {} for t in _INSERTS}
+        rows: dict[str, dict[str, tuple[bytes, int, int, datetime]]] = {t: {} for t in _INSERTS}
         prepared = Prepared()
         for rec in records:
             key = (rec.topic, rec.partition)
@@ -132,16 +139,18 @@ class Lander:
                 event = model.model_validate_json(rec.value)
             except (ValidationError, ValueError) as e:
                 dead = self._dead(rec, validation_reason(e))
-                rows["dead_letters"][dead.event_id] = (dead.model_dump_json().encode(), rec.partition, rec.offset)
+                rows["dead_letters"][dead.event_id] = (dead.model_dump_json().encode(), rec.partition, rec.offset,
+                                                       dead.created_at)
                 if table != "dead_letters":  # never bounce a broken dead letter back into the DLQ
                     prepared.dead.append(dead)
                 continue
-            # The canonical form (defaults filled in, datetimes normalised) is what lands.
-            rows[table][event.event_id] = (event.model_dump_json().encode(), rec.partition, rec.offset)
+            rows[table][event.event_id] = (rec.value, rec.partition, rec.offset, event.created_at)
         for table, by_id in rows.items():
             if by_id:
-                raw, parts, offs = zip(*by_id.values())
+                raw, parts, offs, created = zip(*by_id.values())
                 prepared.tables[table] = pa.table({
+                    "event_id": pa.array(list(by_id), pa.string()),
+                    "created_at": pa.array(created, pa.timestamp("us", tz="UTC")),
                     "raw": pa.array(raw, pa.binary()).cast(pa.string()),
                     "partition": pa.array(parts, pa.int32()), "offset": pa.array(offs, pa.int64())})
         return prepared

@@ -118,3 +118,34 @@ def test_sigkill_mid_stream_then_restart_lands_every_event_once(settings):
                                     "min(CAST(substr(event_id, 4) AS INT)), max(CAST(substr(event_id, 4) AS INT)) FROM interactions")[0]
     assert (total, distinct, lo, hi) == (n, n, 0, n - 1)
     assert count(settings.db_path, "dead_letters") == 0
+
+
+def test_a_minimal_record_lands_like_its_canonical_form():
+    """Landing stores records as received and fills defaults in SQL: those defaults must be
+    the schema's own (this fails when one side changes without the other)."""
+    from streams.landing import Lander, Record
+    from streams.migrations import MIGRATIONS
+    from streams.warehouse import apply_migrations, connect
+
+    conn = connect(":memory:")
+    apply_migrations(conn, MIGRATIONS)
+    lander = Lander(conn, {"interactions": "i", "feedback": "f", "dlq": "d"})
+    minimal_i = {"event_id": "a", "request_id": "r", "session_id": "s", "created_at": "2026-01-02T03:04:05+08:00",
+                 "model_alias": "m", "model_version": "v", "messages": [{"role": "user", "content": "hi"}],
+                 "drafts": [{"index": 0, "content": "yo"}]}
+    minimal_f = {"event_id": "a", "request_id": "r", "kind": "copy", "created_at": "2026-01-02T03:04:05Z"}
+    canonical_i = Interaction.model_validate_json(json.dumps(minimal_i)).model_copy(update={"event_id": "b"})
+    canonical_f = Feedback.model_validate_json(json.dumps(minimal_f)).model_copy(update={"event_id": "b"})
+    lander.land([Record("i", 0, 0, None, json.dumps(minimal_i).encode()),
+                 Record("i", 0, 1, None, canonical_i.model_dump_json().encode()),
+                 Record("f", 0, 0, None, json.dumps(minimal_f).encode()),
+                 Record("f", 0, 1, None, canonical_f.model_dump_json().encode())])
+    for table, ignore in (("interactions", {"event_id", "kafka_offset", "messages", "drafts"}),
+                          ("feedback", {"event_id", "kafka_offset"})):
+        cur = conn.execute(f"SELECT * FROM {table} ORDER BY event_id")
+        names = [d[0] for d in cur.description]
+        a, b = (dict(zip(names, row)) for row in cur.fetchall())
+        assert {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+    # created_at is normalised to UTC from the validated value.
+    assert str(conn.execute("SELECT created_at AT TIME ZONE 'UTC' FROM interactions WHERE event_id = 'a'").fetchone()[0]) \
+        == "2026-01-01 19:04:05"

