@@ -28,7 +28,7 @@ def _settings(ctx: click.Context):
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "werkzeug"):
+    for noisy in ("kafka", "werkzeug", "httpx", "httpx2", "openai", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -218,8 +218,23 @@ def _run_simulation(s, *, duration_s=None, max_sessions=None, concurrency=4, see
     report = run_simulation(base_url or f"{s.gateway_url}/v1", api_key or "", seed=seed, duration_s=duration_s,
                             max_sessions=max_sessions, concurrency=concurrency, manifest_path=manifest_path,
                             max_tokens=max_tokens, progress=True)
-    console.print(report)
+    _print_report(report)
     return report
+
+
+def _print_report(report) -> None:
+    table = Table(title="simulated traffic")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    d = report.to_dict()
+    for key in ("sessions", "requests", "errors", "elapsed_s", "chart_drafts", "chart_correct", "chart_accuracy",
+                "feedback_errors"):
+        if key in d:
+            table.add_row(key.replace("_", " "), str(d[key]))
+    for group in ("feedback", "requests_by_task", "requests_by_persona"):
+        for name, value in sorted((d.get(group) or {}).items()):
+            table.add_row(f"{group.replace('_', ' ')}: {name}", str(value))
+    console.print(table)
 
 
 # -- keys ----------------------------------------------------------------------------

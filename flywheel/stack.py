@@ -54,6 +54,9 @@ class Stack:
             dead = self.sup.dead()
             if dead is not None:
                 return dead
+            if self.broker is not None and self.broker.proc is not None and self.broker.proc.poll() is not None:
+                return Child("embedded broker", [], lambda: False, proc=self.broker.proc,
+                             log_path=self.s.data_path / "logs" / "broker.log")
         return None
 
     def stop(self) -> None:

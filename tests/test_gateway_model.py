@@ -106,3 +106,21 @@ def test_no_raw_pii_reaches_kafka_or_duckdb(model_gateway, control_plane, settin
         assert secret.encode() not in raw, f"{secret!r} reached Kafka"
         assert secret not in dump, f"{secret!r} reached DuckDB"
     assert b"<EMAIL>" in raw and b"<PHONE>" in raw
+
+
+def test_simulated_traffic_lands_with_its_feedback(model_gateway, control_plane, tmp_path):
+    from flywheel.simulate import run_simulation
+
+    manifest = tmp_path / "truth.jsonl"
+    report = run_simulation(f"{model_gateway.url}/v1", model_gateway.tokens["chat"], seed=3, duration_s=None,
+                            max_sessions=6, concurrency=3, manifest_path=manifest, max_tokens=24, progress=False)
+    assert report.requests > 0 and report.errors == 0
+    sent_feedback = sum(report.feedback.values())
+    wait_for(lambda: count(control_plane, "interactions") == report.requests
+             and count(control_plane, "feedback") == sent_feedback, timeout=60, what="the simulated traffic to land")
+    truth = [json.loads(line) for line in manifest.read_text().splitlines()]
+    landed = {r[0] for r in query(control_plane, "SELECT request_id FROM interactions")}
+    assert {t["request_id"] for t in truth if t.get("request_id")} == landed
+    # Feedback refers to landed requests only; the ground truth never travels with the traffic.
+    assert count(control_plane, "feedback f LEFT JOIN interactions i USING (request_id)", "i.request_id IS NULL") == 0
+    assert count(control_plane, "interactions", "tags::VARCHAR LIKE '%persona%' OR tags::VARCHAR LIKE '%honest%'") == 0

@@ -243,7 +243,7 @@ def _register(app: Flask, gw: Gateway) -> None:
             event = Feedback(
                 event_id=new_id("fb-"), request_id=body.request_id, draft=body.draft, kind=body.kind,
                 value=body.value, text=gw.redact(body.text) if body.text is not None else None,
-                user_id=gw.pseudonym(body.user), session_id=body.session_id,
+                user_id=gw.pseudonym(body.user), session_id=body.session_id or request.headers.get("X-Session-Id"),
                 app=request.headers.get("X-App") or s.gateway.app, created_at=utcnow(),
                 comment=gw.redact(body.comment) if body.comment is not None else None,
             )
