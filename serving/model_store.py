@@ -74,9 +74,10 @@ _CHECK_CONVERSATIONS: tuple[list[dict], ...] = (
 
 
 def default_cache_dir() -> Path:
-    """``$FLYWHEEL_MODEL_CACHE`` or ``~/.cache/flywheel/models``."""
-    env = os.environ.get("FLYWHEEL_MODEL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "flywheel" / "models"
+    """The default of ``model.cache_dir`` (processes pass their settings' value instead)."""
+    from flywheel.settings import ModelSettings
+
+    return Path(ModelSettings().cache_dir).expanduser()
 
 
 def gguf_path() -> Path:

@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from flywheel.settings import Settings
+from flywheel.settings import Settings, load_settings
 from services.gateway.auth import KeyStore
 from streams.broker import EmbeddedBroker
 from streams.topics import ensure_topics, topic_names
 from streams.warehouse import connect
 
 REPO = Path(__file__).resolve().parent.parent
+# Tests are an edge: the model cache follows the settings (FLYWHEEL_MODEL__CACHE_DIR), shared across runs.
+MODEL_CACHE = load_settings(None, env={k: v for k, v in os.environ.items() if k.startswith("FLYWHEEL_MODEL__")}).model_cache_path
 
 
 def free_port() -> int:
@@ -65,7 +67,7 @@ def make_settings(tmp_path: Path, bootstrap: str, **changes) -> Settings:
         landing={"group_id": f"landing-{tag}", "poll_ms": 100},
         gateway={"port": free_port()},
         control={"port": free_port()},
-        model={"cache_dir": os.environ.get("FLYWHEEL_MODEL_CACHE", "~/.cache/flywheel/models")},
+        model={"cache_dir": str(MODEL_CACHE)},
     )
     return base.replace(**changes) if changes else base
 
@@ -81,7 +83,7 @@ def settings(tmp_path, broker) -> Settings:
 def model_dir():
     from serving.model_store import ensure_hf_model
 
-    return ensure_hf_model(Path(os.environ.get("FLYWHEEL_MODEL_CACHE", "~/.cache/flywheel/models")).expanduser())
+    return ensure_hf_model(MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")

