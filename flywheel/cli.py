@@ -237,6 +237,146 @@ def _print_report(report) -> None:
     console.print(table)
 
 
+# -- models and routing -------------------------------------------------------------
+def _control(s, method: str, path: str, body: dict | None = None):
+    """Call the running control plane's API (the DuckDB writer); None if none is running.
+    Without one, the command opens DuckDB itself (it is then the only writer)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{s.control_url}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"control plane answered {e.code}"
+        raise click.ClickException(message) from None
+    except OSError:
+        return None
+
+
+def _with_registry(s, fn):
+    from serving.registry import Registry, RegistryError
+    from services.control.migrations import ALL
+    from streams.warehouse import apply_migrations, connect
+
+    try:
+        conn = connect(s.db_path)
+    except Exception as e:  # noqa: BLE001 - typically: locked by a control plane we cannot reach
+        raise click.ClickException(f"cannot open {s.db_path} ({e}); is a control plane running elsewhere?") from None
+    with conn:
+        apply_migrations(conn, ALL)
+        registry = Registry.from_settings(conn, s)
+        registry.ensure_base()
+        try:
+            return fn(registry)
+        except RegistryError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@main.group()
+def models() -> None:
+    """The model registry: the base model and LoRA adapter versions."""
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx) -> None:
+    """List versions with their status."""
+    s = _settings(ctx)
+    data = _control(s, "GET", "/api/models")
+    rows = data["data"] if data is not None else _with_registry(s, lambda r: [m.to_dict() for m in r.list()])
+    table = Table(title="model versions")
+    for col in ("version", "status", "parent", "created", "notes"):
+        table.add_column(col)
+    for m in rows:
+        table.add_row(m["version"], m["status"], m["parent_version"] or "-", m["created_at"][:19], m["notes"] or "")
+    console.print(table)
+
+
+@models.command("show")
+@click.argument("version")
+@click.pass_context
+def models_show(ctx, version: str) -> None:
+    """Show one version as JSON."""
+    s = _settings(ctx)
+    data = _control(s, "GET", f"/api/models/{version}")
+    click.echo(json.dumps(data if data is not None else _with_registry(s, lambda r: r.get(version).to_dict()), indent=2))
+
+
+@models.command("register")
+@click.argument("version")
+@click.argument("adapter_path", type=click.Path(exists=True, file_okay=False))
+@click.option("--parent", help="The version it was trained from.")
+@click.option("--notes", help="Free text.")
+@click.pass_context
+def models_register(ctx, version: str, adapter_path: str, parent: str | None, notes: str | None) -> None:
+    """Register a PEFT LoRA adapter folder as VERSION (a candidate). It is copied under
+    DATA_DIR/models and must load on the base model."""
+    s = _settings(ctx)
+    body = {"version": version, "adapter_path": str(Path(adapter_path).resolve()), "parent": parent, "notes": notes}
+    data = _control(s, "POST", "/api/models", body)
+    if data is None:
+        data = _with_registry(s, lambda r: r.register(version, Path(adapter_path), parent=parent, notes=notes).to_dict())
+    click.echo(f"registered {data['version']} ({data['status']}) at {data['adapter_path']}")
+
+
+@models.command("retire")
+@click.argument("version")
+@click.pass_context
+def models_retire(ctx, version: str) -> None:
+    """Retire a version that takes no traffic."""
+    s = _settings(ctx)
+    data = _control(s, "POST", f"/api/models/{version}/retire", {})
+    if data is None:
+        data = _with_registry(s, lambda r: r.retire(version).to_dict())
+    click.echo(f"{data['version']} is {data['status']}")
+
+
+@main.group()
+def routes() -> None:
+    """The routing table: which versions serve each alias, and with what weight."""
+
+
+@routes.command("show")
+@click.pass_context
+def routes_show(ctx) -> None:
+    """Print the current routing table as JSON."""
+    s = _settings(ctx)
+    data = _control(s, "GET", "/api/routing")
+    click.echo(json.dumps(data if data is not None else _with_registry(s, lambda r: r.routing_table().to_dict()), indent=2))
+
+
+@routes.command("set")
+@click.argument("alias")
+@click.argument("weights", nargs=-1, required=True)
+@click.option("--reason", default="set by an operator", help="Recorded with the new revision.")
+@click.pass_context
+def routes_set(ctx, alias: str, weights: tuple[str, ...], reason: str) -> None:
+    """Split ALIAS's traffic: VERSION=PERCENT ... (adding up to 100; list the canary first).
+    Gateways pick the new table up within gateway.routing_poll_s."""
+    parsed = {}
+    for item in weights:
+        version, sep, pct = item.partition("=")
+        try:
+            parsed[version] = float(pct)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise click.BadParameter(f"{item!r}: write VERSION=PERCENT", param_hint="WEIGHTS")
+    s = _settings(ctx)
+    data = _control(s, "POST", "/api/routing", {"alias": alias, "weights": parsed, "reason": reason})
+    if data is None:
+        data = _with_registry(s, lambda r: r.set_routes(alias, parsed, reason).to_dict())
+    click.echo(f"routing revision {data['revision']}: " + ", ".join(
+        f"{r['version']}={r['weight']:g}%" for r in data["routes"][alias]))
+
+
 # -- keys ----------------------------------------------------------------------------
 @main.group()
 def keys() -> None:

@@ -62,6 +62,9 @@ class GatewaySettings(_Section):
     max_batch_events: int = Field(1000, ge=1, description="Most items in one POST /v1/events batch.")
     auth: bool = Field(True, description="Require bearer API keys.")
     app: str = Field("default", description="App name recorded on interactions that do not name one.")
+    routing_poll_s: float = Field(
+        2.0, ge=0, description="How often the gateway fetches the routing table from the control plane (0: never)."
+    )
 
 
 class ModelSettings(_Section):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from pathlib import Path
 
+from flask import Flask, jsonify, request
+
+from serving.registry import RegistryError
 from services.control.status import landed_status
 
 
@@ -22,5 +25,56 @@ def create_api(settings, plane) -> Flask:
             body = landed_status(conn)
         body["landing"] = plane.landing_stats()
         return jsonify(body)
+
+    @app.errorhandler(RegistryError)
+    def _registry_error(e: RegistryError):
+        return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), e.status
+
+    def body() -> dict:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise RegistryError("send a JSON object")
+        return data
+
+    @app.get("/api/models")
+    def models():
+        with plane.reader() as cur:
+            return jsonify({"data": [m.to_dict() for m in plane.registry(cur).list()]})
+
+    @app.get("/api/models/<version>")
+    def model(version: str):
+        with plane.reader() as cur:
+            return jsonify(plane.registry(cur).get(version).to_dict())
+
+    @app.post("/api/models")
+    def register():
+        data = body()
+        if not data.get("version") or not data.get("adapter_path"):
+            raise RegistryError("'version' and 'adapter_path' are required")
+        with plane.reader() as cur:
+            mv = plane.registry(cur).register(
+                data["version"], Path(data["adapter_path"]), parent=data.get("parent"), notes=data.get("notes"),
+                dataset=data.get("dataset"), training_run=data.get("training_run"))
+        return jsonify(mv.to_dict()), 201
+
+    @app.post("/api/models/<version>/retire")
+    def retire(version: str):
+        with plane.reader() as cur:
+            return jsonify(plane.registry(cur).retire(version).to_dict())
+
+    @app.get("/api/routing")
+    def routing():
+        with plane.reader() as cur:
+            return jsonify(plane.registry(cur).routing_table().to_dict())
+
+    @app.post("/api/routing")
+    def set_routing():
+        data = body()
+        weights = data.get("weights")
+        if not isinstance(weights, dict) or not data.get("alias"):
+            raise RegistryError("send {'alias': ..., 'weights': {version: percent, ...}, 'reason': ...}")
+        with plane.reader() as cur:
+            table = plane.registry(cur).set_routes(data["alias"], weights, data.get("reason") or "set by an operator")
+        return jsonify(table.to_dict())
 
     return app

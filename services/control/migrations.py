@@ -1,5 +1,6 @@
 """The one ordered list of migrations: each package's own list, in import order."""
 
+from serving.migrations import MIGRATIONS as SERVING
 from streams.migrations import MIGRATIONS as STREAMS
 
-ALL = [*STREAMS]
+ALL = [*STREAMS, *SERVING]

@@ -9,6 +9,7 @@ import threading
 from werkzeug.serving import make_server
 
 from services.control.api import create_api
+from serving.registry import Registry
 from services.control.migrations import ALL
 from streams.landing import LandingConsumer
 from streams.topics import topic_names
@@ -24,6 +25,8 @@ class ControlPlane:
         applied = apply_migrations(self.conn, ALL)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        with self.reader() as cur:
+            self.registry(cur).ensure_base()
         self.landing = LandingConsumer(settings, self.conn.cursor(), topic_names(settings))
         self._landing_thread = threading.Thread(target=self._land, name="landing", daemon=True)
         self._api_server = None
@@ -38,6 +41,9 @@ class ControlPlane:
         except BaseException as e:  # noqa: BLE001 - reported by run(); the process exits non-zero
             log.exception("landing stopped on an error")
             self.failed = e
+
+    def registry(self, cur) -> Registry:
+        return Registry.from_settings(cur, self.settings)
 
     @contextlib.contextmanager
     def reader(self):

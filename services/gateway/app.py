@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request, stream_with_context
 from pydantic import ValidationError
@@ -22,6 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from flywheel.settings import Settings
 from serving.backends.base import Backend, BackendError, GenerationRequest, SamplingParams
+from serving.routing import Router, RoutingError, RoutingTable
 from services.gateway import metrics as gm
 from services.gateway.auth import KeyStore, allowed
 from services.gateway.errors import APIError, backend_error, forbidden, from_validation, not_found, unauthorized
@@ -45,7 +47,7 @@ class Gateway:
     keys: KeyStore
     redactor: Redactor | None
     topics: dict[str, str]
-    routes: dict[str, str]  # model alias -> version (the serving issue adds weighted routing)
+    router: Router  # alias -> weighted versions, sticky per user; follows the control plane
     metrics: gm.GatewayMetrics
 
     def pseudonym(self, user: str | None) -> str | None:
@@ -66,6 +68,7 @@ class Gateway:
 
     def close(self, drain_timeout: float = 10.0) -> None:
         """Stop: drain the spool to Kafka for up to ``drain_timeout`` (the rest stays on disk)."""
+        self.router.close()
         self.producer.close(drain_timeout=drain_timeout)
         self.backend.close()
 
@@ -93,12 +96,32 @@ def create_app(settings: Settings, *, backend: Backend | None = None, producer: 
         keys=keys if keys is not None else KeyStore.load(settings.keys_path),
         redactor=redactor,
         topics=topic_names(settings),
-        routes={settings.model.alias: settings.model.version},
+        router=_make_router(settings, backend),
         metrics=gm.GatewayMetrics(producer, backend),
     )
     app.extensions["flywheel"] = gw
     _register(app, gw)
+    if settings.gateway.routing_poll_s > 0:
+        gw.router.follow(f"{settings.control_url}/api/routing", settings.gateway.routing_poll_s)
     return app
+
+
+def _make_router(settings: Settings, backend: Backend) -> Router:
+    def prepare(table: RoutingTable) -> None:
+        """Load the adapters a table routes to before any request can be routed there."""
+        for version, path in table.adapters.items():
+            if version not in backend.versions():
+                load = getattr(backend, "load_adapter", None)
+                if load is None:
+                    raise RoutingError(f"the {backend.name} backend cannot load adapter {version!r}")
+                load(version, Path(path))
+        served = set(backend.versions())
+        missing = sorted({v for alias in table.routes for v in table.versions(alias)} - served)
+        if missing:
+            raise RoutingError(f"the backend does not serve {', '.join(missing)}")
+
+    default = RoutingTable.single(settings.model.alias, settings.model.version)
+    return Router(default, cache_path=settings.data_path / "routing_cache.json", prepare=prepare)
 
 
 def _authorize(gw: Gateway, action: str) -> str | None:
@@ -179,9 +202,9 @@ def _register(app: Flask, gw: Gateway) -> None:
         bad = req.unsupported()
         if bad:
             raise APIError(400, f"'{bad}' is not supported by this gateway.", param=bad, code="unsupported_parameter")
-        version = gw.routes.get(req.model)
-        if version is None:
-            raise not_found(f"The model '{req.model}' does not exist. Available: {', '.join(gw.routes)}.",
+        table = gw.router.table  # one table for the whole request, even if a new one arrives
+        if req.model not in table.routes:
+            raise not_found(f"The model '{req.model}' does not exist. Available: {', '.join(table.routes)}.",
                             code="model_not_found", param="model")
         if req.n > s.gateway.max_n:
             raise APIError(400, f"Invalid value for 'n': at most {s.gateway.max_n}.", param="n", code="invalid_value")
@@ -193,11 +216,14 @@ def _register(app: Flask, gw: Gateway) -> None:
         params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,
                                 stop=tuple(req.stop or ()), seed=req.seed)
         meta = req.metadata or {}
+        session_id = request.headers.get("X-Session-Id") or meta.get("session_id") or new_id("sess-")
+        user_id = gw.pseudonym(req.user)
+        version = table.choose(req.model, user_id or session_id)  # sticky per user, else per session
         ctx = {
             "request_id": f"chatcmpl-{uuid.uuid4().hex}",
-            "session_id": request.headers.get("X-Session-Id") or meta.get("session_id") or new_id("sess-"),
+            "session_id": session_id,
             "app": request.headers.get("X-App") or meta.get("app") or s.gateway.app,
-            "user_id": gw.pseudonym(req.user),
+            "user_id": user_id,
             "task_type": meta.get("task_type"),
             "created": int(time.time()),
             "created_at": utcnow(),
@@ -286,9 +312,11 @@ def _register(app: Flask, gw: Gateway) -> None:
     @app.get("/v1/models")
     def models():
         _authorize(gw, "models")
+        table = gw.router.table
         return jsonify({"object": "list", "data": [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "flywheel", "version": version}
-            for alias, version in gw.routes.items()
+            {"id": alias, "object": "model", "created": 0, "owned_by": "flywheel",
+             "versions": {r.version: r.weight for r in routes}}
+            for alias, routes in table.routes.items()
         ]})
 
     @app.get("/healthz")

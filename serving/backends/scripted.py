@@ -22,6 +22,7 @@ class ScriptedBackend:
         self.reply = reply
         self.delay_s = delay_s
         self._versions = list(versions)
+        self.adapter_paths: dict[str, str] = {}
         self._queue: collections.deque[str | BackendError] = collections.deque()
         self._lock = threading.Lock()
         self.requests: list[GenerationRequest] = []
@@ -36,6 +37,12 @@ class ScriptedBackend:
 
     def versions(self) -> list[str]:
         return list(self._versions)
+
+    def load_adapter(self, version: str, adapter_path) -> None:
+        """Stand-in for a real adapter load: the version becomes servable (same reply)."""
+        if version not in self._versions:
+            self._versions.append(version)
+        self.adapter_paths[version] = str(adapter_path)
 
     def submit(self, request: GenerationRequest) -> Generation:
         if request.version not in self._versions:
