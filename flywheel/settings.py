@@ -68,13 +68,21 @@ class GatewaySettings(_Section):
 
 
 class ModelSettings(_Section):
-    backend: str = Field("local", description="Serving backend: local (transformers) or scripted (tests, benchmarks).")
+    backend: str = Field(
+        "local", description="Serving backend: local (transformers), openai (an OpenAI-compatible server such as vLLM) "
+        "or scripted (tests, benchmarks)."
+    )
     alias: str = Field("flywheel-chat", description="Public model name clients ask for.")
     version: str = Field("base", description="Version the alias serves.")
     cache_dir: str = Field("~/.cache/flywheel/models", description="Where the bundled model is converted to HF format once.")
     max_batch: int = Field(16, ge=1, description="Most sequences decoded together by the local backend.")
     max_queue: int = Field(256, ge=1, description="Most requests waiting for the local backend before 503.")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
+    upstream_url: str = Field("", description="openai backend: base URL of the server, e.g. http://vllm:8000/v1.")
+    upstream_model: str = Field("SmolLM2-135M-Instruct", description="openai backend: the served base model's name.")
+    upstream_api_key: str = Field("", description="openai backend: bearer key for the upstream, if it needs one.")
+    upstream_timeout_s: float = Field(120.0, gt=0, description="openai backend: timeout of one upstream request.")
+    upstream_concurrency: int = Field(64, ge=1, description="openai backend: most requests in flight upstream.")
 
 
 class PrivacySettings(_Section):

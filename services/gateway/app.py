@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from flywheel.settings import Settings
-from serving.backends.base import Backend, BackendError, GenerationRequest, SamplingParams
+from serving.backends.base import Backend, BackendError, GenerationRequest, PromptTooLong, SamplingParams
 from serving.routing import Router, RoutingError, RoutingTable
 from services.gateway import metrics as gm
 from services.gateway.auth import KeyStore, allowed
@@ -333,8 +333,10 @@ def _register(app: Flask, gw: Gateway) -> None:
 
 
 def _as_api_error(e: BackendError) -> APIError:
-    if e.status == 400:
+    if isinstance(e, PromptTooLong):
         return APIError(400, str(e), param="messages", code="context_length_exceeded")
+    if e.status == 400:
+        return APIError(400, f"The model backend refused the request: {e}", code="invalid_request")
     return backend_error(e.status if e.status in (502, 503) else 502, f"The model backend failed: {e}")
 
 

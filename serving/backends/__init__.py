@@ -1,5 +1,6 @@
-"""Serving backends: ``local`` (transformers, continuous batching) and ``scripted`` (tests,
-benchmarks). ``make_backend`` picks one from the settings."""
+"""Serving backends: ``local`` (transformers, continuous batching), ``openai`` (any
+OpenAI-compatible server, e.g. vLLM) and ``scripted`` (tests, benchmarks).
+``make_backend`` picks one from the settings."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ def make_backend(settings):
 
         model_dir = ensure_hf_model(settings.model_cache_path)
         return LocalBackend(model_dir, max_batch=settings.model.max_batch, max_queue=settings.model.max_queue)
+    if kind == "openai":
+        from serving.backends.openai_server import OpenAIServerBackend
+
+        return OpenAIServerBackend.from_settings(settings)
     if kind == "scripted":
         from serving.backends.scripted import ScriptedBackend
 
         return ScriptedBackend()
-    raise ValueError(f"unknown model.backend {kind!r}: use 'local' or 'scripted'")
+    raise ValueError(f"unknown model.backend {kind!r}: use 'local', 'openai' or 'scripted'")
