@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flywheel.errors import FlywheelError
-from flywheel.settings import describe_settings, load_settings
+from flywheel.settings import describe_settings, load_settings, settings_markdown
 
 console = Console(stderr=False)
 DEV_KEYS_FILE = "dev_api_keys.json"
@@ -173,10 +173,13 @@ def schema(event: str | None) -> None:
 
 @main.command("config")
 @click.option("--describe", is_flag=True, help="List every setting with its default and meaning.")
+@click.option("--markdown", is_flag=True, help="The same as a Markdown table (the one in docs/settings.md).")
 @click.pass_context
-def config_cmd(ctx: click.Context, describe: bool) -> None:
+def config_cmd(ctx: click.Context, describe: bool, markdown: bool) -> None:
     """Print the effective settings (defaults < file < FLYWHEEL_* environment)."""
-    if describe:
+    if markdown:
+        click.echo(settings_markdown(), nl=False)
+    elif describe:
         for key, default, text in describe_settings():
             click.echo(f"{key} = {default}\n    {text}")
     else:

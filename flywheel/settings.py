@@ -61,6 +61,7 @@ class GatewaySettings(_Section):
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
     max_batch_events: int = Field(1000, ge=1, description="Most items in one POST /v1/events batch.")
     auth: bool = Field(True, description="Require bearer API keys.")
+    keys_file: str = Field("", description="File of hashed API keys. Empty: DATA_DIR/api_keys.json.")
     app: str = Field("default", description="App name recorded on interactions that do not name one.")
     routing_poll_s: float = Field(
         2.0, ge=0, description="How often the gateway fetches the routing table from the control plane (0: never)."
@@ -127,7 +128,7 @@ class Settings(_Section):
 
     @property
     def keys_path(self) -> Path:
-        return self.data_path / "api_keys.json"
+        return Path(self.gateway.keys_file).expanduser() if self.gateway.keys_file else self.data_path / "api_keys.json"
 
     @property
     def model_cache_path(self) -> Path:
@@ -223,3 +224,10 @@ def describe_settings() -> list[tuple[str, str, str]]:
         else:
             rows.append((name, json.dumps(field.default), field.description or ""))
     return rows
+
+
+def settings_markdown() -> str:
+    """The settings table of docs/settings.md (`flywheel config --markdown`)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{key}` | `{default}` | {text} |" for key, default, text in describe_settings()]
+    return "\n".join(rows) + "\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from flywheel.cli import main
-from flywheel.settings import describe_settings
+from flywheel.settings import describe_settings, settings_markdown
 from tests.conftest import REPO
 
 
@@ -21,6 +21,7 @@ def test_every_setting_is_documented():
     doc = (REPO / "docs" / "settings.md").read_text()
     missing = [key for key, _, _ in describe_settings() if f"`{key}`" not in doc]
     assert not missing, f"add these settings to docs/settings.md: {missing}"
+    assert settings_markdown() in doc, "docs/settings.md is stale: paste `flywheel config --markdown` into it"
 
 
 def test_every_setting_has_a_description():

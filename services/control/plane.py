@@ -12,7 +12,7 @@ from services.control.api import create_api
 from serving.registry import Registry
 from services.control.migrations import ALL
 from streams.landing import LandingConsumer
-from streams.topics import topic_names
+from streams.topics import ensure_topics, topic_names
 from streams.warehouse import apply_migrations, connect
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 class ControlPlane:
     def __init__(self, settings, *, serve_api: bool = True):
         self.settings = settings
+        # Topics with explicit partition counts (production Kafka runs without auto-creation).
+        ensure_topics(settings.bootstrap, list(topic_names(settings).values()), settings.kafka.partitions, timeout=60)
         self.conn = connect(settings.db_path)
         applied = apply_migrations(self.conn, ALL)
         if applied:
