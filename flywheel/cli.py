@@ -162,7 +162,7 @@ def _print_status(s) -> None:
 
 
 @main.command()
-@click.option("--event", type=click.Choice(["interaction", "feedback", "dead_letter"]), help="Only this event.")
+@click.option("--event", type=click.Choice(["interaction", "feedback", "dead_letter", "deployment"]), help="Only this event.")
 def schema(event: str | None) -> None:
     """Print the JSON Schema of every event (for producers outside Python)."""
     from streams.schemas import json_schemas
@@ -378,6 +378,63 @@ def routes_set(ctx, alias: str, weights: tuple[str, ...], reason: str) -> None:
         data = _with_registry(s, lambda r: r.set_routes(alias, parsed, reason).to_dict())
     click.echo(f"routing revision {data['revision']}: " + ", ".join(
         f"{r['version']}={r['weight']:g}%" for r in data["routes"][alias]))
+
+
+@main.group()
+def rollout() -> None:
+    """Canary rollouts: a candidate takes a growing, sticky share of an alias's traffic and
+    is promoted or rolled back on live feedback (run by the control plane)."""
+
+
+def _rollout_call(ctx, method: str, path: str, body: dict | None = None) -> dict:
+    s = _settings(ctx)
+    data = _control(s, method, path, body)
+    if data is None:
+        raise click.ClickException(f"no control plane at {s.control_url}: rollouts run there (`flywheel up`)")
+    return data
+
+
+def _print_rollout(d: dict) -> None:
+    weights = ", ".join(f"{v}={w:g}%" for v, w in d["weights"].items())
+    click.echo(f"{d['alias']}: {d['candidate']} vs {d['production']} is {d['status']} "
+               f"(step {d['step_index'] + 1}, {weights}; failures {d['failures']}, inconclusive {d['inconclusive']})")
+    if d.get("last_decision"):
+        click.echo(f"last decision: {d['last_decision']['action']}: {d['last_decision']['reason']}")
+
+
+@rollout.command("start")
+@click.argument("candidate")
+@click.option("--alias", default=None, help="The alias to roll out on. Default: model.alias.")
+@click.pass_context
+def rollout_start(ctx, candidate: str, alias: str | None) -> None:
+    """Start rolling CANDIDATE out (first step of rollout.steps)."""
+    _print_rollout(_rollout_call(ctx, "POST", "/api/rollouts", {"candidate": candidate, "alias": alias}))
+
+
+@rollout.command("status")
+@click.option("--alias", default=None, help="Default: model.alias.")
+@click.pass_context
+def rollout_status(ctx, alias: str | None) -> None:
+    """The current rollout of an alias and its last decision."""
+    _print_rollout(_rollout_call(ctx, "GET", f"/api/rollouts/{alias or _settings(ctx).model.alias}"))
+
+
+def _rollout_action(action: str, help_text: str):
+    @rollout.command(action, help=help_text)
+    @click.option("--alias", default=None, help="Default: model.alias.")
+    @click.option("--reason", default=None, help="Recorded in the deployment event.")
+    @click.pass_context
+    def command(ctx, alias: str | None, reason: str | None) -> None:
+        path = f"/api/rollouts/{alias or _settings(ctx).model.alias}/{action}"
+        _print_rollout(_rollout_call(ctx, "POST", path, {"reason": reason} if reason else {}))
+
+    return command
+
+
+_rollout_action("pause", "Hold the current weights; verdicts are ignored until resumed.")
+_rollout_action("resume", "Resume a paused rollout.")
+_rollout_action("promote", "Promote the candidate now (100%); the old production is kept for rollback.")
+_rollout_action("rollback", "Send 100% back to the previous production version at once.")
 
 
 # -- keys ----------------------------------------------------------------------------

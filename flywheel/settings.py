@@ -102,6 +102,16 @@ class ControlSettings(_Section):
     port: int = Field(8100, description="Port of the control plane's JSON API.")
 
 
+class RolloutSettings(_Section):
+    steps: tuple[float, ...] = Field((5, 25, 50, 100), description="Canary weights (percent) a rollout steps through.")
+    analysis_interval_s: float = Field(60, gt=0, description="Each step is analysed over windows of this length.")
+    failure_threshold: int = Field(2, ge=1, description="Failed analyses that roll a candidate back.")
+    min_feedback: int = Field(30, ge=1, description="Feedback events per version below which an analysis is inconclusive.")
+    delta: float = Field(0.05, ge=0, le=1, description="Tolerated increase of the negative-feedback rate.")
+    method: str = Field("beta-binomial", description="Negative-feedback test: beta-binomial or two-proportion.")
+    tick_s: float = Field(5, gt=0, description="How often the control plane checks whether an analysis is due.")
+
+
 class Settings(_Section):
     data_dir: str = Field("./data", description="Folder of the DuckDB file, spool, keys and logs.")
     log_level: str = Field("INFO", description="Log level of every process.")
@@ -112,6 +122,7 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     privacy: PrivacySettings = PrivacySettings()
     control: ControlSettings = ControlSettings()
+    rollout: RolloutSettings = RolloutSettings()
 
     # -- derived paths -------------------------------------------------------------
     @property

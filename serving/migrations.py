@@ -30,4 +30,16 @@ def m102_routing_tables(conn) -> None:
         )""")
 
 
-MIGRATIONS = [m101_model_versions, m102_routing_tables]
+def m103_rollouts(conn) -> None:
+    # The current rollout of each alias (its controller state); the decisions themselves
+    # are deployment events, landed in `deployments`.
+    conn.execute("""
+        CREATE TABLE rollouts (
+            alias      VARCHAR PRIMARY KEY,
+            state      JSON NOT NULL,
+            status     VARCHAR NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+
+
+MIGRATIONS = [m101_model_versions, m102_routing_tables, m103_rollouts]

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
-from streams.schemas import DeadLetter, Feedback, Interaction
+from streams.schemas import DeadLetter, Deployment, Feedback, Interaction
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ _INTERACTION_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","reque
 _FEEDBACK_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","request_id":"VARCHAR","draft":"INTEGER",
  "kind":"VARCHAR","value":"INTEGER","text":"VARCHAR","user_id":"VARCHAR","session_id":"VARCHAR","app":"VARCHAR",
  "created_at":"TIMESTAMPTZ","comment":"VARCHAR"}"""
+_DEPLOY_STRUCT = """{"alias":"VARCHAR","candidate":"VARCHAR","production":"VARCHAR","action":"VARCHAR",
+ "status":"VARCHAR","weights":"JSON","reason":"VARCHAR","figures":"JSON"}"""
 _DEAD_STRUCT = """{"event_id":"VARCHAR","source_topic":"VARCHAR","partition":"INTEGER","offset":"BIGINT",
  "key":"VARCHAR","reason":"VARCHAR","payload":"VARCHAR","created_at":"TIMESTAMPTZ"}"""
 
@@ -63,6 +65,12 @@ _INSERTS = {
             j.user_id, j.session_id, coalesce(j.app, 'default'), ts, j.comment, p, o
         FROM (SELECT json_transform(raw, '{_FEEDBACK_STRUCT}') AS j, event_id AS id, created_at AS ts,
                      partition AS p, "offset" AS o FROM staged)""",
+    "deployments": f"""
+        INSERT OR IGNORE INTO deployments (event_id, alias, candidate, production, action, status, weights, reason,
+            figures, created_at)
+        SELECT id, j.alias, j.candidate, j.production, j.action, j.status, j.weights, j.reason,
+            coalesce(j.figures, '{{}}'), ts
+        FROM (SELECT json_transform(raw, '{_DEPLOY_STRUCT}') AS j, event_id AS id, created_at AS ts FROM staged)""",
     "dead_letters": f"""
         INSERT OR IGNORE INTO dead_letters (event_id, source_topic, partition, "offset", key, reason, payload, created_at)
         SELECT id, j.source_topic, j.partition, j.offset, j.key, j.reason, j.payload, ts
@@ -104,8 +112,12 @@ class Lander:
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, topics: dict[str, str]):
         self.conn = conn
-        self.table_of = {topics["interactions"]: "interactions", topics["feedback"]: "feedback", topics["dlq"]: "dead_letters"}
-        self.model_of = {"interactions": Interaction, "feedback": Feedback, "dead_letters": DeadLetter}
+        self.table_of = {topics["interactions"]: "interactions", topics["feedback"]: "feedback",
+                         topics["dlq"]: "dead_letters"}
+        if "deployments" in topics:
+            self.table_of[topics["deployments"]] = "deployments"
+        self.model_of = {"interactions": Interaction, "feedback": Feedback, "dead_letters": DeadLetter,
+                         "deployments": Deployment}
 
     def _dead(self, rec: Record, reason: str) -> DeadLetter:
         return DeadLetter(

@@ -83,4 +83,21 @@ def m004_landing_offsets(conn) -> None:
         )""")
 
 
-MIGRATIONS = [m001_interactions, m002_feedback, m003_dead_letters, m004_landing_offsets]
+def m005_deployments(conn) -> None:
+    conn.execute("""
+        CREATE TABLE deployments (
+            event_id    VARCHAR PRIMARY KEY,
+            alias       VARCHAR NOT NULL,
+            candidate   VARCHAR NOT NULL,
+            production  VARCHAR NOT NULL,
+            action      VARCHAR NOT NULL,
+            status      VARCHAR NOT NULL,
+            weights     JSON NOT NULL,
+            reason      VARCHAR NOT NULL,
+            figures     JSON NOT NULL,
+            created_at  TIMESTAMPTZ NOT NULL,
+            landed_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+
+
+MIGRATIONS = [m001_interactions, m002_feedback, m003_dead_letters, m004_landing_offsets, m005_deployments]

@@ -163,8 +163,26 @@ class DeadLetter(_Model):
     created_at: AwareDatetime
 
 
+class Deployment(_Model):
+    """A rollout decision: what changed for an alias, why, and the figures it used."""
+
+    type: Literal["deployment"] = "deployment"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id
+    alias: str = Field(max_length=256)
+    candidate: str = Field(max_length=256)
+    production: str = Field(max_length=256)
+    action: Literal["start", "hold", "advance", "promote", "rollback", "pause", "resume"]
+    status: str = Field(max_length=32)
+    weights: dict[str, float]
+    reason: Text
+    figures: dict[str, Any] = Field(default_factory=dict)
+    created_at: AwareDatetime
+
+
 Event = Annotated[Union[Interaction, Feedback], Field(discriminator="type")]
-EVENT_MODELS: dict[str, type[_Model]] = {"interaction": Interaction, "feedback": Feedback, "dead_letter": DeadLetter}
+EVENT_MODELS: dict[str, type[_Model]] = {"interaction": Interaction, "feedback": Feedback, "dead_letter": DeadLetter,
+                                         "deployment": Deployment}
 event_adapter: TypeAdapter[Interaction | Feedback] = TypeAdapter(Event)
 
 

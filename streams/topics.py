@@ -15,6 +15,7 @@ TOPICS = {
     "interactions": "chat interactions (one record per request, all its drafts)",
     "feedback": "user feedback on a request's drafts",
     "dlq": "records that failed validation, with the reason",
+    "deployments": "rollout decisions (start, advance, hold, promote, rollback...) with reasons and figures",
 }
 
 

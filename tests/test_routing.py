@@ -74,6 +74,7 @@ def test_requests_see_one_table_while_tables_change(settings, start_gateway):
     backend = ScriptedBackend(versions=[f"v{i}" for i in range(1, 21)])
     gw = start_gateway(settings, backend)
     router = gw.gw.router
+    router.apply(RoutingTable(1, {ALIAS: (Route("v1", 100),)}))  # before any client: "base" is not served here
     stop = threading.Event()
 
     def client(k):
@@ -82,12 +83,13 @@ def test_requests_see_one_table_while_tables_change(settings, start_gateway):
         while not stop.is_set():
             r = c.post("/v1/chat/completions", json={"model": ALIAS, "messages": [{"role": "user", "content": "hi"}],
                                                      "user": f"u{k}"})
+            assert r.status_code == 200, r.text
             seen.append(int(r.json()["system_fingerprint"].split(":v")[1]))
         return seen
 
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(client, k) for k in range(6)]
-        for rev in range(1, 21):  # revision k sends everyone to v{k}
+        for rev in range(2, 21):  # revision k sends everyone to v{k}
             router.apply(RoutingTable(rev, {ALIAS: (Route(f"v{rev}", 100),)}))
             time.sleep(0.05)
         stop.set()

@@ -77,4 +77,20 @@ def create_api(settings, plane) -> Flask:
             table = plane.registry(cur).set_routes(data["alias"], weights, data.get("reason") or "set by an operator")
         return jsonify(table.to_dict())
 
+    @app.post("/api/rollouts")
+    def rollout_start():
+        data = body()
+        if not data.get("candidate"):
+            raise RegistryError("send {'candidate': version, 'alias': alias (optional)}")
+        return jsonify(plane.rollouts.start(data.get("alias") or settings.model.alias, data["candidate"])), 201
+
+    @app.get("/api/rollouts/<alias>")
+    def rollout_status(alias: str):
+        return jsonify(plane.rollouts.status(alias))
+
+    @app.post("/api/rollouts/<alias>/<action>")
+    def rollout_act(alias: str, action: str):
+        data = request.get_json(silent=True) or {}
+        return jsonify(plane.rollouts.act(alias, action, reason=data.get("reason")))
+
     return app

@@ -6,12 +6,15 @@ import contextlib
 import logging
 import threading
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from werkzeug.serving import make_server
 
-from services.control.api import create_api
 from serving.registry import Registry
+from services.control.api import create_api
 from services.control.migrations import ALL
+from services.control.rollouts import RolloutManager
 from streams.landing import LandingConsumer
+from streams.producer import EventProducer
 from streams.topics import ensure_topics, topic_names
 from streams.warehouse import apply_migrations, connect
 
@@ -30,12 +33,25 @@ class ControlPlane:
         with self.reader() as cur:
             self.registry(cur).ensure_base()
         self.landing = LandingConsumer(settings, self.conn.cursor(), topic_names(settings))
+        # Its own spool: `flywheel up` runs the gateway in the same data folder.
+        self.producer = EventProducer(settings.bootstrap, settings.data_path / "spool-control",
+                                      client_id=f"{settings.kafka.client_id}-control")
+        self.rollouts = RolloutManager(settings, self, self.producer)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler.add_job(self._tick, "interval", seconds=settings.rollout.tick_s, max_instances=1,
+                               coalesce=True, id="rollouts")
         self._landing_thread = threading.Thread(target=self._land, name="landing", daemon=True)
         self._api_server = None
         if serve_api:
             app = create_api(settings, self)
             self._api_server = make_server(settings.control.host, settings.control.port, app, threaded=True)
         self.failed: BaseException | None = None
+
+    def _tick(self) -> None:
+        try:
+            self.rollouts.tick()
+        except Exception:  # noqa: BLE001 - one bad tick must not stop the scheduler; it is logged
+            log.exception("rollout tick failed")
 
     def _land(self) -> None:
         try:
@@ -60,8 +76,10 @@ class ControlPlane:
         return {"batches": lc.batches, "records": lc.landed_total, "dead_letters": lc.dead_total,
                 "last_batch_at": lc.last_batch_at, "running": self._landing_thread.is_alive()}
 
-    def start(self) -> "ControlPlane":
+    def start(self, scheduler: bool = True) -> "ControlPlane":
         self._landing_thread.start()
+        if scheduler:
+            self.scheduler.start()
         if self._api_server is not None:
             threading.Thread(target=self._api_server.serve_forever, name="control-api", daemon=True).start()
         return self
@@ -73,6 +91,9 @@ class ControlPlane:
 
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
         """Stop landing (after draining what is in the topics, by default), then the API."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.producer.close(drain_timeout=10 if drain else 0.5)  # its events land in the drain below
         (self.landing.stop if drain else self.landing.stop_now).set()
         self._landing_thread.join(timeout)
         if self._landing_thread.is_alive():

@@ -1,0 +1,159 @@
+"""Rollouts in the control plane: the pure controller (serving.rollout) driven by figures
+from the warehouse, its decisions applied to the registry and the routing table, and
+every decision emitted as a ``deployment`` event (Kafka → landed in ``deployments``).
+
+A scheduler tick (APScheduler, every ``rollout.tick_s``) analyses each progressing
+rollout once per ``rollout.analysis_interval_s``: candidate vs production over the last
+interval, then advance / hold / promote / roll back. Operators act through the JSON API
+or `flywheel rollout ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+
+from serving.registry import RegistryError
+from serving.rollout import analyse, controller
+from serving.rollout.analysis import AnalysisPolicy
+from serving.rollout.controller import Decision, RolloutError, RolloutPolicy, RolloutState
+from serving.rollout.windows import version_window
+from streams.schemas import Deployment, new_id
+
+log = logging.getLogger(__name__)
+
+MANUAL = {"pause": controller.pause, "resume": controller.resume, "promote": controller.promote,
+          "rollback": controller.rollback}
+
+
+def policy_of(settings) -> RolloutPolicy:
+    r = settings.rollout
+    return RolloutPolicy(steps=tuple(r.steps), analysis_interval_s=r.analysis_interval_s,
+                         failure_threshold=r.failure_threshold,
+                         analysis=AnalysisPolicy(min_feedback=r.min_feedback, delta=r.delta, method=r.method))
+
+
+def state_to_json(state: RolloutState) -> str:
+    return json.dumps(dataclasses.asdict(state), default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
+
+
+def state_from_json(text: str) -> RolloutState:
+    d = json.loads(text)
+    for key in ("started_at", "updated_at", "step_started_at"):
+        d[key] = datetime.fromisoformat(d[key])
+    if d.get("last_decision"):
+        dec = d["last_decision"]
+        dec["at"] = datetime.fromisoformat(dec["at"])
+        d["last_decision"] = Decision(**dec)
+    return RolloutState(**d)
+
+
+class RolloutManager:
+    def __init__(self, settings, plane, producer):
+        self.settings = settings
+        self.plane = plane
+        self.producer = producer
+        self.policy = policy_of(settings)
+        self.topic = settings.topic("deployments")
+        self._lock = threading.Lock()
+
+    # -- persistence ---------------------------------------------------------------------
+    def _load(self, cur, alias: str) -> RolloutState | None:
+        row = cur.execute("SELECT state FROM rollouts WHERE alias = ?", [alias]).fetchone()
+        return state_from_json(row[0]) if row else None
+
+    def _save(self, cur, state: RolloutState) -> None:
+        cur.execute("INSERT OR REPLACE INTO rollouts (alias, state, status, updated_at) VALUES (?, ?, ?, now())",
+                    [state.alias, state_to_json(state), state.status])
+
+    # -- operations ----------------------------------------------------------------------
+    def start(self, alias: str, candidate: str, now: datetime | None = None) -> dict:
+        now = now or datetime.now(timezone.utc)
+        with self._lock, self.plane.reader() as cur:
+            registry = self.plane.registry(cur)
+            current = self._load(cur, alias)
+            if current is not None and not current.terminal:
+                raise RegistryError(f"a rollout of {current.candidate!r} on {alias!r} is {current.status}; "
+                                    "promote or roll it back first", 409)
+            mv = registry.get(candidate)
+            if mv.status != "candidate":
+                raise RegistryError(f"{candidate!r} is {mv.status}, not a candidate", 409)
+            routes = registry.routing_table().routes.get(alias, ())
+            serving = [r.version for r in routes if r.weight > 0]
+            if len(serving) != 1:
+                raise RegistryError(f"{alias!r} is split over {serving}: a rollout starts from one production version", 409)
+            state, decision = controller.start(alias, candidate, serving[0], self.policy, now)
+            self._apply(cur, registry, None, state, decision)
+            return self._describe(state)
+
+    def act(self, alias: str, action: str, reason: str | None = None, now: datetime | None = None) -> dict:
+        if action not in MANUAL:
+            raise RegistryError(f"unknown action {action!r}; one of {', '.join(MANUAL)}")
+        now = now or datetime.now(timezone.utc)
+        with self._lock, self.plane.reader() as cur:
+            state = self._require(cur, alias)
+            kwargs = {"reason": reason} if reason else {}
+            try:
+                new, decision = MANUAL[action](state, self.policy, now, **kwargs)
+            except RolloutError as e:
+                raise RegistryError(str(e), 409) from None
+            self._apply(cur, self.plane.registry(cur), state, new, decision)
+            return self._describe(new)
+
+    def status(self, alias: str) -> dict:
+        with self.plane.reader() as cur:
+            return self._describe(self._require(cur, alias))
+
+    def tick(self, now: datetime | None = None) -> list[Decision]:
+        """Analyse every rollout whose interval is due; return the decisions taken."""
+        now = now or datetime.now(timezone.utc)
+        decisions = []
+        with self._lock, self.plane.reader() as cur:
+            for (alias,) in cur.execute("SELECT alias FROM rollouts WHERE status = 'progressing'").fetchall():
+                state = self._load(cur, alias)
+                if not controller.analysis_due(state, self.policy, now):
+                    continue
+                start = now - timedelta(seconds=self.policy.analysis_interval_s)
+                verdict = analyse(version_window(cur, state.candidate, start, now, alias),
+                                  version_window(cur, state.production, start, now, alias), self.policy.analysis)
+                new, decision = controller.advance(state, verdict, self.policy, now)
+                self._apply(cur, self.plane.registry(cur), state, new, decision)
+                decisions.append(decision)
+        return decisions
+
+    def _require(self, cur, alias: str) -> RolloutState:
+        state = self._load(cur, alias)
+        if state is None:
+            raise RegistryError(f"no rollout on {alias!r}; start one with `flywheel rollout start`", 404)
+        return state
+
+    def _apply(self, cur, registry, before: RolloutState | None, state: RolloutState, decision: Decision) -> None:
+        """Statuses, routing, persisted state, and the deployment event, in that order."""
+        if decision.action == "start":
+            registry.set_status(state.candidate, "canary")
+        elif decision.action == "promote":
+            registry.set_status(state.candidate, "production")
+            if state.previous_production:
+                registry.set_status(state.previous_production, "retired", notes="previous production (rollback target)")
+        elif decision.action == "rollback":
+            target = next(v for v, w in decision.weights.items() if w == 100)
+            registry.set_status(target, "production")
+            registry.set_status(state.candidate, "rolled_back", notes=decision.reason[:500])
+        if before is None or decision.weights != before.weights:
+            registry.set_routes(state.alias, decision.weights, reason=f"rollout {decision.action}: {decision.reason}")
+        self._save(cur, state)
+        event = Deployment(event_id=new_id("dep-"), alias=state.alias, candidate=state.candidate,
+                           production=state.production, action=decision.action, status=state.status,
+                           weights=decision.weights, reason=decision.reason,
+                           figures=json.loads(json.dumps(decision.figures, default=str)), created_at=decision.at)
+        self.producer.emit(self.topic, state.alias, event)
+        log.info("rollout %s on %s: %s (%s)", state.candidate, state.alias, decision.action, decision.reason)
+
+    @staticmethod
+    def _describe(state: RolloutState) -> dict:
+        d = json.loads(state_to_json(state))
+        d["weights"] = state.weights
+        return d
