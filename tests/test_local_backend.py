@@ -21,7 +21,6 @@ import time
 
 import pytest
 
-from tests.conftest import MODEL_CACHE
 import torch
 
 from serving.backends.base import (
@@ -36,24 +35,12 @@ from serving.model_store import (
     STOCK_CHAT_TEMPLATE,
     check_chat_template,
     ensure_hf_model,
-    gguf_path,
 )
 
 
 # --------------------------------------------------------------------------------------
 # fixtures
 # --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir():
-    cache = MODEL_CACHE
-    try:
-        gguf_path()
-    except FileNotFoundError as exc:
-        if not (cache / "smollm2-135m-instruct" / "config.json").is_file():
-            pytest.skip(str(exc))
-    return ensure_hf_model(cache)
-
-
 @pytest.fixture(scope="module")
 def backend(model_dir):
     b = LocalBackend(model_dir, max_batch=8)
