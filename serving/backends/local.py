@@ -26,19 +26,41 @@ finished row's slot is refilled by moving the last row into it; columns no row u
 more are dropped from the window's left edge. The buffer is re-laid out (copied) only
 when it is full or a newcomer's prompt is longer than the window's left room.
 
-Each row carries its model ``version``. Only ``"base"`` exists today; LoRA adapters
-(PEFT, one base model, per-row ``adapter_names`` in the same forward) plug in at
-:meth:`LocalBackend._forward_kwargs` and :meth:`LocalBackend.versions`.
+Model versions: each row carries its model ``version``: ``"base"`` or the name a LoRA
+adapter (PEFT format) was loaded under with :meth:`LocalBackend.load_adapter`. There is
+one copy of the base weights. On the first adapter the model is wrapped in a
+``PeftModel`` (until then, and again after the last adapter is unloaded, the plain
+transformers model runs: the base-only path has no PEFT overhead); adapters are added to
+it and deleted from it by name. Rows of different versions share every forward: the
+model gets ``adapter_names=[...]``, one per row (``"__base__"`` for the base), and PEFT's
+mixed-batch LoRA forward (``LoraLayer._mixed_batch_forward``) runs each linear layer's
+base weight over the whole batch, then adds each adapter's low-rank update to its own
+rows only. A row's output therefore does not depend on which versions share its batch
+(up to the ~1e-5 float noise of batch size discussed in tests/test_local_backend.py).
+PEFT's limits for mixed batches apply: no DoRA, no merged adapters, no adapters that
+change base weights (``bias`` other than ``"none"``, PiSSA/OLoRA/CorDA/LoftQ
+initialisations), which :meth:`LocalBackend.load_adapter` refuses, as well as
+``modules_to_save``/trainable tokens (full copies of base modules), aLoRA and
+``layer_replication``.
+
+Loading and unloading run on the worker thread between two steps (the caller waits), so
+a forward never sees a half-loaded adapter and the decode loop needs no lock. Version
+names are immutable: the same name with another path is refused, the same name with the
+same path is a no-op.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
+import json
 import logging
 import math
 import random
+import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,8 +77,16 @@ from serving.backends.base import (
 log = logging.getLogger(__name__)
 
 BASE_VERSION = "base"
+_PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in ``adapter_names``
 _SEED_MIX = 0x9E3779B97F4A7C15  # decorrelates the per-draft seeds of one request
 _CANCELLED_STATUS = 499  # "client closed request"
+
+
+class VersionBusy(BackendError):
+    """An adapter cannot be unloaded while requests of its version run or wait (HTTP 409)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=409)
 
 
 # --------------------------------------------------------------------------------------
@@ -227,6 +257,26 @@ class _StepCache(Cache):
 # Per-request and per-row state
 # --------------------------------------------------------------------------------------
 @dataclasses.dataclass(eq=False)
+class _Op:
+    """A change to the model (load/unload an adapter) that the worker applies between steps."""
+
+    fn: Callable[[], object]
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    result: object = None
+    error: BaseException | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _AdapterFiles:
+    """An adapter read from disk and checked against the base, ready to be installed."""
+
+    version: str
+    path: Path
+    config: object  # peft.LoraConfig
+    weights: dict  # PEFT state dict (keys without the adapter name)
+
+
+@dataclasses.dataclass(eq=False)
 class _Request:
     request: GenerationRequest
     gen: Generation
@@ -386,7 +436,21 @@ class LocalBackend:
         self._last = torch.zeros(max_batch, dtype=torch.long)
         self._pos = torch.zeros(max_batch, dtype=torch.long)
 
-        self._versions: dict[str, object] = {BASE_VERSION: None}  # version -> adapter (None: base)
+        # Versions: version -> adapter folder (None: base). Changed by the worker (under
+        # ``_cond``) when an adapter has been installed or removed, read by request threads.
+        self._versions: dict[str, Path | None] = {BASE_VERSION: None}
+        self._base_model = self.model  # the transformers model; ``self.model`` is what runs
+        self._peft = None  # the PeftModel wrapping ``_base_model`` while any adapter is loaded
+        self._adapter_names: dict[str, str] = {}  # version -> PEFT adapter name (worker-owned)
+        self._adapter_ids = itertools.count(1)
+        self._base_requires_grad: dict[str, bool] = {}
+        # Shapes of the base's linear layers, for checking adapters without touching the model.
+        self._linear_shapes = {
+            name: (m.in_features, m.out_features)
+            for name, m in self._base_model.named_modules()
+            if isinstance(m, torch.nn.Linear)
+        }
+        self._ops: collections.deque[_Op] = collections.deque()
         self._queue: collections.deque[_Request] = collections.deque()
         self._prefilling: _Request | None = None  # the request whose prompt is being prefilled
         self._cond = threading.Condition()
@@ -396,7 +460,9 @@ class LocalBackend:
 
     # -- Backend protocol ------------------------------------------------------------------
     def versions(self) -> list[str]:
-        return list(self._versions)
+        """``["base", *adapter versions]``, in the order they were loaded."""
+        with self._cond:
+            return list(self._versions)
 
     def health(self) -> dict:
         with self._cond:
@@ -430,6 +496,8 @@ class LocalBackend:
         with self._cond:
             if self._closed:
                 raise BackendError("local backend is closed", 503)
+            if request.version not in self._versions:  # unloaded meanwhile
+                raise BackendError(f"model version {request.version!r} is not loaded on this backend", 503)
             if len(self._queue) >= self.max_queue:
                 raise BackendError(f"local backend overloaded: {len(self._queue)} requests queued", 503)
             self._queue.append(req)
@@ -447,6 +515,7 @@ class LocalBackend:
             self._queue.clear()
         for req in pending:
             req.gen.fail(BackendError("local backend closed", 503))
+        self._fail_ops()
         # Requests still running (the worker fails them on exit; this covers a stuck join).
         running = [r.req for r in self._rows] + ([self._prefilling] if self._prefilling else [])
         for req in {id(r): r for r in running}.values():
@@ -459,6 +528,259 @@ class LocalBackend:
 
     def __exit__(self, *exc):
         self.close()
+
+    # -- versions: LoRA adapters -----------------------------------------------------------
+    def load_adapter(self, version: str, adapter_path: Path | str) -> None:
+        """Serve the LoRA adapter (PEFT format) in ``adapter_path`` as model ``version``.
+
+        Returns once requests for ``version`` can be submitted. Names are immutable: loading
+        a loaded version again with the same folder is a no-op, with another folder a
+        ``ValueError``; ``"base"`` is reserved. The adapter is read and checked against the
+        base model on the calling thread (a ``ValueError`` naming the version and the folder
+        when it does not fit: other layer shapes, modules the base does not have, missing
+        weights, an unsupported kind of adapter), then installed by the worker between two
+        decode steps. Raises ``BackendError`` (503) if the backend is closed."""
+        if not isinstance(version, str) or not version.strip():
+            raise ValueError("a version name must be a non-empty string")
+        if version == BASE_VERSION:
+            raise ValueError(f"version name {BASE_VERSION!r} is reserved for the base model")
+        path = Path(adapter_path).expanduser().resolve()
+        if self._same_version(version, path):
+            return
+        files = self._read_adapter(version, path)
+        self._call_in_worker(lambda: self._install_adapter(files))
+
+    def unload_adapter(self, version: str) -> None:
+        """Stop serving adapter ``version`` and free its weights.
+
+        Refused with :class:`VersionBusy` (a ``BackendError``, status 409) while requests of
+        that version are queued or running; after it returns, new requests for the version
+        get a 503. Unloading a version that is not loaded is a no-op; ``"base"`` cannot be
+        unloaded (``ValueError``)."""
+        if version == BASE_VERSION:
+            raise ValueError("the base model cannot be unloaded")
+        self._call_in_worker(lambda: self._remove_adapter(version))
+
+    def _same_version(self, version: str, path: Path) -> bool:
+        """True if ``version`` is loaded from ``path``; ValueError if from another folder."""
+        with self._cond:
+            if version not in self._versions:
+                return False
+            loaded = self._versions[version]
+        if loaded == path:
+            return True
+        raise ValueError(
+            f"version {version!r} is loaded already from {loaded}, not {path}: version names are immutable"
+        )
+
+    def _read_adapter(self, version: str, path: Path) -> _AdapterFiles:
+        """Read an adapter folder and check it against the base (no model change)."""
+        from peft import LoraConfig, load_peft_weights
+
+        def bad(why: str) -> ValueError:
+            return ValueError(f"adapter {version!r} at {path} cannot be served on {self.model_dir.name}: {why}")
+
+        config_file = path / "adapter_config.json"
+        if not config_file.is_file():
+            raise bad("no adapter_config.json (not a PEFT adapter folder)")
+        if not any((path / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise bad("no adapter_model.safetensors or adapter_model.bin")
+        try:
+            raw = json.loads(config_file.read_text())
+        except ValueError as exc:
+            raise bad(f"adapter_config.json is not valid JSON ({exc})") from None
+        if raw.get("peft_type") != "LORA":
+            raise bad(f"only LoRA adapters are supported, this one is {raw.get('peft_type')!r}")
+        try:
+            config = LoraConfig.from_pretrained(str(path))
+            weights = load_peft_weights(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - whatever PEFT or safetensors say
+            raise bad(f"cannot read it ({type(exc).__name__}: {exc})") from exc
+
+        # What PEFT's mixed-batch forward cannot serve next to other versions.
+        init = config.init_lora_weights
+        if config.use_dora:
+            raise bad("DoRA adapters cannot be served in mixed batches (PEFT limitation)")
+        if config.bias != "none":
+            raise bad(f"bias={config.bias!r} trains base-model biases, which all versions share")
+        if isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "loftq")):
+            raise bad(f"init_lora_weights={init!r} changes the base weights; convert it to a plain LoRA first")
+        for field, why in (
+            ("modules_to_save", "full copies of base modules"),
+            ("trainable_token_indices", "trainable token embeddings"),
+            ("layer_replication", "layer replication"),
+            ("alora_invocation_tokens", "activated LoRA"),
+            ("target_parameters", "LoRA on parameters"),
+        ):
+            if getattr(config, field, None):
+                raise bad(f"{field} ({why}) is not supported for serving")
+
+        # Shapes against the base's linear layers: a clear error before the model is touched.
+        pattern = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight$")
+        shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+        for key, tensor in weights.items():
+            m = pattern.match(key)
+            if m is None:
+                if "lora_embedding_" in key or key.endswith(".lora_B.bias"):
+                    continue  # embeddings and lora_bias: left to PEFT's own checks
+                raise bad(f"unexpected tensor {key!r} in the adapter weights")
+            shapes.setdefault(m.group(1), {})[m.group(2)] = tuple(tensor.shape)
+        if not shapes:
+            raise bad("the adapter has no LoRA weights")
+        for module, ab in sorted(shapes.items()):
+            if module not in self._linear_shapes:
+                raise bad(f"it adapts module {module!r}, which the base model does not have (or is not linear)")
+            in_f, out_f = self._linear_shapes[module]
+            a, b = ab.get("A"), ab.get("B")
+            if a is None or b is None:
+                raise bad(f"module {module!r} has lora_{'A' if a is None else 'B'} missing")
+            if len(a) != 2 or len(b) != 2 or a[1] != in_f or b[0] != out_f or a[0] != b[1]:
+                raise bad(
+                    f"module {module!r} is [{out_f} x {in_f}] in the base, but the adapter has lora_A {list(a)} "
+                    f"and lora_B {list(b)} (expected [r, {in_f}] and [{out_f}, r])"
+                )
+            if not config.rank_pattern and a[0] != config.r:  # (per-module ranks: PEFT checks)
+                raise bad(f"module {module!r} has rank {a[0]} in the weights but r={config.r} in the config")
+        config.inference_mode = True
+        config.init_lora_weights = False  # the weights are loaded below; skip PEFT's init
+        return _AdapterFiles(version, path, config, weights)
+
+    def _call_in_worker(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the worker thread between two steps and wait for it."""
+        if threading.current_thread() is self._thread:
+            return self._run_op_fn(fn)
+        op = _Op(fn)
+        with self._cond:
+            if self._closed or not self._thread.is_alive():
+                raise BackendError("local backend is closed", 503)
+            self._ops.append(op)
+            self._cond.notify_all()
+        while not op.done.wait(1.0):
+            if not self._thread.is_alive():
+                raise BackendError("local backend is closed", 503)
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    @staticmethod
+    def _run_op_fn(fn: Callable[[], object]) -> object:
+        # New parameters must be ordinary tensors, not inference tensors of the worker's mode.
+        with torch.inference_mode(False), torch.no_grad():
+            return fn()
+
+    def _run_ops(self) -> None:
+        with self._cond:
+            ops = list(self._ops)
+            self._ops.clear()
+        for op in ops:
+            try:
+                op.result = self._run_op_fn(op.fn)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                op.error = exc
+            op.done.set()
+
+    def _fail_ops(self) -> None:
+        with self._cond:
+            ops = list(self._ops)
+            self._ops.clear()
+        for op in ops:
+            op.error = BackendError("local backend closed", 503)
+            op.done.set()
+
+    def _install_adapter(self, files: _AdapterFiles) -> None:
+        """(Worker) add an adapter to the model; on any failure the model is left as it was."""
+        from peft import PeftModel, set_peft_model_state_dict
+
+        version, path = files.version, files.path
+        if self._same_version(version, path):  # loaded by a concurrent call meanwhile
+            return
+        name = f"v{next(self._adapter_ids)}"  # PEFT names become module keys: no dots, no clashes
+        first = self._peft is None
+        try:
+            if first:
+                # PEFT freezes the base parameters; they are restored when the last adapter goes.
+                self._base_requires_grad = {n: p.requires_grad for n, p in self._base_model.named_parameters()}
+                self._peft = PeftModel(self._base_model, files.config, adapter_name=name)
+            else:
+                self._peft.add_adapter(name, files.config)
+            result = set_peft_model_state_dict(self._peft, files.weights, adapter_name=name)
+            missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}")]
+            if missing:
+                raise ValueError(f"no weights for {len(missing)} LoRA tensors the config asks for, e.g. {missing[0]}")
+            if result.unexpected_keys:
+                raise ValueError(
+                    f"{len(result.unexpected_keys)} tensors match no module the config targets, "
+                    f"e.g. {result.unexpected_keys[0]}"
+                )
+            self._peft.eval()  # new LoRA modules are created in training mode
+        except Exception as exc:
+            self._drop_adapter_modules(name, everything=first)
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            why = " ".join(line.strip() for line in lines[:2])
+            if len(lines) > 2:
+                why += f" (and {len(lines) - 2} more)"
+            raise ValueError(
+                f"adapter {version!r} at {path} does not fit the base model {self.model_dir.name}: {why}"
+            ) from exc
+        self._adapter_names[version] = name
+        self.model = self._peft
+        with self._cond:
+            self._versions[version] = path
+        log.info("loaded adapter %s from %s", version, path)
+
+    def _remove_adapter(self, version: str) -> None:
+        """(Worker) delete an adapter unless requests of its version are queued or running."""
+        def live(req: _Request) -> bool:  # cancelled ones are dropped before the next forward
+            return req.request.version == version and not (req.failed or req.gen.cancelled)
+
+        with self._cond:
+            if version not in self._versions:
+                return
+            queued = sum(1 for r in self._queue if live(r))
+            if self._prefilling is not None and live(self._prefilling):
+                queued += 1
+            running = len({id(r.req) for r in self._rows if live(r.req)})
+            if queued or running:
+                raise VersionBusy(
+                    f"version {version!r} is in use ({running} running, {queued} queued requests); "
+                    f"route traffic away from it and retry"
+                )
+            del self._versions[version]  # from now on, submit() answers 503
+        name = self._adapter_names.pop(version)
+        if self._adapter_names:
+            if self._peft.active_adapter == name:  # PEFT wants an active adapter; rows never use it
+                self._peft.set_adapter(next(iter(self._adapter_names.values())), inference_mode=True)
+            self._peft.delete_adapter(name)
+        else:
+            self._drop_adapter_modules(name, everything=True)
+        log.info("unloaded adapter %s", version)
+
+    def _drop_adapter_modules(self, name: str, everything: bool) -> None:
+        """(Worker) remove adapter ``name`` from the model; with ``everything``, remove all LoRA
+        layers and go back to the plain transformers model (the base-only fast path)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        peft = self._peft
+        if not everything:
+            if peft is not None and name in peft.peft_config:
+                peft.delete_adapter(name)
+            else:  # injection failed half-way: PEFT dropped the config, maybe not the layers
+                for module in peft.modules() if peft is not None else ():
+                    if isinstance(module, BaseTunerLayer) and name in getattr(module, "lora_A", {}):
+                        module.delete_adapter(name)
+            return
+        base = self._base_model
+        for qualified, module in list(base.named_modules()):
+            if isinstance(module, BaseTunerLayer) and qualified:
+                parent, _, child = qualified.rpartition(".")
+                setattr(base.get_submodule(parent), child, module.get_base_layer())
+        if "peft_config" in vars(base):
+            del base.peft_config
+        for n, p in base.named_parameters():
+            p.requires_grad_(self._base_requires_grad.get(n, p.requires_grad))
+        self._peft = None
+        self.model = base
+        self._adapter_names.clear()
 
     # -- prompt --------------------------------------------------------------------------
     def _encode(self, messages) -> list[int]:
@@ -476,10 +798,14 @@ class LocalBackend:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._closed and not self._queue and not self._rows and not self._prefilling:
+                    while (
+                        not self._closed and not self._queue and not self._rows and not self._prefilling
+                        and not self._ops
+                    ):
                         self._cond.wait()
                     if self._closed:
                         break
+                self._run_ops()  # adapter changes happen here, between two steps
                 try:
                     self._drop_cancelled()
                     self._admit()
@@ -489,6 +815,7 @@ class LocalBackend:
                     log.exception("local backend step failed")
                     self._fail_all(BackendError(f"generation failed: {exc}", 502))
             self._fail_all(BackendError("local backend closed", 503))
+        self._fail_ops()
 
     def _fail_request(self, req: _Request, error: BackendError) -> None:
         if not req.failed:
@@ -572,7 +899,7 @@ class LocalBackend:
         if req.cache is None:
             from transformers import DynamicCache
 
-            req.cache = DynamicCache(config=self.model.config)
+            req.cache = DynamicCache(config=self._base_model.config)
         begin = req.prefilled
         end = min(len(req.prompt_ids), (begin // self.prefill_chunk + 1) * self.prefill_chunk)
         out = self.model(
@@ -623,12 +950,19 @@ class LocalBackend:
         self._after_tokens(list(range(b)), tokens)
 
     def _forward_kwargs(self, versions: list[str]) -> dict:
-        """Extra model kwargs for rows of these versions. Today every row is the base model;
-        with PEFT adapters this returns ``{"adapter_names": [...]}`` (``"__base__"`` for base)."""
-        for v in versions:
-            if self._versions.get(v) is not None:
-                raise BackendError(f"version {v!r} needs an adapter this backend cannot apply", 503)
-        return {}
+        """Extra model kwargs for rows of these versions: nothing while no adapter is loaded
+        (plain transformers model), else PEFT's per-row ``adapter_names`` (``"__base__"`` for
+        the base model), which makes one forward serve rows of different versions."""
+        if self._peft is None:
+            for v in versions:
+                if v != BASE_VERSION:
+                    raise BackendError(f"model version {v!r} is not loaded on this backend", 503)
+            return {}
+        names = self._adapter_names
+        try:
+            return {"adapter_names": [_PEFT_BASE if v == BASE_VERSION else names[v] for v in versions]}
+        except KeyError as exc:
+            raise BackendError(f"model version {exc.args[0]!r} is not loaded on this backend", 503) from None
 
     # -- sampling -------------------------------------------------------------------------
     @staticmethod
@@ -719,4 +1053,4 @@ class LocalBackend:
         row.req.gen.put(row.index, text, finish_reason=reason)
 
 
-__all__ = ["LocalBackend", "BASE_VERSION"]
+__all__ = ["LocalBackend", "BASE_VERSION", "VersionBusy"]
