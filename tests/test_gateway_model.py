@@ -7,6 +7,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from kafka import KafkaConsumer
 
 from streams.topics import topic_names
@@ -124,3 +125,42 @@ def test_simulated_traffic_lands_with_its_feedback(model_gateway, control_plane,
     # Feedback refers to landed requests only; the ground truth never travels with the traffic.
     assert count(control_plane, "feedback f LEFT JOIN interactions i USING (request_id)", "i.request_id IS NULL") == 0
     assert count(control_plane, "interactions", "tags::VARCHAR LIKE '%persona%' OR tags::VARCHAR LIKE '%honest%'") == 0
+
+
+def test_a_registered_adapter_serves_through_routing(settings, start_gateway, local_backend, model_dir, tmp_path):
+    from serving.adapters import make_random_adapter
+    from serving.registry import RegistryError
+    from services.control.plane import ControlPlane
+
+    adapter = make_random_adapter(model_dir, tmp_path / "lora", seed=3)
+    s = settings.replace(gateway={"routing_poll_s": 0.2})
+    plane = ControlPlane(s).start(scheduler=False)
+    try:
+        with plane.reader() as cur:
+            reg = plane.registry(cur)
+            reg.register("lora-1", adapter, notes="random LoRA for the test")  # checked on the real base
+            broken = tmp_path / "broken"
+            broken.mkdir()
+            (broken / "adapter_config.json").write_text("{}")
+            with pytest.raises(RegistryError, match="does not load"):
+                reg.register("lora-2", broken)
+            reg.set_routes("flywheel-chat", {"lora-1": 50, "base": 50}, reason="test canary")
+        gw = start_gateway(s, local_backend)
+        wait_for(lambda: gw.gw.router.table.revision == 1, timeout=30, what="the gateway to pick up the routes")
+        assert "lora-1" in local_backend.versions()
+        client = gw.client()
+        answers: dict[str, set[str]] = {}
+        for i in range(16):
+            r = client.chat.completions.create(model="flywheel-chat", messages=PROMPT, temperature=0, max_tokens=12,
+                                               user=f"user-{i}")
+            answers.setdefault(r.system_fingerprint.split(":")[1], set()).add(r.choices[0].message.content)
+        assert set(answers) == {"base", "lora-1"}  # both sides of the split served
+        assert len(answers["base"]) == 1 and len(answers["lora-1"]) == 1  # greedy: one answer per version
+        assert answers["base"] != answers["lora-1"]  # the adapter changes the model
+        wait_for(lambda: count(plane, "interactions") == 16, what="the interactions to land")
+        by_version = dict(query(plane, "SELECT model_version, count(*) FROM interactions GROUP BY 1"))
+        assert set(by_version) == {"base", "lora-1"}
+    finally:
+        plane.stop(drain=False)
+    gw.stop(drain_timeout=0.5)
+    local_backend.unload_adapter("lora-1")
