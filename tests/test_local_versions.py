@@ -22,6 +22,7 @@ import torch
 from serving.adapters import make_random_adapter
 from serving.backends.base import BackendError, GenerationRequest, SamplingParams
 from serving.backends.local import LocalBackend, VersionBusy
+from tests.conftest import wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,15 +45,6 @@ def chat(text: str, version: str = "base", max_tokens: int = 20) -> GenerationRe
 def answer(backend: LocalBackend, text: str, version: str = "base", max_tokens: int = 20) -> str:
     [(out, _)] = backend.submit(chat(text, version, max_tokens)).collect()
     return out
-
-
-def wait_until(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # --------------------------------------------------------------------------------------
@@ -172,7 +164,7 @@ def test_unload_is_refused_while_busy_then_works_when_idle(backend, reference, a
         backend.unload_adapter("sft-b")
     waiting.cancel()
     full.cancel()
-    assert wait_until(lambda: backend.health()["running"] == 0, timeout=10)
+    wait_for(lambda: backend.health()["running"] == 0, timeout=10, interval=0.02, what="the rows to drain")
 
     # running
     g = backend.submit(chat(STORY, "sft-b", max_tokens=300))
@@ -190,7 +182,7 @@ def test_unload_is_refused_while_busy_then_works_when_idle(backend, reference, a
         for _ in it:
             pass
     assert exc.value.status == 499
-    assert wait_until(lambda: backend.health()["running"] == 0, timeout=10)
+    wait_for(lambda: backend.health()["running"] == 0, timeout=10, interval=0.02, what="the rows to drain")
     with pytest.raises(BackendError) as exc:
         backend.submit(chat("hi", version="sft-b"))
     assert exc.value.status == 503
