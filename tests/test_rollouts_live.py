@@ -15,6 +15,7 @@ from serving.registry import Registry, RegistryError
 from services.control.plane import ControlPlane
 from streams.landing import Record
 from streams.schemas import Feedback, Interaction
+from streams.topics import topic_names
 from tests.conftest import count, query, wait_for
 
 ALIAS = "flywheel-chat"
@@ -38,6 +39,7 @@ def plane(settings, tmp_path):
 def traffic(plane, rng, start: datetime, version: str, requests: int, negative: float, offset: list[int]) -> None:
     """``requests`` interactions of ``version`` in the minute after ``start``, each with a thumb
     (down with probability ``negative``), landed through the real lander."""
+    topics = topic_names(plane.settings)
     records = []
     for i in range(requests):
         n = offset[0] = offset[0] + 1
@@ -47,9 +49,8 @@ def traffic(plane, rng, start: datetime, version: str, requests: int, negative: 
                             drafts=[{"index": 0, "content": "a"}], timing={"total_ms": rng.uniform(200, 400)})
         fb = Feedback(event_id=f"fb-{n}", request_id=f"r-{n}", kind="thumb", value=-1 if rng.random() < negative else 1,
                       created_at=at + timedelta(seconds=1))
-        records += [Record("i", 0, n, None, inter.model_dump_json().encode()),
-                    Record("f", 0, n, None, fb.model_dump_json().encode())]
-    plane.landing.lander.table_of.update({"i": "interactions", "f": "feedback"})
+        records += [Record(topics["interactions"], 0, n, None, inter.model_dump_json().encode()),
+                    Record(topics["feedback"], 0, n, None, fb.model_dump_json().encode())]
     plane.landing.lander.land(records)
 
 

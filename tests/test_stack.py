@@ -41,7 +41,7 @@ def test_up_status_and_sigterm_drains_everything(tmp_path):
 
         wait_for(ready, timeout=120, what="the stack to come up")
         keys = json.loads((data / "dev_api_keys.json").read_text())
-        assert "fw-chat-" in keys["chat"] and "dev_api_keys" not in (data / "api_keys.json").read_text()
+        assert keys["chat"].startswith("fw-chat-") and keys["ingest"].startswith("fw-ingest-")
         assert keys["chat"] not in (data / "api_keys.json").read_text()  # only hashes are stored
         client = openai.OpenAI(base_url=gateway + "/v1", api_key=keys["chat"], max_retries=0)
         ids = []

@@ -331,16 +331,21 @@ def make_task(
     raise ValueError(f"unknown task type {task_type!r}; known: {TASK_TYPES}")
 
 
+def draw_weighted(rng: random.Random, weights: Mapping[str, float], known, what: str) -> str:
+    """Draw one of ``known`` with ``weights`` (names outside ``known`` are an error; the
+    order of ``known`` fixes the draw, so the same seed gives the same name)."""
+    unknown = set(weights) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {sorted(unknown)}; known: {tuple(known)}")
+    names = [n for n in known if weights.get(n, 0) > 0]
+    if not names:
+        raise ValueError(f"the weights give no {what} a positive weight")
+    return rng.choices(names, weights=[weights[n] for n in names])[0]
+
+
 def pick_task_type(rng: random.Random, mix: Mapping[str, float] | None = None) -> str:
     """Draw a task type with the weights of `mix` (default `DEFAULT_TASK_MIX`)."""
-    mix = DEFAULT_TASK_MIX if mix is None else mix
-    unknown = set(mix) - set(TASK_TYPES)
-    if unknown:
-        raise ValueError(f"unknown task type(s) {sorted(unknown)} in the task mix; known: {TASK_TYPES}")
-    names = [t for t in TASK_TYPES if mix.get(t, 0) > 0]
-    if not names:
-        raise ValueError("the task mix gives no task type a positive weight")
-    return rng.choices(names, weights=[mix[t] for t in names])[0]
+    return draw_weighted(rng, DEFAULT_TASK_MIX if mix is None else mix, TASK_TYPES, "task type")
 
 
 def followup_task(rng: random.Random, previous: Task, *, messy_rate: float = 0.15) -> Task:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from flywheel.simulate.charts import dump_config
-from flywheel.simulate.tasks import Judgement, Task
+from flywheel.simulate.tasks import Judgement, Task, draw_weighted
 
 __all__ = [
     "DEFAULT_PERSONA_SHARES",
@@ -73,14 +73,7 @@ class User:
 
 def assign_persona(rng: random.Random, shares: Mapping[str, float] | None = None) -> str:
     """Draw a persona with the weights of `shares` (default `DEFAULT_PERSONA_SHARES`)."""
-    shares = DEFAULT_PERSONA_SHARES if shares is None else shares
-    unknown = set(shares) - set(PERSONAS)
-    if unknown:
-        raise ValueError(f"unknown persona(s) {sorted(unknown)}; known: {PERSONAS}")
-    names = [p for p in PERSONAS if shares.get(p, 0) > 0]
-    if not names:
-        raise ValueError("the persona shares give no persona a positive weight")
-    return rng.choices(names, weights=[shares[p] for p in names])[0]
+    return draw_weighted(rng, DEFAULT_PERSONA_SHARES if shares is None else shares, PERSONAS, "persona")
 
 
 def make_user(seed: int | str, index: int, shares: Mapping[str, float] | None = None) -> User:

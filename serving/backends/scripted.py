@@ -57,11 +57,12 @@ class ScriptedBackend:
         for i, text in enumerate(script):
             if isinstance(text, BackendError):
                 raise text
-            words = re.findall(r"\S+\s*", text)[: request.params.max_tokens]
+            tokens = re.findall(r"\S+\s*", text)  # one "token" per word
+            words = tokens[: request.params.max_tokens]
             for w in words:
                 gen.put(i, w)
             gen.completion_tokens[i] = len(words)
-            gen.put(i, "", "length" if len(words) == request.params.max_tokens and len(words) < len(re.findall(r"\S+\s*", text)) else "stop")
+            gen.put(i, "", "length" if len(words) < len(tokens) else "stop")
         return gen
 
     def health(self) -> dict:
