@@ -1,0 +1,172 @@
+"""Training configs: YAML over TRL's ``SFTConfig``/``DPOConfig`` and PEFT's ``LoraConfig``.
+
+Each stage (``sft``, ``dpo``) has a YAML file with three sections: ``args`` (fields of the
+TRL config class), ``lora`` (fields of ``LoraConfig``) and ``flywheel`` (our options).
+The bundled defaults are ``training/configs/{sft,dpo}.yaml``. Overrides are
+``STAGE.SECTION.KEY=VALUE`` strings (the value parsed as YAML), e.g. ``sft.args.max_steps=4``.
+
+:func:`build_args` turns a stage config into the TRL config for this machine: on a CPU
+``bf16`` is forced off (TRL defaults it on) and ``use_cpu`` on; with CUDA, bf16 where the
+card supports it, and QLoRA (4-bit NF4 base weights) when ``flywheel.qlora`` is set and
+bitsandbytes is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.errors import TrainingConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+STAGES = ("sft", "dpo")
+SECTIONS = ("args", "lora", "flywheel")
+OPTIONS = {
+    "sft": {"assistant_turns": ("all", "last"), "per_task_eval": bool, "qlora": bool},
+    "dpo": {"qlora": bool},
+}
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    stage: str
+    args: dict = field(default_factory=dict)
+    lora: dict = field(default_factory=dict)
+    flywheel: dict = field(default_factory=dict)
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "source": self.source, "args": self.args, "lora": self.lora,
+                "flywheel": self.flywheel}
+
+
+def default_config_path(stage: str) -> Path:
+    return CONFIG_DIR / f"{stage}.yaml"
+
+
+def _trl_class(stage: str):
+    from trl import DPOConfig, SFTConfig
+
+    return {"sft": SFTConfig, "dpo": DPOConfig}[stage]
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, list[tuple[str, str, object]]]:
+    """``["sft.args.max_steps=4", ...]`` -> ``{"sft": [("args", "max_steps", 4)], ...}``."""
+    out: dict[str, list] = {s: [] for s in STAGES}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 3 or parts[0] not in STAGES or parts[1] not in SECTIONS:
+            raise TrainingConfigError(
+                f"override {item!r}: write STAGE.SECTION.KEY=VALUE with STAGE one of {', '.join(STAGES)} and "
+                f"SECTION one of {', '.join(SECTIONS)}, e.g. sft.args.max_steps=4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise TrainingConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
+        out[parts[0]].append((parts[1], parts[2], value))
+    return out
+
+
+def load_stage_config(stage: str, path: Path | str | None = None,
+                      overrides: Iterable[tuple[str, str, object]] | Mapping | None = None) -> StageConfig:
+    """Read a stage's YAML (default: the bundled one), apply overrides, check every key."""
+    if stage not in STAGES:
+        raise TrainingConfigError(f"unknown training stage {stage!r} (one of {', '.join(STAGES)})")
+    path = Path(path).expanduser() if path else default_config_path(stage)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise TrainingConfigError(f"{stage} config {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise TrainingConfigError(f"{stage} config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict) or set(data) - set(SECTIONS):
+        raise TrainingConfigError(f"{path}: top-level keys must be among {', '.join(SECTIONS)}; "
+                                  f"got {', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__}")
+    sections = {s: dict(data.get(s) or {}) for s in SECTIONS}
+    if isinstance(overrides, Mapping):
+        overrides = [(sec, k, v) for sec, kv in overrides.items() for k, v in kv.items()]
+    for section, key, value in overrides or ():
+        sections[section][key] = value
+    cfg = StageConfig(stage, sections["args"], sections["lora"], sections["flywheel"], str(path))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: StageConfig) -> None:
+    from peft import LoraConfig
+
+    where = f"{cfg.stage} config ({cfg.source})"
+    unknown = set(cfg.args) - _field_names(_trl_class(cfg.stage))
+    if unknown:
+        raise TrainingConfigError(f"{where}: args {', '.join(sorted(unknown))} are not "
+                                  f"{_trl_class(cfg.stage).__name__} fields (TRL 1.16)")
+    unknown = set(cfg.lora) - _field_names(LoraConfig)
+    if unknown:
+        raise TrainingConfigError(f"{where}: lora {', '.join(sorted(unknown))} are not LoraConfig fields")
+    known = OPTIONS[cfg.stage]
+    for key, value in cfg.flywheel.items():
+        if key not in known:
+            raise TrainingConfigError(f"{where}: flywheel.{key} is not an option (known: {', '.join(known)})")
+        allowed = known[key]
+        ok = isinstance(value, allowed) if isinstance(allowed, type) else value in allowed
+        if not ok:
+            expected = allowed.__name__ if isinstance(allowed, type) else " or ".join(map(repr, allowed))
+            raise TrainingConfigError(f"{where}: flywheel.{key} must be {expected}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    cuda: bool
+    bf16: bool
+    qlora: bool
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def device_plan(cfg: StageConfig) -> DevicePlan:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    bf16 = bool(cuda and torch.cuda.is_bf16_supported())
+    if "bf16" in cfg.args:
+        bf16 = bool(cfg.args["bf16"]) and cuda  # bf16 autocast on a CPU is slower, not faster
+    qlora = bool(cuda and cfg.flywheel.get("qlora", False) and importlib.util.find_spec("bitsandbytes"))
+    return DevicePlan(cuda=cuda, bf16=bf16, qlora=qlora)
+
+
+def build_args(cfg: StageConfig, output_dir: Path | str, plan: DevicePlan | None = None, **extra):
+    """The TRL config (``SFTConfig`` or ``DPOConfig``) of a stage for this machine."""
+    plan = plan or device_plan(cfg)
+    kwargs = dict(cfg.args)
+    kwargs.update(extra)
+    kwargs["output_dir"] = str(output_dir)
+    kwargs["bf16"] = plan.bf16
+    kwargs["fp16"] = False
+    if not plan.cuda:
+        kwargs["use_cpu"] = True
+    if plan.qlora and kwargs.get("gradient_checkpointing") is None:
+        kwargs["gradient_checkpointing"] = True
+    try:
+        return _trl_class(cfg.stage)(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise TrainingConfigError(f"{cfg.stage} config ({cfg.source}): {e}") from None
+
+
+def build_lora(cfg: StageConfig):
+    from peft import LoraConfig
+
+    try:
+        return LoraConfig(**cfg.lora)
+    except (TypeError, ValueError) as e:
+        raise TrainingConfigError(f"{cfg.stage} config ({cfg.source}): lora: {e}") from None
