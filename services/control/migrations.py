@@ -2,5 +2,6 @@
 
 from serving.migrations import MIGRATIONS as SERVING
 from streams.migrations import MIGRATIONS as STREAMS
+from training.migrations import MIGRATIONS as TRAINING
 
-ALL = [*STREAMS, *SERVING]
+ALL = [*STREAMS, *SERVING, *TRAINING]

@@ -1,0 +1,72 @@
+"""Tables owned by training/: curation candidates, curation runs and the mining watermark."""
+
+from __future__ import annotations
+
+
+def m201_candidates(conn) -> None:
+    # One row per mined request (a session's turn, regenerations collapsed): the latest
+    # curation run that touched it decides status/stage/drop_reason. Reviewers (training
+    # .review) and later stages read it; only the curation run writes it.
+    conn.execute("""
+        CREATE TABLE candidates (
+            candidate_id      VARCHAR PRIMARY KEY,  -- sha1 of session_id and turn: stable when late events arrive
+            run_id            VARCHAR NOT NULL,
+            created_at        TIMESTAMPTZ NOT NULL,
+            session_id        VARCHAR NOT NULL,
+            request_id        VARCHAR NOT NULL,     -- the last attempt of the turn
+            user_id           VARCHAR,
+            app               VARCHAR,
+            model_version     VARCHAR,
+            kind              VARCHAR NOT NULL,     -- single | multi
+            turn              INTEGER NOT NULL,
+            messages          JSON NOT NULL,        -- up to and including the last user turn
+            prompt_text       VARCHAR,              -- what dedup and task typing read (boilerplate removed)
+            response          VARCHAR,
+            response_source   VARCHAR,              -- edit | choice | draft
+            response_draft    INTEGER,
+            rejected_response VARCHAR,
+            feedback          JSON NOT NULL,
+            label             VARCHAR,              -- good | bad | unknown
+            label_confidence  DOUBLE,
+            task_type         VARCHAR,
+            task_confidence   DOUBLE,
+            language          VARCHAR,
+            tags              JSON NOT NULL,
+            status            VARCHAR NOT NULL,     -- kept | dropped
+            stage             VARCHAR,              -- the stage that dropped it
+            drop_reason       VARCHAR,
+            dedup_group       BIGINT,
+            golden_score      DOUBLE,
+            hardness          DOUBLE,
+            source_event_ids  JSON NOT NULL,
+            updated_at        TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+
+
+def m202_curation_runs(conn) -> None:
+    conn.execute("""
+        CREATE TABLE curation_runs (
+            run_id          VARCHAR PRIMARY KEY,
+            started_at      TIMESTAMPTZ NOT NULL,
+            finished_at     TIMESTAMPTZ,
+            watermark_from  TIMESTAMPTZ,
+            watermark_to    TIMESTAMPTZ,
+            status          VARCHAR NOT NULL,   -- running | finished | failed
+            funnel          JSON,
+            settings        JSON,
+            error           VARCHAR
+        )""")
+
+
+def m203_curation_watermarks(conn) -> None:
+    # How far mining has read, by landed_at (one row per source; 'landed' for now).
+    conn.execute("""
+        CREATE TABLE curation_watermarks (
+            name        VARCHAR PRIMARY KEY,
+            landed_at   TIMESTAMPTZ NOT NULL,
+            run_id      VARCHAR NOT NULL,
+            updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+
+
+MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks]
