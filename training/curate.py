@@ -1,0 +1,401 @@
+"""One curation run: mine -> clean -> raters -> task types -> dedup -> select -> review.
+
+`curate(conn, settings)` reads what landed since the last run (`training.mine`), applies
+the rules (`training.clean`), cleans the users' labels (`training.raters`), types every
+candidate (`training.task_types`), removes duplicates (`training.dedup`), selects a
+diverse set within per-type budgets (`training.select`), optionally scores golden and
+hard examples, and writes the candidates, the funnel and the new watermark in one
+transaction: a failed run moves nothing and is recorded as failed. Review state starts
+pending; `training.review.auto_approve` then applies the configured rules.
+
+Runs inside the control plane (the DuckDB writer) or, with none running, in the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+
+from training.clean import CleanRules, clean, tag_robust
+from training.funnel import STAGES, build_funnel
+from training.mine import mine, mining_window, prompt_of, save_watermark
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CurationResult", "Progress", "curate", "list_runs", "get_run"]
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+_COLUMNS = (
+    "candidate_id", "run_id", "created_at", "session_id", "request_id", "user_id", "app", "model_version", "kind",
+    "turn", "messages", "prompt_text", "response", "response_source", "response_draft", "rejected_response",
+    "feedback", "label", "label_confidence", "task_type", "task_confidence", "language", "tags", "status", "stage",
+    "drop_reason", "dedup_group", "golden_score", "hardness", "source_event_ids",
+)
+_JSON_COLUMNS = ("messages", "feedback", "tags", "source_event_ids")
+
+
+@dataclass
+class CurationResult:
+    run_id: str
+    funnel: dict
+    candidates: list[dict]
+
+    @property
+    def kept(self) -> list[dict]:
+        return [c for c in self.candidates if c["status"] == "kept"]
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def curate(conn, settings, *, run_id: str | None = None, full: bool = False, progress: Progress | None = None,
+           embedder=None, scorer=None) -> CurationResult:
+    """Run one curation (see the module docstring); returns the run id, funnel and candidates.
+
+    `full` re-mines everything landed (ignoring the watermark); `embedder` defaults to
+    ``training.embed.Embedder.shared()``; `scorer` (a ``training.select.ModelScorer``) is
+    built from the settings when the golden or hardness stage is on."""
+    from streams.schemas import new_id
+
+    cfg = settings.curation
+    progress = progress or _noop
+    run_id = run_id or new_id("cur-")
+    started = datetime.now(timezone.utc)
+    conn.execute("INSERT INTO curation_runs (run_id, started_at, status, settings) VALUES (?, ?, 'running', ?)",
+                 [run_id, started, cfg.model_dump_json()])
+    try:
+        result = _run(conn, settings, run_id, full, progress, embedder, scorer)
+    except BaseException as e:
+        conn.execute("UPDATE curation_runs SET status = 'failed', finished_at = now(), error = ? WHERE run_id = ?",
+                     [f"{type(e).__name__}: {e}"[:2000], run_id])
+        raise
+    return result
+
+
+def _run(conn, settings, run_id, full, progress, embedder, scorer) -> CurationResult:
+    cfg = settings.curation
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        timings[stage] = round(now - t0, 3)
+        t0 = now
+
+    # -- mine
+    progress("mine", 0, 1)
+    window = mining_window(conn, cfg.watermark_lag_s, full=full)
+    mined = mine(conn, window)
+    cands = mined.candidates
+    _prompt_texts(cands)
+    progress("mine", 1, 1)
+    lap("mine")
+
+    # -- clean
+    progress("clean", 0, len(cands))
+    clean(cands, CleanRules.from_settings(cfg))
+    progress("clean", len(cands), len(cands))
+    lap("clean")
+
+    # -- raters
+    progress("raters", 0, len(cands))
+    rater_summary = _label(conn, cands, window.end, cfg)
+    robust = tag_robust(cands)
+    progress("raters", len(cands), len(cands))
+    lap("raters")
+
+    # -- embeddings + task types (every candidate is typed, dropped ones too: the funnel
+    # and the review queue show types at every stage)
+    from training.task_types import TaskClassifier, Taxonomy
+
+    if embedder is None:
+        from training.embed import Embedder
+
+        embedder = Embedder.shared()
+    texts = [c["prompt_text"] or "" for c in cands]
+    vectors = _encode(embedder, texts, cfg.embed_batch_size, progress)
+    lap("embed")
+    taxonomy = Taxonomy.load(cfg.taxonomy_path or None)
+    classifier = TaskClassifier(taxonomy, embedder, threshold=cfg.task_threshold)
+    for c, k in zip(cands, classifier.classify(texts, embeddings=vectors) if cands else []):
+        c["task_type"], c["task_confidence"] = k.task_type, round(float(k.confidence), 4)
+        if cfg.drop_unknown_task_types and c["status"] == "kept" and k.task_type == "unknown":
+            _drop(c, "task_types", f"unknown-task-type: confidence {k.confidence:.2f} < {cfg.task_threshold}")
+    progress("task_types", len(cands), len(cands))
+    lap("task_types")
+
+    # -- dedup (kept candidates only; the best-scored member of each group stays)
+    from training.dedup import dedup
+
+    live = [i for i, c in enumerate(cands) if c["status"] == "kept"]
+    dedup_report: dict = {}
+    if live:
+        progress("dedup", 0, len(live))
+        result = dedup([texts[i] for i in live], vectors[live], np.array([_score(cands[i]) for i in live]),
+                       threshold=cfg.dedup_threshold)
+        for j, i in enumerate(live):
+            c = cands[i]
+            c["dedup_group"] = int(result.group[j])
+            reason = result.reason[j]
+            if reason is not None:
+                _drop(c, "dedup", _with_candidate_ids(reason, live, cands))
+        dedup_report = {"threshold": float(result.threshold), **_jsonable(result.report)}
+        progress("dedup", len(live), len(live))
+    lap("dedup")
+
+    # -- select (K-Center-Greedy within per-type budgets)
+    from training.select import select_by_budget
+
+    live = [i for i, c in enumerate(cands) if c["status"] == "kept"]
+    select_report: dict = {}
+    if live:
+        progress("select", 0, len(live))
+        budgets = {**taxonomy.weights(), **cfg.budgets}
+        types = [cands[i]["task_type"] or "unknown" for i in live]
+        chosen = select_by_budget(vectors[live], types, budgets, min(cfg.select_total, len(live)))
+        keep = set(int(k) for k in chosen.keep)
+        for j, i in enumerate(live):
+            if j not in keep:
+                t = types[j]
+                quota = chosen.per_type.get(t, {})
+                _drop(cands[i], "select", f"not-selected: {t} budget {quota.get('selected', quota.get('budget', '?'))} "
+                      f"of {quota.get('available', '?')} (K-Center-Greedy keeps the most distinct)")
+        select_report = {"total": cfg.select_total, "budgets": budgets, "per_type": _jsonable(chosen.per_type)}
+        progress("select", len(live), len(live))
+    lap("select")
+
+    # -- optional model-scored stages
+    if cfg.golden or cfg.hardness:
+        _model_stages(cands, settings, scorer, progress)
+        lap("golden_hardness")
+
+    funnel = build_funnel(
+        cands, STAGES,
+        window={"from": window.start.isoformat() if window.start else None, "to": window.end.isoformat()},
+        events=mined.events, sessions=mined.sessions, robust=robust, raters=rater_summary,
+        dedup=dedup_report, select=select_report, timings_s=timings,
+    )
+
+    # -- write: candidates, watermark, run, in one transaction
+    progress("write", 0, len(cands))
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        _write_candidates(conn, cands, run_id)
+        save_watermark(conn, window, run_id)
+        conn.execute(
+            "UPDATE curation_runs SET status = 'finished', finished_at = now(), watermark_from = ?, watermark_to = ?, "
+            "funnel = ? WHERE run_id = ?",
+            [window.start, window.end, json.dumps(funnel), run_id],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    progress("write", len(cands), len(cands))
+    _auto_review(conn, settings, run_id)
+    return CurationResult(run_id, funnel, cands)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _drop(c: dict, stage: str, reason: str) -> None:
+    c.update(status="dropped", stage=stage, drop_reason=reason)
+
+
+def _prompt_texts(cands: list[dict]) -> None:
+    """What dedup and typing read: the user turns without template boilerplate."""
+    from training.embed import focus_texts
+
+    for c, text in zip(cands, focus_texts([prompt_of(c["messages"]) for c in cands])):
+        c["prompt_text"] = text
+
+
+def _encode(embedder, texts: list[str], batch_size: int, progress: Progress) -> np.ndarray:
+    chunk = max(batch_size * 16, 256)
+    parts = []
+    for i in range(0, len(texts), chunk):
+        parts.append(embedder.encode(texts[i : i + chunk], batch_size=batch_size))
+        progress("embed", min(i + chunk, len(texts)), len(texts))
+    return np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
+
+
+def _score(c: dict) -> float:
+    """How good a member of a duplicate group is: the cleaned label first, then the
+    strength of the signal (a user's correction, copies, ratings)."""
+    label = {"good": 1.0, "unknown": 0.0, "bad": -1.0}.get(c.get("label") or "unknown", 0.0)
+    fb = c["feedback"]
+    rating = (fb.get("mean_rating") or 3.0) - 3.0
+    return (label * (c.get("label_confidence") or 0.5) + (c.get("response_source") == "edit")
+            + 0.05 * min(fb.get("copies", 0), 4) + 0.1 * rating)
+
+
+def _with_candidate_ids(reason: str, live: list[int], cands: list[dict]) -> str:
+    """dedup names group members by their index in its input; say the candidate id instead."""
+    import re
+
+    def sub(m: re.Match) -> str:
+        j = int(m.group(1))
+        return f"of {cands[live[j]]['candidate_id'][:12]}" if 0 <= j < len(live) else m.group(0)
+
+    return re.sub(r"of (\d+)", sub, reason, count=1)
+
+
+def _label(conn, cands: list[dict], until, cfg) -> dict:
+    """Clean labels from every user's feedback landed so far (more history, better rater
+    estimates); verifiable truth from chart verification and from users' edits. A
+    candidate answered by the user's own edit is good."""
+    from flywheel.simulate.charts import is_correct, parse_config
+    from training.raters import chart_truth, clean_labels, judgements_from_feedback, rater_reliability
+
+    rows = conn.execute(
+        "SELECT f.request_id, f.draft, f.kind, f.value, f.user_id, json_array_length(i.drafts) AS n "
+        "FROM feedback f JOIN interactions i ON i.request_id = f.request_id WHERE f.landed_at <= ?", [until],
+    ).fetchall()
+    feedback = [{"request_id": r[0], "draft": r[1], "kind": r[2], "value": r[3], "user_id": r[4]} for r in rows]
+    drafts = {r[0]: r[5] for r in rows}
+    judgements = judgements_from_feedback(feedback, drafts)
+    live = [c for c in cands if c["status"] == "kept"]
+    truth = chart_truth({f"{c['request_id']}:{c['response_draft']}": (c["messages"], c["response"])
+                         for c in live if c["response_source"] != "edit"})
+    for c in live:
+        if c["response_source"] == "edit" and c.get("rejected_response") is not None:
+            edit = parse_config(c["response"])
+            if edit is not None:
+                truth[f"{c['request_id']}:{c['response_draft']}"] = 1 if is_correct(parse_config(c["rejected_response"]), edit) else -1
+    report = rater_reliability(judgements, truth, min_items=cfg.rater_min_items)
+    labels = clean_labels(judgements, report, truth=truth)
+    counts: dict[str, int] = {}
+    for c in cands:
+        if c["response_source"] == "edit":
+            c["label"], c["label_confidence"] = "good", 1.0
+        else:
+            cl = labels.get(f"{c['request_id']}:{c['response_draft']}")
+            c["label"], c["label_confidence"] = (cl.label, float(cl.confidence)) if cl else ("unknown", 0.5)
+        if c["status"] != "kept":
+            continue
+        counts[c["label"]] = counts.get(c["label"], 0) + 1
+        if c["label"] == "bad" and cfg.drop_bad_labels:
+            _drop(c, "raters", f"label-bad: cleaned label bad (confidence {c['label_confidence']:.2f})")
+        elif c["label"] == "unknown" and cfg.drop_unknown_labels:
+            _drop(c, "raters", "label-unknown: no reliable vote on this answer")
+    statuses: dict[str, int] = {}
+    for stats in report.raters.values():
+        statuses[stats.status] = statuses.get(stats.status, 0) + 1
+    return {"judgements": len(judgements), "truth_items": len(truth), "labels": counts, "raters": statuses,
+            "flagged": {r: s.status for r, s in report.raters.items() if s.status in ("random", "reverse")}}
+
+
+def _model_stages(cands: list[dict], settings, scorer, progress: Progress) -> None:
+    """Golden scores (Nuggets) and hardness of the kept candidates under the served model."""
+    from training.select import ModelScorer, golden_scores, hardness
+
+    cfg = settings.curation
+    scorer = scorer or ModelScorer(settings)
+    kept = [c for c in cands if c["status"] == "kept"]
+    pairs = [(c["messages"], c["response"]) for c in kept]
+    if cfg.hardness and kept:
+        progress("hardness", 0, len(kept))
+        losses = np.asarray(hardness(pairs, scorer), dtype=float)
+        for c, loss in zip(kept, losses):
+            c["hardness"] = round(float(loss), 4)
+        if len(kept):
+            cut = np.quantile(losses, 1 - cfg.hard_share) if cfg.hard_share > 0 else np.inf
+            for c, loss in zip(kept, losses):
+                if loss >= cut and c["label"] == "good":
+                    c["tags"] = sorted(set(c["tags"]) | {"hard"})
+        progress("hardness", len(kept), len(kept))
+    if cfg.golden and kept:
+        progress("golden", 0, len(kept))
+        by_type: dict[str, list[dict]] = {}
+        for c in kept:
+            by_type.setdefault(c["task_type"] or "unknown", []).append(c)
+        for items in by_type.values():
+            # Anchors: the most trusted answers of the type (edits first, then confident labels).
+            ranked = sorted(items, key=lambda c: (c["response_source"] == "edit", c.get("label_confidence") or 0), reverse=True)
+            anchors = [(c["messages"], c["response"]) for c in ranked[: cfg.golden_anchors]]
+            scores = golden_scores([(c["messages"], c["response"]) for c in items], anchors, scorer)
+            for c, s in zip(items, scores):
+                c["golden_score"] = round(float(s), 4)
+        progress("golden", len(kept), len(kept))
+
+
+def _auto_review(conn, settings, run_id: str) -> None:
+    """Apply the review section's auto-approve rules (training.review) to the new pending
+    candidates."""
+    from training import review
+
+    review.auto_approve(conn, settings.review, run_id=run_id) if _accepts_run_id(review.auto_approve) \
+        else review.auto_approve(conn, settings.review)
+
+
+def _accepts_run_id(fn) -> bool:
+    import inspect
+
+    try:
+        return "run_id" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _write_candidates(conn, cands: list[dict], run_id: str) -> None:
+    import pyarrow as pa
+
+    if not cands:
+        return
+    data: dict[str, list] = {col: [] for col in _COLUMNS}
+    for c in cands:
+        c["run_id"] = run_id
+        for col in _COLUMNS:
+            v = c.get(col)
+            data[col].append(json.dumps(v, ensure_ascii=False) if col in _JSON_COLUMNS else v)
+    cols = ", ".join(_COLUMNS)
+    select = ", ".join(f"CAST({c} AS JSON)" if c in _JSON_COLUMNS else c for c in _COLUMNS)
+    conn.register("_curated", pa.table(data))
+    try:
+        conn.execute(f"INSERT OR REPLACE INTO candidates ({cols}, updated_at) SELECT {select}, now() FROM _curated")
+    finally:
+        conn.unregister("_curated")
+
+
+def list_runs(conn, limit: int = 20) -> list[dict]:
+    cur = conn.execute(
+        "SELECT run_id, started_at, finished_at, status, watermark_from, watermark_to, "
+        "json_extract(funnel, '$.stages') AS stages, error FROM curation_runs ORDER BY started_at DESC LIMIT ?", [limit])
+    cols = [d[0] for d in cur.description]
+    out = []
+    for row in cur.fetchall():
+        r = dict(zip(cols, row))
+        stages = json.loads(r.pop("stages")) if r.get("stages") else []
+        r["mined"] = stages[0]["out"] if stages else None
+        r["kept"] = stages[-1]["out"] if stages else None
+        out.append(_jsonable(r))
+    return out
+
+
+def get_run(conn, run_id: str) -> dict | None:
+    cur = conn.execute("SELECT run_id, started_at, finished_at, status, watermark_from, watermark_to, funnel, settings, "
+                       "error FROM curation_runs WHERE run_id = ?", [run_id])
+    row = cur.fetchone()
+    if row is None:
+        return None
+    r = dict(zip([d[0] for d in cur.description], row))
+    for k in ("funnel", "settings"):
+        r[k] = json.loads(r[k]) if r[k] else None
+    return _jsonable(r)
