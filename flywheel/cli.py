@@ -508,3 +508,127 @@ def dev_key(s, role: str) -> str | None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- curation ------------------------------------------------------------------------
+@main.command()
+@click.option("--full", is_flag=True, help="Re-mine everything landed, ignoring the watermark.")
+@click.option("--list", "list_runs", is_flag=True, help="List recent curation runs instead of starting one.")
+@click.option("--show", "show_run", metavar="RUN", default=None, help="Print the funnel of run RUN instead of starting one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
+def mine(ctx, full: bool, list_runs: bool, show_run: str | None, as_json: bool) -> None:
+    """Run a curation run: mine what landed since the last run, clean it, clean the users'
+    labels, type, dedup and select it, queue it for review; then print the funnel (counts
+    per stage and task type, and why items left). Runs in the control plane when one is
+    running, else directly on the DuckDB file."""
+    from training import curate as curation
+
+    s = _settings(ctx)
+    if list_runs:
+        data = _control(s, "GET", "/api/curation/runs")
+        runs = data["data"] if data is not None else _with_db(s, curation.list_runs)
+        if as_json:
+            click.echo(json.dumps(runs, indent=2))
+            return
+        table = Table(title="curation runs")
+        for col in ("run", "started", "status", "mined", "kept", "error"):
+            table.add_column(col)
+        for r in runs:
+            table.add_row(r["run_id"], str(r["started_at"])[:19], r["status"], str(r["mined"] or "-"),
+                          str(r["kept"] or "-"), (r.get("error") or "")[:60])
+        console.print(table)
+        return
+    if show_run:
+        run = _control(s, "GET", f"/api/curation/runs/{show_run}")
+        if run is None:
+            run = _with_db(s, lambda conn: curation.get_run(conn, show_run))
+            if run is None:
+                raise click.ClickException(f"no curation run {show_run!r}; list them with `flywheel mine --list`")
+        _print_run(run, as_json)
+        return
+    started = _control(s, "POST", "/api/curation/runs", {"full": full})
+    if started is not None:
+        run = _follow_run(s, started["run_id"])
+    else:
+        with _Progress() as update:
+            result = _with_db(s, lambda conn: curation.curate(conn, s, full=full, progress=update))
+        run = _with_db(s, lambda conn: curation.get_run(conn, result.run_id))
+    _print_run(run, as_json)
+    if run.get("status") == "failed":
+        raise click.ClickException(f"curation run {run['run_id']} failed: {run.get('error')}")
+
+
+def _with_db(s, fn):
+    """Run ``fn(conn)`` on the DuckDB file (no control plane runs, so this process is the writer)."""
+    from services.control.migrations import ALL
+    from streams.warehouse import apply_migrations, connect
+
+    try:
+        conn = connect(s.db_path)
+    except Exception as e:  # noqa: BLE001 - typically: locked by a control plane we cannot reach
+        raise click.ClickException(f"cannot open {s.db_path} ({e}); is a control plane running elsewhere?") from None
+    with conn:
+        apply_migrations(conn, ALL)
+        return fn(conn)
+
+
+class _Progress:
+    """A rich progress bar driven by curate's (stage, done, total) callbacks."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=False)
+        self.bar.start()
+        self.tasks: dict[str, int] = {}
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=max(total, 1))
+        self.bar.update(self.tasks[stage], completed=done if total else 1, total=max(total, 1))
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+
+def _follow_run(s, run_id: str) -> dict:
+    with _Progress() as update:
+        while True:
+            run = _control(s, "GET", f"/api/curation/runs/{run_id}")
+            if run is None:
+                raise click.ClickException("the control plane stopped answering during the run")
+            p = run.get("progress") or {}
+            if p.get("stage"):
+                update(p["stage"], p.get("done", 0), p.get("total", 0))
+            if run.get("status") in ("finished", "failed") and p.get("status", run["status"]) != "running":
+                return run
+            time.sleep(0.5)
+
+
+def _print_run(run: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(run, indent=2, default=str))
+        return
+    funnel = run.get("funnel") or {}
+    console.print(f"curation run [bold]{run['run_id']}[/]: {run.get('status')}"
+                  + (f" ({funnel.get('events', 0)} events, {funnel.get('sessions', 0)} sessions)" if funnel else ""))
+    if not funnel:
+        return
+    stages = funnel["stages"]
+    table = Table(title="funnel")
+    for col in ("stage", "in", "out", "why items left"):
+        table.add_column(col, justify="right" if col in ("in", "out") else "left")
+    for st in stages:
+        why = ", ".join(f"{k} {v}" for k, v in st["dropped"].items())
+        table.add_row(st["stage"], str(st["in"]), str(st["out"]), why)
+    console.print(table)
+    by_type = Table(title="kept per task type, stage by stage")
+    by_type.add_column("task type")
+    for st in stages:
+        by_type.add_column(st["stage"], justify="right")
+    for t, row in funnel["by_task_type"].items():
+        by_type.add_row(t, *(str(row.get(st["stage"], 0)) for st in stages))
+    console.print(by_type)

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flywheel.errors import ConfigError
 
@@ -112,6 +112,45 @@ class RolloutSettings(_Section):
     tick_s: float = Field(5, gt=0, description="How often the control plane checks whether an analysis is due.")
 
 
+class CurationSettings(_Section):
+    watermark_lag_s: float = Field(
+        5.0, ge=0, description="Mining reads events landed up to this many seconds ago (landing transactions still open "
+        "carry an earlier landed_at; the lag lets them commit first).")
+    embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    min_prompt_chars: int = Field(2, ge=0, description="Shorter prompts are dropped (too-short).")
+    max_prompt_chars: int = Field(20_000, ge=1, description="Longer prompts are dropped (too-long).")
+    min_response_chars: int = Field(2, ge=0, description="Shorter responses are dropped (too-short).")
+    max_response_chars: int = Field(8_000, ge=1, description="Longer responses are dropped (too-long).")
+    max_char_run: int = Field(12, ge=2, description="A character repeated this many times in a row drops the item.")
+    min_unique_word_ratio: float = Field(
+        0.3, ge=0, le=1, description="Responses of 12+ words with a smaller share of distinct words are dropped (repetitive).")
+    languages: tuple[str, ...] = Field(
+        ("en", "mixed", "und"), description="Languages kept (en, zh, mixed, other, und: too short to tell).")
+    drop_bad_labels: bool = Field(True, description="Drop candidates whose cleaned label is bad.")
+    drop_unknown_labels: bool = Field(False, description="Drop candidates whose cleaned label is unknown (no reliable vote).")
+    rater_min_items: int = Field(5, ge=1, description="Comparisons a rater needs before being judged reliable/random/reverse.")
+    taxonomy_path: str = Field("", description="Task-type taxonomy YAML. Empty: the one shipped in training/.")
+    task_threshold: float = Field(0.5, ge=0, le=1, description="Task-type confidence below which a candidate is 'unknown'.")
+    drop_unknown_task_types: bool = Field(False, description="Drop candidates whose task type is unknown.")
+    dedup_threshold: float | None = Field(
+        None, ge=0, le=1, description="Cosine similarity from which prompts are near-duplicates. Empty/null: chosen from "
+        "the similarity distribution (reported in the funnel).")
+    select_total: int = Field(5000, ge=1, description="Most candidates kept by K-Center-Greedy selection per run.")
+    budgets: dict[str, float] = Field(
+        default_factory=dict, description="Relative selection budget per task type, over the taxonomy's weights "
+        "(e.g. {\"reasoning/math\": 2}).")
+    golden: bool = Field(False, description="Run the Nuggets golden-score stage (slow: the served model scores pairs).")
+    golden_anchors: int = Field(4, ge=1, description="Anchors per task type for the golden score.")
+    hardness: bool = Field(False, description="Compute each kept answer's loss under the served model and tag the "
+                           "hardest 'hard'.")
+    hard_share: float = Field(0.1, ge=0, le=1, description="Share of kept candidates (highest loss) tagged 'hard'.")
+
+    @field_validator("dedup_threshold", mode="before")
+    @classmethod
+    def _empty_is_auto(cls, v):
+        return None if v == "" else v
+
+
 class Settings(_Section):
     data_dir: str = Field("./data", description="Folder of the DuckDB file, spool, keys and logs.")
     log_level: str = Field("INFO", description="Log level of every process.")
@@ -123,6 +162,7 @@ class Settings(_Section):
     privacy: PrivacySettings = PrivacySettings()
     control: ControlSettings = ControlSettings()
     rollout: RolloutSettings = RolloutSettings()
+    curation: CurationSettings = CurationSettings()
 
     # -- derived paths -------------------------------------------------------------
     @property

@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 
 from serving.registry import RegistryError
+from services.control import curation
 from services.control.status import landed_status
 
 
@@ -93,4 +94,5 @@ def create_api(settings, plane) -> Flask:
         data = request.get_json(silent=True) or {}
         return jsonify(plane.rollouts.act(alias, action, reason=data.get("reason")))
 
+    curation.init_app(app, settings, plane)
     return app

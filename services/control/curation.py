@@ -1,0 +1,103 @@
+"""Curation runs inside the control plane (the DuckDB writer): one at a time, in a thread,
+with live progress for `flywheel mine`; routes under /api/curation."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from flask import Flask, jsonify, request
+
+from flywheel.errors import FlywheelError
+from streams.schemas import new_id
+
+log = logging.getLogger(__name__)
+
+
+class CurationBusy(FlywheelError):
+    status = 409
+
+
+class CurationNotFound(FlywheelError):
+    status = 404
+
+
+class CurationRunner:
+    """Starts `training.curate.curate` runs on the plane's connection, one at a time."""
+
+    def __init__(self, settings, plane):
+        self.settings = settings
+        self.plane = plane
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.state: dict = {}
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, *, full: bool = False) -> dict:
+        with self._lock:
+            if self.running:
+                raise CurationBusy(f"curation run {self.state.get('run_id')} is still running; wait for it "
+                                   "(flywheel mine --show RUN)")
+            run_id = new_id("cur-")
+            self.state = {"run_id": run_id, "status": "running", "stage": "start", "done": 0, "total": 0}
+            self._thread = threading.Thread(target=self._run, args=(run_id, full), name="curation", daemon=True)
+            self._thread.start()
+            return dict(self.state)
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        self.state.update(stage=stage, done=done, total=total)
+
+    def _run(self, run_id: str, full: bool) -> None:
+        from training.curate import curate
+
+        try:
+            with self.plane.reader() as cur:
+                curate(cur, self.settings, run_id=run_id, full=full, progress=self._progress)
+            self.state.update(status="finished")
+        except Exception as e:  # noqa: BLE001 - recorded on the run row and in the state; the plane goes on
+            log.exception("curation run %s failed", run_id)
+            self.state.update(status="failed", error=f"{type(e).__name__}: {e}")
+
+    def live(self, run_id: str) -> dict | None:
+        return dict(self.state) if self.state.get("run_id") == run_id else None
+
+
+def init_app(app: Flask, settings, plane) -> None:
+    """Attach the curation routes and the runner (``app.extensions["curation"]``)."""
+    from training.curate import get_run, list_runs
+
+    runner = CurationRunner(settings, plane)
+    app.extensions["curation"] = runner
+
+    @app.errorhandler(CurationBusy)
+    @app.errorhandler(CurationNotFound)
+    def _curation_error(e: FlywheelError):
+        return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), e.status
+
+    @app.post("/api/curation/runs")
+    def curation_start():
+        data = request.get_json(silent=True) or {}
+        return jsonify(runner.start(full=bool(data.get("full")))), 202
+
+    @app.get("/api/curation/runs")
+    def curation_list():
+        limit = request.args.get("limit", default=20, type=int)
+        with plane.reader() as cur:
+            return jsonify({"data": list_runs(cur, limit)})
+
+    @app.get("/api/curation/runs/<run_id>")
+    def curation_show(run_id: str):
+        with plane.reader() as cur:
+            run = get_run(cur, run_id)
+        live = runner.live(run_id)
+        if run is None and live is None:
+            raise CurationNotFound(f"no curation run {run_id!r}; list them with `flywheel mine --list`")
+        run = run or {"run_id": run_id}
+        if live is not None:
+            run["progress"] = live
+            # The row says 'finished' only once written; the state may already know more.
+            run["status"] = run.get("status") if run.get("status") != "running" else live["status"]
+        return jsonify(run)
