@@ -67,8 +67,9 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 @click.pass_context
 def up(ctx: click.Context, simulate_s: float, exit_after_simulate: bool) -> None:
     """Run the stack: embedded broker (unless kafka.bootstrap is set), topics, control plane
-    (landing), gateway. Ctrl-C or SIGTERM stops it cleanly: the gateway drains its spool,
-    landing lands everything produced, then the broker stops."""
+    (landing), stream worker (live metrics), gateway. Ctrl-C or SIGTERM stops it cleanly: the
+    gateway drains its spool, the stream worker publishes its last figures, landing lands
+    everything produced, then the broker stops."""
     from flywheel.stack import Stack
 
     s = _settings(ctx)
@@ -93,7 +94,8 @@ def up(ctx: click.Context, simulate_s: float, exit_after_simulate: bool) -> None
             console.print(f"[red]{dead.name} exited unexpectedly (code {dead.proc.returncode}); see {dead.log_path}[/]")
             code = 1
     finally:
-        console.print("stopping: gateway (draining its spool), control plane (landing what was produced), broker")
+        console.print("stopping: gateway (draining its spool), stream worker, control plane (landing what was "
+                      "produced), broker")
         stack.stop()
         console.print("stopped.")
     sys.exit(code)
@@ -127,6 +129,16 @@ def control_plane_cmd(ctx: click.Context) -> None:
 
 
 # -- inspection ----------------------------------------------------------------------
+@main.command("stream-worker")
+@click.pass_context
+def stream_worker_cmd(ctx: click.Context) -> None:
+    """Run the faust stream worker: live per-version window figures (requests, errors,
+    latency, feedback) from the interactions and feedback topics to the metrics topic."""
+    from streams.stream_worker import run_worker
+
+    run_worker(_settings(ctx))
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
@@ -139,6 +151,62 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(collect_status(s), indent=2))
     else:
         _print_status(s)
+
+
+@main.command("metrics")
+@click.option("--alias", default=None, help="Only this alias.")
+@click.option("--version", "version", default=None, help="Only this model version.")
+@click.option("--minutes", type=float, default=60, show_default=True, help="Windows that started this long ago or later.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def metrics_cmd(ctx, alias, version, minutes, as_json) -> None:
+    """Live per-version windows from the stream worker: requests, errors, latency p50/p95,
+    thumbs, ratings, regenerations, draft choices, edits."""
+    import urllib.parse
+
+    from streams.live_metrics import metrics_filters, read_windows
+
+    s = _settings(ctx)
+    args = {k: v for k, v in {"alias": alias, "version": version, "minutes": str(minutes)}.items() if v}
+    try:
+        filters = metrics_filters(args)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    answer = _control(s, "GET", "/api/metrics?" + urllib.parse.urlencode(args))
+    if answer is not None:
+        windows = answer["data"]
+    else:
+        windows = _read_db(s, lambda conn: read_windows(conn, **filters))
+    if as_json:
+        click.echo(json.dumps(windows, indent=2, default=str))
+        return
+    table = Table(title=f"live metrics, last {minutes:g} min ({len(windows)} windows)")
+    for col in ("window", "alias", "version", "req", "err", "p50 ms", "p95 ms", "up", "down", "ratings", "regen",
+                "choices", "edits"):
+        table.add_column(col, justify="left" if col in ("window", "alias", "version") else "right")
+    fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
+    for w in windows:
+        table.add_row(w["window_start"][:16], w["alias"], w["model_version"], str(w["requests"]), str(w["errors"]),
+                      fmt(w["latency_p50_ms"]), fmt(w["latency_p95_ms"]), str(w["thumbs_up"]), str(w["thumbs_down"]),
+                      str(w["ratings"]), str(w["regenerations"]), str(w["choices"]), str(w["edits"]))
+    console.print(table)
+
+
+def _read_db(s, fn):
+    """Run ``fn(conn)`` on the DuckDB file read-only (no control plane is running)."""
+    from streams.warehouse import connect
+
+    if not s.db_path.exists():
+        raise click.ClickException(f"no database at {s.db_path}: start the stack with `flywheel up`")
+    try:
+        conn = connect(s.db_path, read_only=True)
+    except Exception as e:  # noqa: BLE001 - typically locked by a control plane we cannot reach
+        raise click.ClickException(f"cannot open {s.db_path} ({e}); is a control plane running elsewhere?") from None
+    with conn:
+        try:
+            return fn(conn)
+        except Exception as e:  # noqa: BLE001 - e.g. a database from before the live_metrics migration
+            raise click.ClickException(f"cannot read {s.db_path}: {e}") from None
 
 
 def _print_status(s) -> None:
@@ -162,12 +230,14 @@ def _print_status(s) -> None:
 
 
 @main.command()
-@click.option("--event", type=click.Choice(["interaction", "feedback", "dead_letter", "deployment"]), help="Only this event.")
+@click.option("--event", help="Only this event type (interaction, feedback, ...).")
 def schema(event: str | None) -> None:
     """Print the JSON Schema of every event (for producers outside Python)."""
     from streams.schemas import json_schemas
 
     schemas = json_schemas()
+    if event is not None and event not in schemas:
+        raise click.BadParameter(f"unknown event {event!r}; known: {', '.join(schemas)}", param_hint="--event")
     click.echo(json.dumps(schemas[event] if event else schemas, indent=2))
 
 

@@ -13,6 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -110,6 +111,20 @@ class RolloutSettings(_Section):
     delta: float = Field(0.05, ge=0, le=1, description="Tolerated increase of the negative-feedback rate.")
     method: str = Field("beta-binomial", description="Negative-feedback test: beta-binomial or two-proportion.")
     tick_s: float = Field(5, gt=0, description="How often the control plane checks whether an analysis is due.")
+    source: Literal["landed", "stream"] = Field(
+        "landed", description="Figures the analysis reads: landed (interactions + feedback in DuckDB) or stream "
+        "(the stream worker's live windows).")
+
+
+class StreamSettings(_Section):
+    window_s: float = Field(60, gt=0, description="Length of the live-metrics tumbling windows (seconds).")
+    flush_s: float = Field(5, gt=0, description="How often the stream worker publishes its window deltas and commits.")
+    join_wait_s: float = Field(
+        120, ge=0, description="How long feedback waits for its interaction before it is counted under version 'unknown'.")
+    request_ttl_s: float = Field(6 * 3600, gt=0, description="How long the worker remembers which version served a request.")
+    max_requests: int = Field(1_000_000, ge=1, description="Most requests the worker remembers (oldest forgotten first).")
+    group_id: str = Field("flywheel-metrics", description="faust app id: the consumer group of the stream worker.")
+    session_timeout_s: float = Field(10, gt=0, description="Consumer session timeout of the stream worker.")
 
 
 class CurationSettings(_Section):
@@ -163,6 +178,7 @@ class Settings(_Section):
     control: ControlSettings = ControlSettings()
     rollout: RolloutSettings = RolloutSettings()
     curation: CurationSettings = CurationSettings()
+    stream: StreamSettings = StreamSettings()
 
     # -- derived paths -------------------------------------------------------------
     @property

@@ -1,8 +1,10 @@
-"""The local stack `flywheel up` runs: embedded broker, topics, control plane, gateway.
+"""The local stack `flywheel up` runs: embedded broker, topics, control plane, stream worker,
+gateway.
 
-Start order: broker → topics → control plane → gateway. Stop order is the reverse, and it
-drains: the gateway stops first and flushes its spool into Kafka, then the control plane
-lands everything in the topics (it stops after a quiet second), then the broker stops.
+Start order: broker → topics → control plane → stream worker → gateway. Stop order is the
+reverse, and it drains: the gateway stops first and flushes its spool into Kafka, the
+stream worker publishes its last window deltas, then the control plane lands everything in
+the topics (it stops after a quiet second), then the broker stops.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ class Stack:
         self._say("starting the control plane (migrations, landing)...")
         self.sup.start(Child("control-plane", cmd + ["control-plane"], http_ready(f"{s.control_url}/healthz"),
                              stop_timeout=120))
+        from streams.stream_worker import ready_path
+
+        ready_path(s).unlink(missing_ok=True)
+        self._say("starting the stream worker (faust: live per-version metrics)...")
+        self.sup.start(Child("stream-worker", cmd + ["stream-worker"], ready_path(s).exists, stop_timeout=60),
+                       timeout=120)
         self._say("starting the gateway (loads the model on first start: converts it once, ~15 s)...")
         self.sup.start(Child("gateway", cmd + ["gateway"], http_ready(f"{s.gateway_url}/healthz"), stop_timeout=90),
                        timeout=600)

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
-from streams.schemas import DeadLetter, Deployment, Feedback, Interaction
+from streams.schemas import DeadLetter, Deployment, Feedback, Interaction, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ _FEEDBACK_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","request_
  "created_at":"TIMESTAMPTZ","comment":"VARCHAR"}"""
 _DEPLOY_STRUCT = """{"alias":"VARCHAR","candidate":"VARCHAR","production":"VARCHAR","action":"VARCHAR",
  "status":"VARCHAR","weights":"JSON","reason":"VARCHAR","figures":"JSON"}"""
+_METRICS_STRUCT = """{"alias":"VARCHAR","model_version":"VARCHAR","window_start":"TIMESTAMPTZ","window_s":"DOUBLE",
+ "requests":"INTEGER","errors":"INTEGER","latency_sum_ms":"DOUBLE","latency_buckets":"JSON","thumbs_up":"INTEGER",
+ "thumbs_down":"INTEGER","ratings":"JSON","regenerations":"INTEGER","choices":"INTEGER","edits":"INTEGER",
+ "copies":"INTEGER","worker":"VARCHAR"}"""
 _DEAD_STRUCT = """{"event_id":"VARCHAR","source_topic":"VARCHAR","partition":"INTEGER","offset":"BIGINT",
  "key":"VARCHAR","reason":"VARCHAR","payload":"VARCHAR","created_at":"TIMESTAMPTZ"}"""
 
@@ -71,6 +75,16 @@ _INSERTS = {
         SELECT id, j.alias, j.candidate, j.production, j.action, j.status, j.weights, j.reason,
             coalesce(j.figures, '{{}}'), ts
         FROM (SELECT json_transform(raw, '{_DEPLOY_STRUCT}') AS j, event_id AS id, created_at AS ts FROM staged)""",
+    "live_metrics": f"""
+        INSERT OR IGNORE INTO live_metrics (event_id, alias, model_version, window_start, window_s, requests, errors,
+            latency_sum_ms, latency_buckets, thumbs_up, thumbs_down, ratings, regenerations, choices, edits, copies,
+            worker, created_at)
+        SELECT id, j.alias, j.model_version, j.window_start, j.window_s, coalesce(j.requests, 0),
+            coalesce(j.errors, 0), coalesce(j.latency_sum_ms, 0), coalesce(j.latency_buckets, '{{}}'),
+            coalesce(j.thumbs_up, 0), coalesce(j.thumbs_down, 0), coalesce(j.ratings, '[0,0,0,0,0]'),
+            coalesce(j.regenerations, 0), coalesce(j.choices, 0), coalesce(j.edits, 0), coalesce(j.copies, 0),
+            j.worker, ts
+        FROM (SELECT json_transform(raw, '{_METRICS_STRUCT}') AS j, event_id AS id, created_at AS ts FROM staged)""",
     "dead_letters": f"""
         INSERT OR IGNORE INTO dead_letters (event_id, source_topic, partition, "offset", key, reason, payload, created_at)
         SELECT id, j.source_topic, j.partition, j.offset, j.key, j.reason, j.payload, ts
@@ -114,10 +128,11 @@ class Lander:
         self.conn = conn
         self.table_of = {topics["interactions"]: "interactions", topics["feedback"]: "feedback",
                          topics["dlq"]: "dead_letters"}
-        if "deployments" in topics:
-            self.table_of[topics["deployments"]] = "deployments"
+        for name, table in (("deployments", "deployments"), ("metrics", "live_metrics")):
+            if name in topics:
+                self.table_of[topics[name]] = table
         self.model_of = {"interactions": Interaction, "feedback": Feedback, "dead_letters": DeadLetter,
-                         "deployments": Deployment}
+                         "deployments": Deployment, "live_metrics": Metrics}
 
     def _dead(self, rec: Record, reason: str) -> DeadLetter:
         return DeadLetter(

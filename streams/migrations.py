@@ -100,4 +100,33 @@ def m005_deployments(conn) -> None:
         )""")
 
 
-MIGRATIONS = [m001_interactions, m002_feedback, m003_dead_letters, m004_landing_offsets, m005_deployments]
+def m006_live_metrics(conn) -> None:
+    # Deltas published by the stream worker (streams/stream_worker.py): several rows may
+    # add up to one (alias, version, window); streams/live_metrics.py merges them on read.
+    conn.execute("""
+        CREATE TABLE live_metrics (
+            event_id        VARCHAR PRIMARY KEY,
+            alias           VARCHAR NOT NULL,
+            model_version   VARCHAR NOT NULL,
+            window_start    TIMESTAMPTZ NOT NULL,
+            window_s        DOUBLE NOT NULL,
+            requests        INTEGER NOT NULL,
+            errors          INTEGER NOT NULL,
+            latency_sum_ms  DOUBLE NOT NULL,
+            latency_buckets JSON NOT NULL,
+            thumbs_up       INTEGER NOT NULL,
+            thumbs_down     INTEGER NOT NULL,
+            ratings         JSON NOT NULL,
+            regenerations   INTEGER NOT NULL,
+            choices         INTEGER NOT NULL,
+            edits           INTEGER NOT NULL,
+            copies          INTEGER NOT NULL,
+            worker          VARCHAR NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL,
+            landed_at       TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+    conn.execute("CREATE INDEX live_metrics_window ON live_metrics (model_version, window_start)")
+
+
+MIGRATIONS = [m001_interactions, m002_feedback, m003_dead_letters, m004_landing_offsets, m005_deployments,
+              m006_live_metrics]

@@ -180,9 +180,40 @@ class Deployment(_Model):
     created_at: AwareDatetime
 
 
+class Metrics(_Model):
+    """Live figures of one model version over one window, as a delta: the stream worker
+    publishes what it counted since its last flush, so several records can add up to one
+    window (late events simply add another delta). Latencies travel as a histogram of
+    log-spaced buckets (bucket i holds [1.1**i, 1.1**(i+1)) ms), which merges exactly;
+    percentiles come from the merged histogram (within 5%)."""
+
+    type: Literal["metrics"] = "metrics"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id
+    alias: str = Field(max_length=256)
+    model_version: str = Field(max_length=256)
+    window_start: AwareDatetime
+    window_s: float = Field(gt=0)
+    requests: int = Field(0, ge=0)
+    errors: int = Field(0, ge=0)
+    latency_sum_ms: float = Field(0.0, ge=0)
+    latency_buckets: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="Bucket index -> requests whose total_ms fell in it.")
+    thumbs_up: int = Field(0, ge=0)
+    thumbs_down: int = Field(0, ge=0)
+    ratings: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0] * 5, min_length=5, max_length=5, description="Counts of 1..5 stars.")
+    regenerations: int = Field(0, ge=0)
+    choices: int = Field(0, ge=0)
+    edits: int = Field(0, ge=0)
+    copies: int = Field(0, ge=0)
+    worker: str = Field(max_length=128, description="The worker run that counted it.")
+    created_at: AwareDatetime
+
+
 Event = Annotated[Union[Interaction, Feedback], Field(discriminator="type")]
 EVENT_MODELS: dict[str, type[_Model]] = {"interaction": Interaction, "feedback": Feedback, "dead_letter": DeadLetter,
-                                         "deployment": Deployment}
+                                         "deployment": Deployment, "metrics": Metrics}
 event_adapter: TypeAdapter[Interaction | Feedback] = TypeAdapter(Event)
 
 

@@ -16,6 +16,7 @@ TOPICS = {
     "feedback": "user feedback on a request's drafts",
     "dlq": "records that failed validation, with the reason",
     "deployments": "rollout decisions (start, advance, hold, promote, rollback...) with reasons and figures",
+    "metrics": "live per-version window figures from the stream worker (deltas; keyed by version)",
 }
 
 

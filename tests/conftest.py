@@ -65,6 +65,7 @@ def make_settings(tmp_path: Path, bootstrap: str, **changes) -> Settings:
     base = Settings(data_dir=str(tmp_path / "data")).replace(
         kafka={"bootstrap": bootstrap, "topic_prefix": f"t{tag}.", "partitions": 2},
         landing={"group_id": f"landing-{tag}", "poll_ms": 100},
+        stream={"group_id": f"metrics-{tag}"},
         gateway={"port": free_port()},
         control={"port": free_port()},
         model={"cache_dir": str(MODEL_CACHE)},

@@ -18,7 +18,8 @@ def _compose() -> dict:
 
 def test_compose_has_the_production_services():
     services = _compose()["services"]
-    assert {"kafka", "vllm", "control-plane", "gateway-1", "gateway-2"} <= set(services)
+    assert {"kafka", "vllm", "control-plane", "stream-worker", "gateway-1", "gateway-2"} <= set(services)
+    assert services["stream-worker"]["command"] == ["flywheel", "stream-worker"]
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
     assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
     assert "--enable-lora" in services["vllm"]["command"]

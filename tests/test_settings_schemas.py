@@ -73,7 +73,7 @@ def test_schema_command_prints_every_event_schema():
     result = CliRunner().invoke(main, ["schema"])
     assert result.exit_code == 0, result.output
     schemas = json.loads(result.output)
-    assert set(schemas) == {"interaction", "feedback", "dead_letter", "deployment"}
+    assert {"interaction", "feedback", "dead_letter", "deployment", "metrics"} <= set(schemas)
     assert schemas == json.loads(json.dumps(json_schemas()))
     assert schemas["feedback"]["additionalProperties"] is False
     assert "event_id" in schemas["interaction"]["required"]

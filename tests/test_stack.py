@@ -16,7 +16,7 @@ import httpx
 import openai
 
 from streams.broker import port_open
-from tests.conftest import REPO, count, free_port, wait_for
+from tests.conftest import REPO, count, free_port, query, wait_for
 
 
 def test_up_status_and_sigterm_drains_everything(tmp_path):
@@ -57,7 +57,16 @@ def test_up_status_and_sigterm_drains_everything(tmp_path):
         assert st["source"] == "control-plane"
         assert st["gateway"]["reachable"] and st["gateway"]["spool_depth"] is not None
         assert st["landing_lag_events"] is not None and st["landing_lag_events"] >= 0
-        assert set(st["tables"]) >= {"interactions", "feedback", "dead_letters"}
+        assert set(st["tables"]) >= {"interactions", "feedback", "dead_letters", "live_metrics"}
+
+        # The stream worker's live windows reach the control plane (flush every 5 s).
+        def live():
+            shown = subprocess.run([sys.executable, "-m", "flywheel", "metrics", "--json"], env=env, cwd=REPO,
+                                   capture_output=True, text=True, timeout=60)
+            assert shown.returncode == 0, shown.stderr
+            return sum(w["requests"] for w in json.loads(shown.stdout)) == 50
+
+        wait_for(live, timeout=60, interval=1, what="the live metrics of the 50 requests")
 
         # Stop at once: whatever was produced must be landed before the broker goes.
         up.send_signal(signal.SIGTERM)
@@ -72,6 +81,8 @@ def test_up_status_and_sigterm_drains_everything(tmp_path):
     assert count(db, "interactions") == 50
     assert count(db, "feedback") == 50
     assert count(db, "feedback f JOIN interactions i USING (request_id)") == 50
+    # The stream worker published every thumb before it stopped (its last flush on SIGTERM).
+    assert query(db, "SELECT sum(requests), sum(thumbs_up) FROM live_metrics")[0] == (50, 50)
     # No process of the stack outlived it: every port it listened on is closed.
     for key in ("FLYWHEEL_KAFKA__EMBEDDED_PORT", "FLYWHEEL_GATEWAY__PORT", "FLYWHEEL_CONTROL__PORT"):
         assert not port_open("127.0.0.1", int(env[key])), key

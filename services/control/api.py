@@ -9,6 +9,7 @@ from flask import Flask, jsonify, request
 from serving.registry import RegistryError
 from services.control import curation
 from services.control.status import landed_status
+from streams.live_metrics import metrics_filters, read_windows
 
 
 def create_api(settings, plane) -> Flask:
@@ -77,6 +78,15 @@ def create_api(settings, plane) -> Flask:
         with plane.reader() as cur:
             table = plane.registry(cur).set_routes(data["alias"], weights, data.get("reason") or "set by an operator")
         return jsonify(table.to_dict())
+
+    @app.get("/api/metrics")
+    def live_metrics():
+        try:
+            filters = metrics_filters(request.args)
+        except ValueError as e:
+            raise RegistryError(str(e)) from None
+        with plane.reader() as cur:
+            return jsonify({"data": read_windows(cur, **filters)})
 
     @app.post("/api/rollouts")
     def rollout_start():

@@ -20,7 +20,7 @@ from serving.registry import RegistryError
 from serving.rollout import analyse, controller
 from serving.rollout.analysis import AnalysisPolicy
 from serving.rollout.controller import Decision, RolloutError, RolloutPolicy, RolloutState
-from serving.rollout.windows import version_window
+from serving.rollout.windows import window_reader
 from streams.schemas import Deployment, new_id
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class RolloutManager:
         self.plane = plane
         self.producer = producer
         self.policy = policy_of(settings)
+        self.window = window_reader(settings.rollout.source)
         self.topic = settings.topic("deployments")
         self._lock = threading.Lock()
 
@@ -117,8 +118,8 @@ class RolloutManager:
                 if not controller.analysis_due(state, self.policy, now):
                     continue
                 start = now - timedelta(seconds=self.policy.analysis_interval_s)
-                verdict = analyse(version_window(cur, state.candidate, start, now, alias),
-                                  version_window(cur, state.production, start, now, alias), self.policy.analysis)
+                verdict = analyse(self.window(cur, state.candidate, start, now, alias),
+                                  self.window(cur, state.production, start, now, alias), self.policy.analysis)
                 new, decision = controller.advance(state, verdict, self.policy, now)
                 self._apply(cur, self.plane.registry(cur), state, new, decision)
                 decisions.append(decision)

@@ -1,9 +1,12 @@
-"""A version's figures over a time window, from the landed events in DuckDB.
+"""A version's figures over a time window: what the rollout controller analyses.
 
-This is where the control plane reads what it analyses. (The issue's faust stream worker
-will publish the same figures per 1-minute window; until it exists, the control plane
-queries the landed interactions and feedback directly, which also never depends on the
-local broker's offset defects.)
+Two sources (setting ``rollout.source``):
+
+- ``landed`` (default): the landed interactions and the feedback on them, queried in
+  DuckDB; feedback counts with the interaction it is about, whenever it arrived.
+- ``stream``: the stream worker's live windows (``live_metrics``); feedback counts in the
+  window it arrived in, and the interval is rounded to whole windows (those that start in
+  it). Cheaper on a busy warehouse; needs the stream worker running.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from serving.rollout.analysis import VersionWindow
+from streams.live_metrics import version_figures
+
+SOURCES = ("landed", "stream")
 
 
 def version_window(conn, version: str, start: datetime, end: datetime, alias: str | None = None) -> VersionWindow:
@@ -42,3 +48,19 @@ def version_window(conn, version: str, start: datetime, end: datetime, alias: st
         # Draft choices compare drafts of one request, which one version wrote: they say
         # nothing about canary vs production, so they are not counted here.
     )
+
+
+def stream_version_window(conn, version: str, start: datetime, end: datetime, alias: str | None = None) -> VersionWindow:
+    """The same figures from the stream worker's windows that start in [start, end)."""
+    fig = version_figures(conn, version, start, end, alias)
+    return VersionWindow(
+        requests=fig.requests, errors=fig.errors, latency_p95_ms=fig.latency_ms(0.95), thumbs_up=fig.thumbs_up,
+        thumbs_down=fig.thumbs_down, ratings=tuple(fig.ratings), regenerations=fig.regenerations, edits=fig.edits,
+        copies=fig.copies)
+
+
+def window_reader(source: str):
+    """The function that reads a version's window for ``source`` (landed or stream)."""
+    if source not in SOURCES:
+        raise ValueError(f"rollout.source must be one of {', '.join(SOURCES)}, got {source!r}")
+    return version_window if source == "landed" else stream_version_window
