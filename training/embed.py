@@ -19,12 +19,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from training.errors import TrainingError
+
 __all__ = ["DIMENSIONS", "Embedder", "EmbeddingError", "focus_texts"]
 
 DIMENSIONS = 384
 
 
-class EmbeddingError(RuntimeError):
+class EmbeddingError(TrainingError):
     """The embedding model is missing or could not be loaded."""
 
 

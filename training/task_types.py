@@ -1,0 +1,212 @@
+"""Task types: a two-level taxonomy (``group/name``) and a nearest-seeds classifier.
+
+The taxonomy lives in a YAML file (default: ``task_types.yaml`` next to this module):
+each type has a description, seed examples (what users type) and a relative selection
+weight (hard types get more of the selection budget). A text is classified by its
+similarity to each type's seeds in MiniLM space: a type's score is the mean of its
+``top_k`` best seed similarities; the confidence is the softmax probability of the best
+type against the others (so a close second lowers it), scaled down further when even the
+best type is far (``min_similarity``). Below ``threshold`` the type is ``unknown``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from training.errors import TrainingError
+
+__all__ = [
+    "DEFAULT_TAXONOMY",
+    "UNKNOWN",
+    "Classification",
+    "TaskClassifier",
+    "TaskType",
+    "Taxonomy",
+    "TaxonomyError",
+]
+
+DEFAULT_TAXONOMY = Path(__file__).with_name("task_types.yaml")
+UNKNOWN = "unknown"
+
+
+class TaxonomyError(TrainingError):
+    """The task-type YAML is missing, malformed, or a type lacks a description or seeds."""
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """One type of the taxonomy: ``name`` is ``group/type``."""
+
+    name: str
+    description: str
+    seeds: tuple[str, ...]
+    weight: float = 1.0
+
+    @property
+    def group(self) -> str:
+        return self.name.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    types: tuple[TaskType, ...]
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Taxonomy":
+        """Read a taxonomy YAML (default: the one shipped with the package)."""
+        path = Path(path) if path is not None else DEFAULT_TAXONOMY
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise TaxonomyError(f"cannot read the task-type taxonomy {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise TaxonomyError(f"{path} is not valid YAML: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data, source: str = "<dict>") -> "Taxonomy":
+        """Build from ``{"groups": {group: {"types": {name: {description, seeds, weight}}}}}``."""
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), dict) or not data["groups"]:
+            raise TaxonomyError(f"{source}: expected a mapping with a non-empty 'groups' mapping")
+        types = []
+        for group, gdata in data["groups"].items():
+            if not isinstance(gdata, dict) or not isinstance(gdata.get("types"), dict) or not gdata["types"]:
+                raise TaxonomyError(f"{source}: group {group!r} needs a non-empty 'types' mapping")
+            for name, tdata in gdata["types"].items():
+                full = f"{group}/{name}"
+                if "/" in str(group) or "/" in str(name):
+                    raise TaxonomyError(f"{source}: {full!r}: group and type names cannot contain '/'")
+                if not isinstance(tdata, dict):
+                    raise TaxonomyError(f"{source}: {full} must be a mapping with description and seeds")
+                description = str(tdata.get("description") or "").strip()
+                seeds = tuple(str(s).strip() for s in (tdata.get("seeds") or []) if str(s).strip())
+                if not description:
+                    raise TaxonomyError(f"{source}: {full} has no description")
+                if len(seeds) < 2:
+                    raise TaxonomyError(f"{source}: {full} needs at least 2 seed examples (has {len(seeds)})")
+                try:
+                    weight = float(tdata.get("weight", 1.0))
+                except (TypeError, ValueError):
+                    raise TaxonomyError(f"{source}: {full}: weight must be a number") from None
+                if weight <= 0:
+                    raise TaxonomyError(f"{source}: {full}: weight must be positive")
+                types.append(TaskType(full, description, seeds, weight))
+        return cls(tuple(types), source)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.types]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def get(self, name: str) -> TaskType:
+        for t in self.types:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown task type {name!r}; known: {self.names}")
+
+    def weights(self) -> dict[str, float]:
+        """Relative selection budgets per type (for ``select.select_by_budget``)."""
+        return {t.name: t.weight for t in self.types}
+
+
+@dataclass(frozen=True)
+class Classification:
+    task_type: str
+    confidence: float
+    scores: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+
+
+class TaskClassifier:
+    """Nearest-seeds classifier over a taxonomy.
+
+    ``threshold``: minimum confidence for a type (else ``unknown``); ``top_k``: how many of
+    a type's best seed similarities are averaged; ``temperature``: softmax temperature
+    over type scores (smaller: sharper); ``min_similarity``: a best-type score below it
+    scales the confidence down in proportion (text unlike any seed)."""
+
+    def __init__(
+        self,
+        taxonomy: Taxonomy,
+        embedder,
+        threshold: float = 0.35,
+        *,
+        top_k: int = 3,
+        temperature: float = 0.03,
+        min_similarity: float = 0.3,
+    ):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        self.taxonomy = taxonomy
+        self.embedder = embedder
+        self.threshold = float(threshold)
+        self.top_k = int(top_k)
+        self.temperature = float(temperature)
+        self.min_similarity = float(min_similarity)
+        seeds, owner = [], []
+        for i, t in enumerate(taxonomy.types):
+            # The description counts as one more seed: it names the type in plain words.
+            for text in (*t.seeds, t.description):
+                seeds.append(text)
+                owner.append(i)
+        self._seed_vectors = embedder.encode(seeds)
+        self._owner = np.asarray(owner)
+
+    def scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """Type scores, shape (n, n_types): the mean of each type's ``top_k`` best seed
+        similarities."""
+        sims = np.asarray(embeddings, dtype=np.float32) @ self._seed_vectors.T
+        out = np.empty((sims.shape[0], len(self.taxonomy.types)), dtype=np.float32)
+        for i in range(len(self.taxonomy.types)):
+            block = sims[:, self._owner == i]
+            k = min(self.top_k, block.shape[1])
+            top = np.partition(block, block.shape[1] - k, axis=1)[:, -k:]
+            out[:, i] = top.mean(axis=1)
+        return out
+
+    def classify(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> list[Classification]:
+        """One :class:`Classification` per text (``embeddings``: precomputed, normalised
+        vectors of the same texts, to save encoding them again)."""
+        if embeddings is None:
+            embeddings = self.embedder.encode(list(texts))
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.shape[0] != len(texts):
+            raise ValueError(f"{len(texts)} texts but {embeddings.shape[0]} embeddings")
+        if embeddings.shape[0] == 0:
+            return []
+        scores = self.scores(embeddings)
+        # A request followed by material ("Summarize this:\n\n<paragraph>") is typed by
+        # its request: the material would otherwise dominate the embedding. Such texts
+        # also get the scores of their first paragraph, and each type keeps the higher.
+        heads = {i: h for i, h in enumerate(_head(t) for t in texts) if h}
+        if heads:
+            idx = list(heads)
+            head_scores = self.scores(self.embedder.encode([heads[i] for i in idx]))
+            scores[idx] = np.maximum(scores[idx], head_scores)
+        z = (scores - scores.max(axis=1, keepdims=True)) / self.temperature
+        prob = np.exp(z)
+        prob /= prob.sum(axis=1, keepdims=True)
+        best = scores.argmax(axis=1)
+        names = self.taxonomy.names
+        out = []
+        for row, b in enumerate(best):
+            top = float(scores[row, b])
+            confidence = float(prob[row, b]) * min(1.0, max(0.0, top) / self.min_similarity)
+            name = names[b] if confidence >= self.threshold else UNKNOWN
+            out.append(Classification(name, round(confidence, 4), dict(zip(names, scores[row].round(4).tolist()))))
+        return out
+
+
+def _head(text: str, max_chars: int = 300) -> str | None:
+    """The first paragraph of a text that has more after a blank line, else None."""
+    head, sep, rest = (text or "").strip().partition("\n\n")
+    if not sep or not rest.strip() or len(head) > max_chars:
+        return None
+    return head.strip()
