@@ -166,6 +166,17 @@ class CurationSettings(_Section):
         return None if v == "" else v
 
 
+class TrainingSettings(_Section):
+    sft_config: str = Field("", description="SFT config YAML (SFTConfig + LoraConfig). Empty: training/configs/sft.yaml.")
+    dpo_config: str = Field("", description="DPO config YAML (DPOConfig + LoraConfig). Empty: training/configs/dpo.yaml.")
+    runs_dir: str = Field("", description="Where training runs write run.json, checkpoints and adapters. Empty: DATA_DIR/runs.")
+    checkpoint_steps: int = Field(50, ge=1, description="Save a checkpoint every N optimizer steps (a killed job resumes there).")
+    assistant_turns: str = Field(
+        "all", pattern="^(all|last)$", description="Multi-turn SFT loss on all assistant turns (all) or only the last one (last).")
+    incremental: bool = Field(True, description="Continue from the production version's adapter (else a fresh LoRA on the base).")
+    dpo: bool = Field(True, description="Run DPO after SFT when the dataset has preference pairs.")
+
+
 class Settings(_Section):
     data_dir: str = Field("./data", description="Folder of the DuckDB file, spool, keys and logs.")
     log_level: str = Field("INFO", description="Log level of every process.")
@@ -179,6 +190,7 @@ class Settings(_Section):
     rollout: RolloutSettings = RolloutSettings()
     curation: CurationSettings = CurationSettings()
     stream: StreamSettings = StreamSettings()
+    training: TrainingSettings = TrainingSettings()
 
     # -- derived paths -------------------------------------------------------------
     @property
@@ -188,6 +200,10 @@ class Settings(_Section):
     @property
     def db_path(self) -> Path:
         return self.data_path / "flywheel.duckdb"
+
+    @property
+    def runs_path(self) -> Path:
+        return Path(self.training.runs_dir).expanduser().resolve() if self.training.runs_dir else self.data_path / "runs"
 
     @property
     def spool_path(self) -> Path:

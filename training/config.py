@@ -155,8 +155,8 @@ def build_args(cfg: StageConfig, output_dir: Path | str, plan: DevicePlan | None
     kwargs["fp16"] = False
     if not plan.cuda:
         kwargs["use_cpu"] = True
-    if plan.qlora and kwargs.get("gradient_checkpointing") is None:
-        kwargs["gradient_checkpointing"] = True
+    if plan.qlora:  # 4-bit base: memory is the point, trade time for it
+        kwargs["activation_checkpointing"] = True
     try:
         return _trl_class(cfg.stage)(**kwargs)
     except (TypeError, ValueError) as e:

@@ -1,0 +1,183 @@
+"""LoRA SFT on a dataset snapshot with TRL's ``SFTTrainer``.
+
+- Loss on assistant tokens only (``assistant_only_loss``; the bundled chat template marks
+  assistant content with ``{% generation %}``). ``flywheel.assistant_turns``: ``all``
+  trains on every assistant turn of a conversation; ``last`` only on the final answer
+  (the conversation becomes TRL's prompt/completion form, so the earlier turns are
+  context).
+- Incremental: continues the parent adapter when one is given, else a fresh LoRA.
+- Record weights (``weight`` in sft.jsonl) up-sample: a record is seen ``round(weight)``
+  times per epoch (at least once).
+- Eval loss per task type on eval.jsonl, as separate channels (``eval_<task>_loss``),
+  every ``eval_steps`` and at the end, gathered by :class:`TaskLossCallback`.
+- Checkpoints every ``save_steps`` under ``<out>/checkpoints``; a stage started again on
+  the same folder resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from training.config import StageConfig, build_args, build_lora, device_plan
+from training.errors import TrainingError
+from training.lora import attach_adapter, load_base, save_adapter
+from training.snapshot import Snapshot
+
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+
+
+@dataclass
+class StageResult:
+    """What a stage reports into run.json."""
+
+    stage: str
+    status: str
+    steps: int
+    resumed_from_step: int | None
+    train_loss: list[dict] = field(default_factory=list)        # [{"step", "loss"}]
+    eval_loss: dict[str, list[dict]] = field(default_factory=dict)  # task type -> [{"step", "loss"}]
+    metrics: dict = field(default_factory=dict)
+    adapter: str | None = None
+    examples: int = 0
+    tokens: int = 0
+    train_runtime_s: float = 0.0
+    tokens_per_s: float = 0.0
+    device: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def channel_name(task_type: str) -> str:
+    """The eval dataset key (and metric infix) of a task type: ``eval_<channel>_loss``."""
+    return re.sub(r"[^a-z0-9]+", "_", task_type.lower()).strip("_") or "unknown"
+
+
+def _conversation(messages: list[dict], assistant_turns: str) -> dict:
+    if assistant_turns == "last":
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+    return {"messages": messages}
+
+
+def sft_rows(records: list[dict], assistant_turns: str = "all") -> list[dict]:
+    """Training rows in TRL's conversational format, weights applied as repeats."""
+    rows = []
+    for rec in records:
+        rows += [_conversation(rec["messages"], assistant_turns)] * max(1, round(rec.get("weight", 1.0)))
+    return rows
+
+
+def eval_rows_by_task(records: list[dict], assistant_turns: str = "all") -> dict[str, list[dict]]:
+    by_task: dict[str, list[dict]] = {}
+    for rec in records:
+        by_task.setdefault(channel_name(rec["task_type"]), []).append(_conversation(rec["messages"], assistant_turns))
+    return by_task
+
+
+class TaskLossCallback(TrainerCallback):
+    """Collects the per-task-type eval losses (one channel per task) and the training loss
+    as the trainer logs them; ``on_channels`` (if given) sees each eval round."""
+
+    def __init__(self, channels: dict[str, str], on_channels: Callable[[int, dict], None] | None = None):
+        self.channels = channels  # channel -> task type
+        self.eval_loss: dict[str, list[dict]] = {t: [] for t in channels.values()}
+        self.train_loss: list[dict] = []
+        self.on_channels = on_channels
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if "loss" in logs:
+            self.train_loss.append({"step": state.global_step, "loss": float(logs["loss"])})
+        seen = {}
+        for channel, task in self.channels.items():
+            key = f"eval_{channel}_loss"
+            if key in logs:
+                seen[task] = float(logs[key])
+                self.eval_loss[task].append({"step": state.global_step, "loss": seen[task]})
+        if seen and self.on_channels is not None:
+            self.on_channels(state.global_step, seen)
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not folder.is_dir():
+        return None
+    found = get_last_checkpoint(str(folder))
+    return Path(found) if found else None
+
+
+def checkpoint_step(path: Path | None) -> int | None:
+    return int(path.name.rsplit("-", 1)[1]) if path is not None else None
+
+
+def build_sft_trainer(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Path | str, cfg: StageConfig,
+                      parent: Path | str | None = None, extra_callbacks=()):
+    """An ``SFTTrainer`` ready to train (model, adapter, datasets, callbacks), and the
+    :class:`TaskLossCallback` that gathers its loss channels."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    out_dir = Path(out_dir)
+    plan = device_plan(cfg)
+    turns = cfg.flywheel.get("assistant_turns", "all")
+    train = Dataset.from_list(sft_rows(snapshot.sft, turns))
+    evals = eval_rows_by_task(snapshot.eval, turns) if cfg.flywheel.get("per_task_eval", True) else {}
+    eval_sets = {ch: Dataset.from_list(rows) for ch, rows in evals.items()}
+    task_of = {channel_name(r["task_type"]): r["task_type"] for r in snapshot.eval}
+    extra = {"include_num_input_tokens_seen": "non_padding"}
+    if eval_sets:
+        extra["eval_strategy"] = cfg.args.get("eval_strategy", "steps")
+    else:
+        extra["eval_strategy"] = "no"
+    args = build_args(cfg, out_dir / CHECKPOINTS, plan, **extra)
+    model, tokenizer = load_base(model_dir, plan)
+    model = attach_adapter(model, build_lora(cfg), parent)
+    callback = TaskLossCallback({ch: task_of.get(ch, ch) for ch in eval_sets})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_sets or None,
+                         processing_class=tokenizer, callbacks=[callback, *extra_callbacks])
+    trainer.flywheel_plan = plan
+    return trainer, callback
+
+
+def run_trainer(trainer, callback: TaskLossCallback, out_dir: Path, stage: str, examples: int,
+                meta: dict | None = None) -> StageResult:
+    """Train (resuming from the last checkpoint in ``out_dir/checkpoints``), evaluate each
+    channel once more, save the adapter to ``out_dir/adapter``."""
+    resume = last_checkpoint(out_dir / CHECKPOINTS)
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.monotonic() - started
+    if trainer.eval_dataset:
+        trainer.evaluate()
+    state = trainer.state
+    tokens = int(state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0))
+    adapter = out_dir / ADAPTER
+    if trainer.is_world_process_zero():  # under `accelerate launch`, one process writes
+        save_adapter(trainer.model, adapter, {"stage": stage, "steps": state.global_step, **(meta or {})})
+    train_runtime = float(output.metrics.get("train_runtime", runtime))
+    return StageResult(
+        stage=stage, status="done", steps=state.global_step, resumed_from_step=checkpoint_step(resume),
+        train_loss=callback.train_loss, eval_loss=callback.eval_loss,
+        metrics={k: v for k, v in output.metrics.items() if isinstance(v, (int, float))},
+        adapter=str(adapter), examples=examples, tokens=tokens, train_runtime_s=round(train_runtime, 3),
+        tokens_per_s=round(tokens / train_runtime, 2) if train_runtime > 0 else 0.0,
+        device=getattr(trainer, "flywheel_plan").to_dict())
+
+
+def train_sft(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Path | str, cfg: StageConfig,
+              parent: Path | str | None = None) -> StageResult:
+    """Run LoRA SFT on ``snapshot.sft`` into ``out_dir`` (``adapter/`` + ``checkpoints/``)."""
+    if not snapshot.sft:
+        raise TrainingError(f"{snapshot.path}: no SFT records")
+    out_dir = Path(out_dir)
+    trainer, callback = build_sft_trainer(snapshot, out_dir, model_dir=model_dir, cfg=cfg, parent=parent)
+    meta = {"dataset": snapshot.version, "parent_adapter": str(parent) if parent else None}
+    return run_trainer(trainer, callback, out_dir, "sft", len(trainer.train_dataset), meta)
