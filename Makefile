@@ -30,6 +30,8 @@ bench: install
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/local_serving.py
+	$(BIN)/python bench/versions_serving.py
+	$(BIN)/python bench/stream_metrics.py
 
 clean:
 	rm -rf $(VENV) data
