@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
-from streams.schemas import DeadLetter, Deployment, Feedback, Interaction, Metrics
+from streams.schemas import DeadLetter, Deployment, Feedback, Interaction, Metrics, Review
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ _METRICS_STRUCT = """{"alias":"VARCHAR","model_version":"VARCHAR","window_start"
  "requests":"INTEGER","errors":"INTEGER","latency_sum_ms":"DOUBLE","latency_buckets":"JSON","thumbs_up":"INTEGER",
  "thumbs_down":"INTEGER","ratings":"JSON","regenerations":"INTEGER","choices":"INTEGER","edits":"INTEGER",
  "copies":"INTEGER","worker":"VARCHAR"}"""
+_REVIEW_STRUCT = """{"candidate_id":"VARCHAR","action":"VARCHAR","edited_response":"VARCHAR","reviewer":"VARCHAR",
+ "reason":"VARCHAR","source":"VARCHAR"}"""
 _DEAD_STRUCT = """{"event_id":"VARCHAR","source_topic":"VARCHAR","partition":"INTEGER","offset":"BIGINT",
  "key":"VARCHAR","reason":"VARCHAR","payload":"VARCHAR","created_at":"TIMESTAMPTZ"}"""
 
@@ -85,6 +87,12 @@ _INSERTS = {
             coalesce(j.regenerations, 0), coalesce(j.choices, 0), coalesce(j.edits, 0), coalesce(j.copies, 0),
             j.worker, ts
         FROM (SELECT json_transform(raw, '{_METRICS_STRUCT}') AS j, event_id AS id, created_at AS ts FROM staged)""",
+    "review_decisions": f"""
+        INSERT OR IGNORE INTO review_decisions (event_id, candidate_id, action, edited_response, reviewer, reason, source,
+            created_at, kafka_partition, kafka_offset)
+        SELECT id, j.candidate_id, j.action, j.edited_response, j.reviewer, j.reason, coalesce(j.source, 'cli'), ts, p, o
+        FROM (SELECT json_transform(raw, '{_REVIEW_STRUCT}') AS j, event_id AS id, created_at AS ts,
+                     partition AS p, "offset" AS o FROM staged)""",
     "dead_letters": f"""
         INSERT OR IGNORE INTO dead_letters (event_id, source_topic, partition, "offset", key, reason, payload, created_at)
         SELECT id, j.source_topic, j.partition, j.offset, j.key, j.reason, j.payload, ts
@@ -128,11 +136,11 @@ class Lander:
         self.conn = conn
         self.table_of = {topics["interactions"]: "interactions", topics["feedback"]: "feedback",
                          topics["dlq"]: "dead_letters"}
-        for name, table in (("deployments", "deployments"), ("metrics", "live_metrics")):
+        for name, table in (("deployments", "deployments"), ("metrics", "live_metrics"), ("reviews", "review_decisions")):
             if name in topics:
                 self.table_of[topics[name]] = table
         self.model_of = {"interactions": Interaction, "feedback": Feedback, "dead_letters": DeadLetter,
-                         "deployments": Deployment, "live_metrics": Metrics}
+                         "deployments": Deployment, "live_metrics": Metrics, "review_decisions": Review}
 
     def _dead(self, rec: Record, reason: str) -> DeadLetter:
         return DeadLetter(

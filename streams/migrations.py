@@ -128,5 +128,31 @@ def m006_live_metrics(conn) -> None:
     conn.execute("CREATE INDEX live_metrics_window ON live_metrics (model_version, window_start)")
 
 
+def m007_review_decisions(conn) -> None:
+    # Review events (training/review.py): every decision is kept; the latest per candidate
+    # (created_at, then Kafka position) is its state. The view reads that latest one.
+    conn.execute("""
+        CREATE TABLE review_decisions (
+            event_id        VARCHAR PRIMARY KEY,
+            candidate_id    VARCHAR NOT NULL,
+            action          VARCHAR NOT NULL,
+            edited_response VARCHAR,
+            reviewer        VARCHAR NOT NULL,
+            reason          VARCHAR,
+            source          VARCHAR NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL,
+            kafka_partition INTEGER,
+            kafka_offset    BIGINT,
+            landed_at       TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""")
+    conn.execute("CREATE INDEX review_decisions_candidate ON review_decisions (candidate_id)")
+    conn.execute("""
+        CREATE VIEW review_latest AS
+        SELECT candidate_id, action, edited_response, reviewer, reason, source, created_at AS decided_at, event_id
+        FROM review_decisions
+        QUALIFY row_number() OVER (PARTITION BY candidate_id
+                                   ORDER BY created_at DESC, landed_at DESC, kafka_offset DESC NULLS LAST, event_id DESC) = 1""")
+
+
 MIGRATIONS = [m001_interactions, m002_feedback, m003_dead_letters, m004_landing_offsets, m005_deployments,
-              m006_live_metrics]
+              m006_live_metrics, m007_review_decisions]

@@ -211,9 +211,33 @@ class Metrics(_Model):
     created_at: AwareDatetime
 
 
+class Review(_Model):
+    """An operator's (or a rule's) decision about a curation candidate. The latest decision
+    per candidate is its review state (training/review.py); ``reset`` returns it to pending."""
+
+    type: Literal["review"] = "review"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id
+    candidate_id: Id
+    action: Literal["approve", "reject", "edit", "reset"]
+    edited_response: Text | None = Field(None, description="edit: the corrected response (required); otherwise absent.")
+    reviewer: str = Field(min_length=1, max_length=128, description="Who decided: a person, or auto:<rule>.")
+    reason: Text | None = None
+    source: Literal["cli", "auto", "import", "api"] = "cli"
+    created_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _edit_has_text(self) -> "Review":
+        if self.action == "edit" and not (self.edited_response or "").strip():
+            raise ValueError("an 'edit' needs the edited_response")
+        if self.action != "edit" and self.edited_response is not None:
+            raise ValueError(f"a '{self.action}' takes no edited_response (only 'edit' does)")
+        return self
+
+
 Event = Annotated[Union[Interaction, Feedback], Field(discriminator="type")]
 EVENT_MODELS: dict[str, type[_Model]] = {"interaction": Interaction, "feedback": Feedback, "dead_letter": DeadLetter,
-                                         "deployment": Deployment, "metrics": Metrics}
+                                         "deployment": Deployment, "metrics": Metrics, "review": Review}
 event_adapter: TypeAdapter[Interaction | Feedback] = TypeAdapter(Event)
 
 

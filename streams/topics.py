@@ -17,6 +17,7 @@ TOPICS = {
     "dlq": "records that failed validation, with the reason",
     "deployments": "rollout decisions (start, advance, hold, promote, rollback...) with reasons and figures",
     "metrics": "live per-version window figures from the stream worker (deltas; keyed by version)",
+    "reviews": "review decisions on curation candidates (approve, reject, edit, reset; keyed by candidate id)",
 }
 
 
