@@ -53,6 +53,7 @@ __all__ = [
     "is_correct",
     "normalize_dayjs",
     "parse_config",
+    "schema_from_prompt",
     "score_config",
     "validate_config",
 ]
@@ -250,6 +251,34 @@ def build_prompt(schema: DatasetSchema, request: str) -> str:
         .replace("{metrics}", json.dumps(list(schema.metrics), ensure_ascii=False))
         .replace("{time_field}", json.dumps(schema.time_field, ensure_ascii=False))
         .replace("{request}", request)
+    )
+
+
+_PROMPT_LIST = re.compile(r"^(Dimensions|Metrics|Time field):[ \t]*(.+?)[ \t]*$", re.MULTILINE)
+
+
+def schema_from_prompt(text: str | None) -> DatasetSchema | None:
+    """The lists a chart prompt gives (`build_prompt`'s ``Dimensions: [...]``,
+    ``Metrics: [...]`` and ``Time field: "..."`` lines), as a `DatasetSchema` named
+    ``"prompt"``; None when `text` lacks one of the lines or a line is not valid JSON.
+    The time field joins the dimensions when the list does not already name it."""
+    found: dict[str, Any] = {}
+    for match in _PROMPT_LIST.finditer(text or ""):
+        key = match.group(1)
+        if key in found:
+            continue
+        try:
+            found[key] = json.loads(match.group(2))
+        except json.JSONDecodeError:
+            return None
+    dims, metrics, time_field = found.get("Dimensions"), found.get("Metrics"), found.get("Time field")
+    if not (
+        isinstance(dims, list) and isinstance(metrics, list) and isinstance(time_field, str)
+        and all(isinstance(x, str) for x in dims + metrics)
+    ):
+        return None
+    return DatasetSchema(
+        name="prompt", time_field=time_field, dimensions=tuple(d for d in dims if d != time_field), metrics=tuple(metrics)
     )
 
 
