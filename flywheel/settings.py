@@ -177,6 +177,81 @@ class TrainingSettings(_Section):
     dpo: bool = Field(True, description="Run DPO after SFT when the dataset has preference pairs.")
 
 
+class DatasetSettings(_Section):
+    include_pending: bool = Field(
+        False, description="Also build from candidates nobody reviewed yet (else only approved or edited ones).")
+    eval_share: float = Field(0.1, ge=0, lt=1, description="Share of each task type held out for evaluation (by dedup group).")
+    eval_min_per_type: int = Field(2, ge=0, description="Held-out items per task type at least, when it has 3x as many.")
+    replay_ratio: float = Field(
+        0.1, ge=0, le=1, description="General replay records per SFT record (training/data/general.jsonl), against forgetting.")
+    hard_weight: float = Field(2.0, gt=0, description="Training weight of candidates tagged 'hard'.")
+
+
+class ReviewSettings(_Section):
+    auto_approve: bool = Field(
+        True, description="Apply the auto rules below to pending candidates after each curation run, so the scheduled "
+        "refresh runs without a person (their decisions are review events from 'auto:approve'/'auto:reject'; they never "
+        "change a candidate a person decided). Off: every candidate waits for `flywheel review`.")
+    approve_min_confidence: float = Field(
+        0.9, ge=0, le=1, description="Auto rule: approve a candidate whose cleaned label is good with at least this confidence.")
+    approve_edits: bool = Field(
+        True, description="Auto rule: approve a candidate answered by the user's own edit unless its label is bad.")
+    reject_bad: bool = Field(True, description="Auto rule: reject a candidate whose cleaned label is bad (see reject_min_confidence).")
+    reject_min_confidence: float = Field(0.9, ge=0, le=1, description="Auto rule: confidence a bad label needs to reject.")
+    task_types: tuple[str, ...] = Field(
+        (), description="Task types (or groups, e.g. data-viz) the auto rules apply to. Empty: all.")
+    wait_landed_s: float = Field(
+        30.0, ge=0, description="How long `flywheel review` waits for its decisions to be acknowledged and landed.")
+
+
+class TeacherSettings(_Section):
+    kind: Literal["local", "openai"] = Field(
+        "local", description="Who relabels: local (the bundled model, few-shot, constrained, best-of-N; offline) or openai "
+        "(any OpenAI-compatible endpoint, e.g. vLLM serving a large model).")
+    base_url: str = Field("", description="openai teacher: base URL of the endpoint, e.g. http://vllm:8000/v1.")
+    api_key: str = Field("", description="openai teacher: bearer key of the endpoint (empty: none).")
+    model: str = Field("", description="openai teacher: model name to ask for.")
+    samples: int = Field(4, ge=1, le=16, description="Samples per prompt; the verifiers pick the best (best-of-N).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the teacher's samples.")
+    few_shot: int = Field(3, ge=0, le=8, description="local teacher: worked examples drawn at random from the pool per prompt.")
+    constrained: bool = Field(
+        True, description="local teacher: constrain decoding to the task's output schema where it has one (chart-config JSON "
+        "with names from the prompt's lists).")
+    pool_path: str = Field("", description="local teacher: few-shot pool YAML. Empty: training/teacher_pool.yaml.")
+    timeout_s: float = Field(60.0, gt=0, description="openai teacher: timeout of one request.")
+    retries: int = Field(3, ge=0, description="openai teacher: retries of a failed request (connection, timeout, 429, 5xx).")
+    backoff_s: float = Field(0.5, ge=0, description="openai teacher: first retry delay; doubled on each retry.")
+    concurrency: int = Field(4, ge=1, description="openai teacher: most requests in flight.")
+    max_tokens: int = Field(256, ge=1, description="Longest teacher answer in tokens.")
+    price_prompt_per_1k: float = Field(0.0, ge=0, description="openai teacher: cost of 1,000 prompt tokens (for the tally).")
+    price_completion_per_1k: float = Field(
+        0.0, ge=0, description="openai teacher: cost of 1,000 completion tokens (for the tally).")
+    audit_file: str = Field(
+        "", description="Where teacher calls are logged as JSONL when no database connection is given. Empty: "
+        "DATA_DIR/teacher_calls.jsonl.")
+
+
+class JudgeSettings(_Section):
+    base_url: str = Field("", description="Pairwise judge: base URL of an OpenAI-compatible endpoint (empty: the teacher's).")
+    api_key: str = Field("", description="Pairwise judge: bearer key (empty: the teacher's).")
+    model: str = Field("", description="Pairwise judge: model name (empty: the teacher's).")
+    timeout_s: float = Field(60.0, gt=0, description="Pairwise judge: timeout of one request.")
+    retries: int = Field(2, ge=0, description="Pairwise judge: retries of a failed request.")
+
+
+class EvaluateSettings(_Section):
+    max_tokens: int = Field(192, ge=1, description="Longest answer generated per held-out prompt.")
+    resample_k: int = Field(4, ge=1, description="Samples per prompt and version when a task type seems to drop (pass@k).")
+    resample_temperature: float = Field(0.8, gt=0, description="Sampling temperature of the resampling.")
+    max_loss_increase: float = Field(
+        0.0, ge=0, description="A task type fails when the lower end of its reference-loss increase (nats/token, 95% CI) "
+        "exceeds this.")
+    max_pass_rate_drop: float = Field(0.0, ge=0, le=1, description="Largest allowed drop of the overall verifier pass rate.")
+    max_forgetting: float = Field(
+        0.05, ge=0, description="Largest allowed relative increase of the general set's reference loss (forgetting).")
+    report_samples: int = Field(20, ge=0, description="Answers shown side by side in the report.")
+
+
 class Settings(_Section):
     data_dir: str = Field("./data", description="Folder of the DuckDB file, spool, keys and logs.")
     log_level: str = Field("INFO", description="Log level of every process.")
@@ -193,6 +268,9 @@ class Settings(_Section):
     training: TrainingSettings = TrainingSettings()
 
     # -- derived paths -------------------------------------------------------------
+    review: ReviewSettings = ReviewSettings()
+    teacher: TeacherSettings = TeacherSettings()
+    judge: JudgeSettings = JudgeSettings()
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()

@@ -17,3 +17,11 @@ class TrainingConfigError(TrainingError):
 
 class JobError(TrainingError):
     """A training job failed or could not be started."""
+
+
+class DatasetError(TrainingError):
+    """A dataset cannot be built, found or exported."""
+
+
+class TeacherError(TrainingError):
+    """The teacher (or the judge) could not answer: endpoint unreachable or failing, bad settings."""
