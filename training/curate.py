@@ -57,12 +57,13 @@ def _noop(stage: str, done: int, total: int) -> None:
 
 
 def curate(conn, settings, *, run_id: str | None = None, full: bool = False, progress: Progress | None = None,
-           embedder=None, scorer=None) -> CurationResult:
+           embedder=None, scorer=None, emit=None) -> CurationResult:
     """Run one curation (see the module docstring); returns the run id, funnel and candidates.
 
     `full` re-mines everything landed (ignoring the watermark); `embedder` defaults to
     ``training.embed.Embedder.shared()``; `scorer` (a ``training.select.ModelScorer``) is
-    built from the settings when the golden or hardness stage is on."""
+    built from the settings when the golden or hardness stage is on; `emit` sends the
+    auto-review decisions (default: training.review's emitter through Kafka)."""
     from streams.schemas import new_id
 
     cfg = settings.curation
@@ -72,7 +73,7 @@ def curate(conn, settings, *, run_id: str | None = None, full: bool = False, pro
     conn.execute("INSERT INTO curation_runs (run_id, started_at, status, settings) VALUES (?, ?, 'running', ?)",
                  [run_id, started, cfg.model_dump_json()])
     try:
-        result = _run(conn, settings, run_id, full, progress, embedder, scorer)
+        result = _run(conn, settings, run_id, full, progress, embedder, scorer, emit)
     except BaseException as e:
         conn.execute("UPDATE curation_runs SET status = 'failed', finished_at = now(), error = ? WHERE run_id = ?",
                      [f"{type(e).__name__}: {e}"[:2000], run_id])
@@ -80,7 +81,7 @@ def curate(conn, settings, *, run_id: str | None = None, full: bool = False, pro
     return result
 
 
-def _run(conn, settings, run_id, full, progress, embedder, scorer) -> CurationResult:
+def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> CurationResult:
     cfg = settings.curation
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -144,7 +145,8 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer) -> CurationRe
                        threshold=cfg.dedup_threshold)
         for j, i in enumerate(live):
             c = cands[i]
-            c["dedup_group"] = int(result.group[j])
+            # the group is named after its kept member, so it means the same in every run
+            c["dedup_group"] = int(cands[live[int(result.group[j])]]["candidate_id"][:15], 16)
             reason = result.reason[j]
             if reason is not None:
                 _drop(c, "dedup", _with_candidate_ids(reason, live, cands))
@@ -201,7 +203,7 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer) -> CurationRe
         conn.execute("ROLLBACK")
         raise
     progress("write", len(cands), len(cands))
-    _auto_review(conn, settings, run_id)
+    _auto_review(conn, settings, run_id, funnel, emit)
     return CurationResult(run_id, funnel, cands)
 
 
@@ -329,22 +331,22 @@ def _model_stages(cands: list[dict], settings, scorer, progress: Progress) -> No
         progress("golden", len(kept), len(kept))
 
 
-def _auto_review(conn, settings, run_id: str) -> None:
-    """Apply the review section's auto-approve rules (training.review) to the new pending
-    candidates."""
-    from training import review
-
-    review.auto_approve(conn, settings.review, run_id=run_id) if _accepts_run_id(review.auto_approve) \
-        else review.auto_approve(conn, settings.review)
-
-
-def _accepts_run_id(fn) -> bool:
-    import inspect
+def _auto_review(conn, settings, run_id: str, funnel: dict, emit) -> None:
+    """Apply the review section's auto rules (training.review) to this run's pending
+    candidates; their decisions travel as review events through Kafka. The counts (or the
+    error: the run itself is already written) go into the run's funnel."""
+    from training.review import auto_approve
 
     try:
-        return "run_id" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+        events = auto_approve(conn, settings, run_id=run_id, emit=emit)
+        decided: dict[str, int] = {}
+        for e in events:
+            decided[e.action] = decided.get(e.action, 0) + 1
+        funnel["review"] = {"auto": bool(settings.review.auto_approve), **decided}
+    except Exception as e:  # noqa: BLE001 - candidates stay pending; the operator sees why
+        log.exception("auto review of curation run %s failed", run_id)
+        funnel["review"] = {"auto": True, "error": f"{type(e).__name__}: {e}"}
+    conn.execute("UPDATE curation_runs SET funnel = ? WHERE run_id = ?", [json.dumps(funnel), run_id])
 
 
 # ----------------------------------------------------------------------------- storage

@@ -41,7 +41,8 @@ DEFECTS = ("secret", "garbage-encoding", "model-error", "empty")
 
 
 class SyntheticTruth(dict):
-    """request_id -> {task_type, persona, user, messy, drafts_correct, focus, paraphrase_of,
+    """request_id -> {task_type, persona, user, messy, drafts_correct (by the task's checker),
+    drafts_good (what the stand-in meant: a good or a bad answer), focus, paraphrase_of,
     defect, ...} and user_id -> persona, in one mapping (request ids start with
     ``chatcmpl-``, user ids with ``sim``); `requests` and `users` split them."""
 
@@ -68,42 +69,38 @@ class SyntheticTraffic:
 
 # ----------------------------------------------------------------------------- paraphrase
 
-# Meaning-preserving rewordings (a request keeps its ground truth).
+# Rewordings that keep the request (and its ground truth): openers, politeness and
+# framing change, the content words stay, as when a user asks again or a colleague
+# asks the same thing.
 _SWAPS: tuple[tuple[str, str], ...] = (
-    ("Show me ", "Can you show "),
+    ("Show me ", "Can you show me "),
     ("Can you plot ", "Please plot "),
     ("I need ", "I want "),
     ("Please chart ", "Chart "),
-    ("Give me ", "Show "),
+    ("Give me ", "Show me "),
     ("I'd like to see ", "Let me see "),
-    (" by ", " per "),
-    (" for the last ", " over the last "),
-    ("What is ", "What's "),
-    ("What was ", "What's "),
-    ("Summarize ", "Sum up "),
-    ("summary", "recap"),
     ("Explain ", "Can you explain "),
     ("Can you ", "Could you "),
-    ("How many ", "What number of "),
-    ("this email", "this message"),
     ("Make ", "Please make "),
+    ("Summarize ", "Please summarize "),
 )
-_OPENERS = ("", "Hey, ", "Quick one: ", "Please, ", "Hi! ")
-_CLOSERS = ("", " thanks", " please", "?", " :)")
+_OPENERS = ("", "Hey, ", "Hi! ", "Please, ", "Hello, ")
+_CLOSERS = ("", " thanks", " please", "?", " thank you")
 
 
 def paraphrase(text: str, rng: random.Random) -> str:
-    """The same request in other words: one or two phrase swaps, maybe a greeting or a
-    closing word. Never returns `text` unchanged."""
+    """The same request in other words: one phrase swapped, else a greeting or a closing
+    word added. Never returns `text` unchanged."""
     out = text
     swaps = [s for s in _SWAPS if s[0] in out or s[1] in out]
-    rng.shuffle(swaps)
-    for a, b in swaps[: rng.choice((1, 2))]:
+    if swaps and rng.random() < 0.6:
+        a, b = rng.choice(swaps)
         out = out.replace(a, b, 1) if a in out else out.replace(b, a, 1)
-    opener, closer = rng.choice(_OPENERS), rng.choice(_CLOSERS)
-    if opener and out:
-        out = opener + out[0].lower() + out[1:] if not out[:2].isupper() else opener + out
-    out = out.rstrip() + closer
+    elif rng.random() < 0.5:
+        opener = rng.choice(_OPENERS[1:])
+        out = opener + (out[0].lower() + out[1:] if out[:2] != out[:2].upper() else out)
+    else:
+        out = out.rstrip(" ?.!") + rng.choice(_CLOSERS[1:])
     if out == text:
         out = "Please: " + text
     return out
@@ -199,8 +196,10 @@ def _bad_answer(task: Task, rng: random.Random) -> str:
     return rng.choice(("ok", "I don't know.", "Yes.", "Sure."))
 
 
-def _draft(task: Task, rng: random.Random, p_correct: float) -> str:
-    return _good_answer(task, rng) if rng.random() < p_correct else _bad_answer(task, rng)
+def _draft(task: Task, rng: random.Random, p_correct: float) -> tuple[str, bool]:
+    """A draft and whether the stand-in meant it to be good."""
+    good = rng.random() < p_correct
+    return (_good_answer(task, rng) if good else _bad_answer(task, rng)), good
 
 
 def _defective(text: str, defect: str, rng: random.Random) -> str:
@@ -264,7 +263,7 @@ def synthetic_events(
             while True:
                 request_id = f"chatcmpl-syn{tag}-{index:06d}-{turn.turn}-{attempt}"
                 at += timedelta(seconds=2 + rng.random() * 3)
-                drafts = [_draft(task, rng, p_correct) for _ in range(turn.n)]
+                drafts, meant_good = map(list, zip(*(_draft(task, rng, p_correct) for _ in range(turn.n))))
                 defect = rng.choice(DEFECTS) if rng.random() < defect_rate else None
                 if defect is not None:
                     drafts[0] = _defective(drafts[0], defect, rng)
@@ -290,7 +289,7 @@ def synthetic_events(
                     "task_type": task.task_type, "persona": plan.user.persona, "user": plan.user.user_id,
                     "session_id": plan.session_id, "turn": turn.turn, "attempt": attempt, "regenerate_of": regenerate_of,
                     "messy": list(task.messy), "followup": task.followup, "paraphrase_of": paraphrase_of,
-                    "drafts_correct": [j.correct for j in judgements], "drafts_score": [round(j.score, 4) for j in judgements],
+                    "drafts_correct": [j.correct for j in judgements], "drafts_good": meant_good, "drafts_score": [round(j.score, 4) for j in judgements],
                     "focus": decision.focus, "defect": defect, "truth": task.truth, "expected": task.expected,
                 }
                 if error:
