@@ -641,6 +641,12 @@ def dev_key(s, role: str) -> str | None:
     return json.loads(path.read_text()).get(role) if path.exists() else None
 
 
+# -- review queue (flywheel/review_cli.py) ---------------------------------------------
+from flywheel.review_cli import review as _review  # noqa: E402 - its commands reach back into this module
+
+main.add_command(_review)
+
+
 if __name__ == "__main__":
     main()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 
 from serving.registry import RegistryError
-from services.control import curation
+from services.control import curation, review_api
 from services.control.status import landed_status
 from streams.live_metrics import metrics_filters, read_windows
 
@@ -105,4 +105,5 @@ def create_api(settings, plane) -> Flask:
         return jsonify(plane.rollouts.act(alias, action, reason=data.get("reason")))
 
     curation.init_app(app, settings, plane)
+    review_api.init_app(app, settings, plane)
     return app

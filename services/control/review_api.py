@@ -1,0 +1,68 @@
+"""Review routes of the control plane (/api/review/...): reads for `flywheel review` and
+the console, and decisions made over HTTP (source "api"), produced to Kafka like any
+other review event and landed by this plane."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+
+from training import review
+
+
+def init_app(app: Flask, settings, plane) -> None:
+    @app.errorhandler(review.ReviewError)
+    def _review_error(e: review.ReviewError):
+        return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), e.status
+
+    def _filter() -> review.ReviewFilter:
+        try:
+            return review.ReviewFilter.from_mapping(request.args.to_dict())
+        except ValueError as e:  # e.g. limit=abc
+            raise review.ReviewError(f"bad filter: {e}") from None
+
+    @app.get("/api/review/candidates")
+    def review_candidates():
+        flt = _filter()
+        full = request.args.get("full") in ("1", "true")
+        with plane.reader() as cur:
+            return jsonify({"data": review.list_candidates(cur, flt, full=full), "counts": review.count_states(cur, flt)})
+
+    @app.get("/api/review/ids")
+    def review_ids():
+        with plane.reader() as cur:
+            return jsonify({"ids": review.select_ids(cur, _filter())})
+
+    @app.get("/api/review/resolve")
+    def review_resolve():
+        given = [i for i in (request.args.get("ids") or "").split(",") if i]
+        with plane.reader() as cur:
+            return jsonify({"ids": review.resolve_ids(cur, given)})
+
+    @app.get("/api/review/candidates/<candidate_id>")
+    def review_candidate(candidate_id: str):
+        with plane.reader() as cur:
+            return jsonify(review.get_candidate(cur, candidate_id))
+
+    @app.get("/api/review/landed/<batch>")
+    def review_landed(batch: str):
+        with plane.reader() as cur:
+            return jsonify({"batch": batch, "landed": review.landed_count(cur, batch)})
+
+    @app.post("/api/review/decisions")
+    def review_decide():
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict) or not data.get("action") or not data.get("reviewer"):
+            raise review.ReviewError("send {'action': approve|reject|edit|reset, 'reviewer': ..., 'candidate_ids': [...] "
+                                     "or 'filter': {...}, 'reason': ..., 'edited_response': ... (edit)}")
+        with plane.reader() as cur:
+            ids = data.get("candidate_ids") or review.select_ids(cur, review.ReviewFilter.from_mapping(data.get("filter") or {}))
+            known = set(review.review_state(cur, ids))
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise review.CandidateNotFound(f"unknown candidate ids: {', '.join(missing[:10])}")
+        events = review.make_reviews(ids, data["action"], reviewer=data["reviewer"], reason=data.get("reason"),
+                                     edited_response=data.get("edited_response"), source="api")
+        topic = settings.topic("reviews")
+        plane.producer.emit_many([(topic, e.candidate_id, e) for e in events])
+        batch = events[0].event_id.split("-")[1] if events else None
+        return jsonify({"batch": batch, "decisions": len(events)}), 202
