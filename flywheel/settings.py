@@ -252,23 +252,6 @@ class EvaluateSettings(_Section):
     report_samples: int = Field(20, ge=0, description="Answers shown side by side in the report.")
 
 
-class ReviewSettings(_Section):
-    auto_approve: bool = Field(
-        True, description="Apply the auto rules below to pending candidates after each curation run, so the scheduled "
-        "refresh runs without a person (their decisions are review events from 'auto:approve'/'auto:reject'; they never "
-        "change a candidate a person decided). Off: every candidate waits for `flywheel review`.")
-    approve_min_confidence: float = Field(
-        0.9, ge=0, le=1, description="Auto rule: approve a candidate whose cleaned label is good with at least this confidence.")
-    approve_edits: bool = Field(
-        True, description="Auto rule: approve a candidate answered by the user's own edit unless its label is bad.")
-    reject_bad: bool = Field(True, description="Auto rule: reject a candidate whose cleaned label is bad (see reject_min_confidence).")
-    reject_min_confidence: float = Field(0.9, ge=0, le=1, description="Auto rule: confidence a bad label needs to reject.")
-    task_types: tuple[str, ...] = Field(
-        (), description="Task types (or groups, e.g. data-viz) the auto rules apply to. Empty: all.")
-    wait_landed_s: float = Field(
-        30.0, ge=0, description="How long `flywheel review` waits for its decisions to be acknowledged and landed.")
-
-
 class Settings(_Section):
     data_dir: str = Field("./data", description="Folder of the DuckDB file, spool, keys and logs.")
     log_level: str = Field("INFO", description="Log level of every process.")
@@ -282,13 +265,14 @@ class Settings(_Section):
     rollout: RolloutSettings = RolloutSettings()
     curation: CurationSettings = CurationSettings()
     stream: StreamSettings = StreamSettings()
+    datasets: DatasetSettings = DatasetSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
     training: TrainingSettings = TrainingSettings()
-    review: ReviewSettings = ReviewSettings()
-
-    # -- derived paths -------------------------------------------------------------
     review: ReviewSettings = ReviewSettings()
     teacher: TeacherSettings = TeacherSettings()
     judge: JudgeSettings = JudgeSettings()
+
+    # -- derived paths -------------------------------------------------------------
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()

@@ -69,4 +69,30 @@ def m203_curation_watermarks(conn) -> None:
         )""")
 
 
-MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks]
+def m210_datasets(conn) -> None:
+    # Immutable dataset versions (content hashes) and the lineage of every record in them.
+    conn.execute("""
+        CREATE TABLE datasets (
+            version        VARCHAR PRIMARY KEY,  -- ds-<12 hex of the content>
+            created_at     TIMESTAMPTZ NOT NULL,
+            path           VARCHAR NOT NULL,
+            counts         JSON NOT NULL,
+            task_types     JSON NOT NULL,
+            curation_runs  JSON NOT NULL,
+            excluded       JSON NOT NULL,
+            settings       JSON NOT NULL
+        )""")
+    conn.execute("""
+        CREATE TABLE dataset_items (
+            version          VARCHAR NOT NULL,
+            split            VARCHAR NOT NULL,   -- sft | dpo | eval
+            line             INTEGER NOT NULL,   -- 0-based line in the split's file
+            candidate_id     VARCHAR,            -- NULL for the general replay set
+            task_type        VARCHAR NOT NULL,
+            target_source    VARCHAR,            -- operator-edit | user-edit | choice | draft | verified-draft | teacher | replay
+            source_event_ids JSON NOT NULL,
+            PRIMARY KEY (version, split, line)
+        )""")
+
+
+MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m210_datasets]

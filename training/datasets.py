@@ -1,0 +1,383 @@
+"""Datasets: curated candidates -> an immutable, versioned SFT/DPO snapshot with lineage.
+
+Reads the `candidates` a curation run kept and their review state (`review_latest`), and
+writes a snapshot folder in the format `training/snapshot.py` defines (TRL `messages` for
+SFT, `prompt`/`chosen`/`rejected` for DPO, a held-out `eval` split), plus the `datasets`
+and `dataset_items` rows that trace every record back to its candidate, curation run and
+source events.
+
+Targets, best first (a rejected review excludes the candidate):
+1. an operator's edit (review action `edit`);
+2. the user's own correction (`edit` feedback: the configuration they saved);
+3. the answer itself when its cleaned label is `good` (or `unknown` and a verifier passes);
+4. the teacher's answer when a teacher is given and it passes the task's verifier (for
+   candidates with a bad answer; the bad answer becomes the DPO `rejected`).
+Targets of task types with a verifier must pass it (a user's edit included: it is the
+config they saved, but a broken one would teach the wrong thing).
+
+Preference pairs: the target vs what the user moved away from (the draft not chosen, the
+edited draft, the regenerated answer) or vs a bad answer to a near-identical prompt
+(same dedup group), or the teacher's answer vs the served model's failing one.
+
+The evaluation split is chosen by a hash of the dedup group (so near-duplicates fall on
+the same side and an item stays on its side as data grows): `eval_share` of each task
+type, at least `eval_min_per_type` when the type has enough items. It never enters
+training. A general replay set shipped with the project (`training/data/general.jsonl`)
+is mixed in at `replay_ratio` against forgetting; candidates tagged `hard` get
+`hard_weight`.
+
+The version is a hash of the content (`ds-<12 hex>`): the same input gives the same
+version, any change gives a new one, and a version's folder is never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from training.errors import DatasetError
+from training.snapshot import FILES, MANIFEST, load_snapshot, snapshot_dir, write_snapshot
+
+DATA = Path(__file__).resolve().parent / "data"
+REPLAY_TASK = "general/replay"
+EXPORT_FORMATS = ("trl", "alpaca", "sharegpt", "ms-swift")
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BuildResult:
+    version: str
+    path: Path
+    counts: dict
+    task_types: dict
+    excluded: dict
+    created: bool  # False: the same content existed already (the version is reused)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "path": str(self.path), "counts": self.counts,
+                "task_types": self.task_types, "excluded": self.excluded, "created": self.created}
+
+
+@dataclass
+class _Item:
+    """One kept candidate on its way into the dataset."""
+
+    row: dict
+    target: str | None = None
+    target_source: str | None = None
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (answer, why)
+
+    @property
+    def cid(self) -> str:
+        return self.row["candidate_id"]
+
+    @property
+    def task_type(self) -> str:
+        return self.row["task_type"] or "unknown"
+
+
+# -- reading ---------------------------------------------------------------------------
+_CANDIDATES_SQL = """
+SELECT c.candidate_id, c.run_id, c.messages, c.response, c.response_source, c.rejected_response, c.label,
+       c.label_confidence, c.task_type, c.tags, c.dedup_group, c.source_event_ids, c.status,
+       coalesce(r.action, 'pending') AS review_action, r.edited_response, r.event_id AS review_event_id
+FROM candidates c LEFT JOIN review_latest r USING (candidate_id)
+WHERE {where}
+ORDER BY c.candidate_id
+"""
+
+
+def _load(conn, where: str = "true") -> list[dict]:
+    cur = conn.execute(_CANDIDATES_SQL.format(where=where))
+    cols = [d[0] for d in cur.description]
+    rows = []
+    for values in cur.fetchall():
+        row = dict(zip(cols, values))
+        for key in ("messages", "tags", "source_event_ids"):
+            if isinstance(row[key], str):
+                row[key] = json.loads(row[key])
+        rows.append(row)
+    return rows
+
+
+def _review_state(action: str) -> str:
+    return {"approve": "approved", "reject": "rejected", "edit": "edited", "reset": "pending"}.get(action, "pending")
+
+
+# -- targets and pairs ------------------------------------------------------------------
+def _passes(task_type: str, messages: list[dict], answer: str) -> bool | None:
+    """The task's verifier on an answer; None when the task type has none."""
+    from training.verify import has_verifier, verify
+
+    if not has_verifier(task_type):
+        return None
+    return verify(task_type, messages, answer).passed
+
+
+def _choose_target(item: _Item, teacher, excluded: Counter) -> None:
+    row = item.row
+    messages, response, label = row["messages"], row["response"], row["label"]
+    candidates: list[tuple[str, str]] = []
+    if row["review_action"] == "edit" and row["edited_response"]:
+        candidates.append((row["edited_response"], "operator-edit"))
+    if row["response_source"] == "edit" and response:
+        candidates.append((response, "user-edit"))
+    if response and label == "good":
+        candidates.append((response, row["response_source"] or "draft"))
+    elif response and label in (None, "unknown") and _passes(item.task_type, messages, response):
+        candidates.append((response, "verified-draft"))
+    for answer, source in candidates:
+        if _passes(item.task_type, messages, answer) is False:
+            excluded[f"target failed the {item.task_type} verifier ({source})"] += 1
+            continue
+        item.target, item.target_source = answer, source
+        break
+    if item.target is None and teacher is not None and row["label"] == "bad":
+        answer = teacher.label(item.task_type, messages)
+        if answer is not None and answer.answer and _passes(item.task_type, messages, answer.answer) is not False:
+            item.target, item.target_source = answer.answer, "teacher"
+    if item.target is None:
+        excluded["no trustworthy target (bad or unknown answer, no correction)"] += 1
+        return
+    # What the user moved away from, and the served answer when something better replaced it.
+    for answer, why in ((row["rejected_response"], "moved-away"), (response, "replaced")):
+        if answer and answer.strip() and answer != item.target and (why != "replaced" or item.target_source in (
+                "operator-edit", "user-edit", "teacher")):
+            item.rejected.append((answer, why))
+
+
+def _group_pairs(items: list[_Item], bad_rows: list[dict]) -> None:
+    """A bad answer to a near-identical prompt (same dedup group) as another rejected."""
+    bad_by_group: dict = defaultdict(list)
+    for row in bad_rows:
+        if row["dedup_group"] is not None and row["response"]:
+            bad_by_group[row["dedup_group"]].append(row)
+    for item in items:
+        if item.target is None or item.row["dedup_group"] is None:
+            continue
+        have = {a for a, _ in item.rejected}
+        for row in bad_by_group.get(item.row["dedup_group"], []):
+            if row["candidate_id"] != item.cid and row["response"] not in have and row["response"] != item.target:
+                item.rejected.append((row["response"], f"bad answer in dedup group ({row['candidate_id'][:10]})"))
+                have.add(row["response"])
+                break
+
+
+# -- splits --------------------------------------------------------------------------------
+def _split_key(item: _Item) -> float:
+    group = item.row["dedup_group"]
+    key = f"group:{group}" if group is not None else f"cand:{item.cid}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16 ** 12
+
+
+def _eval_ids(items: list[_Item], share: float, min_per_type: int) -> set[str]:
+    by_type: dict[str, list[_Item]] = defaultdict(list)
+    for item in items:
+        by_type[item.task_type].append(item)
+    chosen: set[str] = set()
+    for _, group in sorted(by_type.items()):
+        ranked = sorted(group, key=_split_key)
+        picked = [i for i in ranked if _split_key(i) < share]
+        if len(picked) < min_per_type and len(group) >= 3 * min_per_type:
+            picked = ranked[:min_per_type]
+        chosen.update(i.cid for i in picked)
+    return chosen
+
+
+# -- records ---------------------------------------------------------------------------------
+def _lineage(item: _Item) -> dict:
+    return {"candidate_id": item.cid, "curation_run": item.row["run_id"],
+            "source_ids": list(item.row["source_event_ids"] or []), "target_source": item.target_source}
+
+
+def _records(items: list[_Item], eval_ids: set[str], cfg) -> tuple[list[dict], list[dict], list[dict]]:
+    sft, dpo, evals = [], [], []
+    for item in items:
+        if item.target is None:
+            continue
+        messages = list(item.row["messages"])
+        conversation = messages + [{"role": "assistant", "content": item.target}]
+        if item.cid in eval_ids:
+            evals.append({"messages": conversation, "task_type": item.task_type, **_lineage(item)})
+            continue
+        hard = "hard" in (item.row["tags"] or [])
+        sft.append({"messages": conversation, "task_type": item.task_type,
+                    "weight": cfg.hard_weight if hard else 1.0, **_lineage(item)})
+        for answer, why in item.rejected:
+            dpo.append({"prompt": messages, "chosen": [{"role": "assistant", "content": item.target}],
+                        "rejected": [{"role": "assistant", "content": answer}], "task_type": item.task_type,
+                        "pair_source": why, **_lineage(item)})
+    return sft, dpo, evals
+
+
+def _replay(n_sft: int, ratio: float, seed: str) -> list[dict]:
+    if ratio <= 0 or n_sft == 0:
+        return []
+    pool = read_general("general.jsonl")
+    n = min(len(pool), math.ceil(ratio * n_sft))
+    rng = random.Random(seed)
+    return [{**rec, "weight": 1.0, "source_ids": [], "target_source": "replay"} for rec in rng.sample(pool, n)]
+
+
+def read_general(name: str = "general.jsonl") -> list[dict]:
+    """The general set shipped with the project (replay against forgetting; `general_eval.jsonl`
+    is its held-out part for the evaluation's forgetting check)."""
+    with (DATA / name).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def content_version(sft: list[dict], dpo: list[dict], evals: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for name, recs in (("sft", sft), ("dpo", dpo), ("eval", evals)):
+        digest.update(name.encode())
+        for rec in recs:
+            digest.update(json.dumps(rec, sort_keys=True, ensure_ascii=False).encode())
+    return f"ds-{digest.hexdigest()[:12]}"
+
+
+# -- the build ----------------------------------------------------------------------------------
+def build_dataset(conn, settings, *, teacher=None, progress: Progress | None = None) -> BuildResult:
+    """Build (or find) the dataset version of what is curated and reviewed now."""
+    cfg = settings.datasets
+    say = progress or (lambda _msg: None)
+    states = ("approved", "edited") + (("pending",) if cfg.include_pending else ())
+    rows = _load(conn)
+    kept = [r for r in rows if r["status"] == "kept"]
+    excluded: Counter = Counter()
+    items: list[_Item] = []
+    for row in kept:
+        state = _review_state(row["review_action"])
+        if state not in states:
+            excluded[f"review state {state}"] += 1
+            continue
+        items.append(_Item(row))
+    say(f"{len(kept)} kept candidates, {len(items)} eligible after review")
+    for n, item in enumerate(items, 1):
+        _choose_target(item, teacher, excluded)
+        if n % 500 == 0:
+            say(f"targets: {n}/{len(items)}")
+    bad = [r for r in rows if r["label"] == "bad" and r["review_action"] != "approve"]
+    _group_pairs(items, bad)
+    with_target = [i for i in items if i.target is not None]
+    eval_ids = _eval_ids(with_target, cfg.eval_share, cfg.eval_min_per_type)
+    sft, dpo, evals = _records(with_target, eval_ids, cfg)
+    if not sft:
+        raise DatasetError(f"nothing to train on: {len(kept)} kept candidates, {len(items)} reviewed, none with a "
+                           f"trustworthy target ({dict(excluded) or 'no candidates'}); run `flywheel mine` and "
+                           "review (`flywheel review`), or set datasets.include_pending")
+    sft_all = sft + _replay(len(sft), cfg.replay_ratio, content_version(sft, dpo, evals))
+    version = content_version(sft_all, dpo, evals)
+    folder = snapshot_dir(settings.data_path, version)
+    created = not (folder / MANIFEST).is_file()
+    if created:
+        tmp = folder.with_name(folder.name + ".tmp")
+        write_snapshot(tmp, version=version, sft=sft_all, dpo=dpo, eval=evals,
+                       curation_runs=sorted({i.row["run_id"] for i in with_target}),
+                       excluded=dict(excluded), settings=cfg.model_dump())
+        tmp.rename(folder)  # readers never see a half-written version
+        say(f"wrote {folder}")
+    snap = load_snapshot(folder)
+    _record(conn, snap, excluded)
+    return BuildResult(version, folder, snap.manifest["counts"], snap.manifest["task_types"], dict(excluded), created)
+
+
+def _record(conn, snap, excluded: Counter) -> None:
+    if conn.execute("SELECT count(*) FROM datasets WHERE version = ?", [snap.version]).fetchone()[0]:
+        return
+    m = snap.manifest
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute("INSERT INTO datasets (version, created_at, path, counts, task_types, curation_runs, excluded, "
+                     "settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     [snap.version, m["created_at"], str(snap.path), json.dumps(m["counts"]),
+                      json.dumps(m["task_types"]), json.dumps(m.get("curation_runs", [])), json.dumps(dict(excluded)),
+                      json.dumps(m.get("settings", {}))])
+        rows = []
+        for split in ("sft", "dpo", "eval"):
+            for n, rec in enumerate(getattr(snap, split)):
+                rows.append((snap.version, split, n, rec.get("candidate_id"), rec["task_type"],
+                             rec.get("target_source"), json.dumps(rec.get("source_ids") or [])))
+        if rows:
+            conn.executemany("INSERT INTO dataset_items (version, split, line, candidate_id, task_type, target_source, "
+                             "source_event_ids) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def list_datasets(conn) -> list[dict]:
+    cur = conn.execute("SELECT version, created_at, counts, task_types, curation_runs, path FROM datasets "
+                       "ORDER BY created_at DESC")
+    return [{"version": v, "created_at": c.isoformat() if isinstance(c, datetime) else c, "counts": json.loads(n),
+             "task_types": json.loads(t), "curation_runs": json.loads(r), "path": p} for v, c, n, t, r, p in
+            cur.fetchall()]
+
+
+def get_dataset(conn, version: str) -> dict:
+    for d in list_datasets(conn):
+        if d["version"] == version:
+            return d
+    raise DatasetError(f"no dataset {version!r}; `flywheel datasets list` shows the versions")
+
+
+# -- exports --------------------------------------------------------------------------------------
+def _system_and_turns(messages: list[dict]) -> tuple[str | None, list[tuple[str, str]], str]:
+    """(system prompt, earlier (user, assistant) turns, last user message) of a conversation
+    that ends with the assistant's answer."""
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system") or None
+    turns = [m for m in messages if m["role"] in ("user", "assistant")]
+    pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
+    *history, (query, _answer) = pairs
+    return system, history, query
+
+
+def to_format(rec: dict, fmt: str) -> dict:
+    """One SFT/eval record in an export format (trl: as stored)."""
+    if fmt == "trl":
+        return rec
+    messages = rec["messages"]
+    answer = messages[-1]["content"]
+    system, history, query = _system_and_turns(messages)
+    if fmt == "alpaca":
+        out = {"instruction": query, "input": "", "output": answer, "history": [list(p) for p in history]}
+        return {**out, "system": system} if system else out
+    if fmt == "sharegpt":
+        names = {"system": "system", "user": "human", "assistant": "gpt"}
+        return {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in messages]}
+    if fmt == "ms-swift":
+        out = {"query": query, "response": answer, "history": [list(p) for p in history]}
+        return {**out, "system": system} if system else out
+    raise DatasetError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+def export_dataset(folder: Path | str, fmt: str, out_dir: Path | str) -> dict[str, Path]:
+    """Write the snapshot's splits in ``fmt`` under ``out_dir``; DPO pairs only in trl."""
+    if fmt not in EXPORT_FORMATS:
+        raise DatasetError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    snap = load_snapshot(folder)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split in ("sft", "dpo", "eval"):
+        recs = getattr(snap, split)
+        if split == "dpo" and fmt != "trl" or not recs:
+            continue
+        path = out_dir / f"{snap.version}-{split}.{fmt}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for rec in recs:
+                fh.write(json.dumps(to_format(rec, fmt), ensure_ascii=False) + "\n")
+        written[split] = path
+    return written
+
+
+__all__ = ["BuildResult", "EXPORT_FORMATS", "FILES", "build_dataset", "content_version", "export_dataset",
+           "get_dataset", "list_datasets", "read_general", "to_format"]
