@@ -256,3 +256,22 @@ def test_flywheel_mine_without_a_control_plane(tmp_path):
     assert json.loads(shown.output)["funnel"]["stages"][0]["out"] == runs[0]["mined"]
     missing = runner.invoke(main, ["mine", "--show", "nope"], env=env)
     assert missing.exit_code != 0 and "no curation run" in missing.output
+
+
+def test_a_later_run_drops_prompts_an_earlier_run_kept(tmp_path):
+    from flywheel.settings import Settings
+    from training.dedup import normalise
+
+    settings = Settings(data_dir=str(tmp_path / "data")).replace(curation={"watermark_lag_s": 0},
+                                                                 review={"auto_approve": False})
+    conn = connect(settings.db_path)
+    apply_migrations(conn, ALL)
+    land(conn, *list(synthetic_events(40, seed=21, run_tag="x"))[:2])
+    run1 = curate(conn, settings)
+    land(conn, *list(synthetic_events(40, seed=21, run_tag="y"))[:2])  # the same requests from other sessions
+    run2 = curate(conn, settings)
+    kept1 = {normalise(c["prompt_text"]) for c in run1.kept}
+    repeated = [c for c in run2.candidates if c["stage"] == "dedup" and f"kept by run {run1.run_id}" in c["drop_reason"]]
+    assert repeated and run2.funnel["dedup"]["earlier_runs_exact"] == len(repeated)
+    assert not [c for c in run2.kept if normalise(c["prompt_text"]) in kept1]
+    conn.close()

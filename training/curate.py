@@ -137,8 +137,9 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
     # -- dedup (kept candidates only; the best-scored member of each group stays)
     from training.dedup import dedup
 
+    earlier = _drop_seen_before(conn, cands)
     live = [i for i, c in enumerate(cands) if c["status"] == "kept"]
-    dedup_report: dict = {}
+    dedup_report: dict = {"earlier_runs_exact": earlier}
     if live:
         progress("dedup", 0, len(live))
         result = dedup([texts[i] for i in live], vectors[live], np.array([_score(cands[i]) for i in live]),
@@ -150,7 +151,7 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
             reason = result.reason[j]
             if reason is not None:
                 _drop(c, "dedup", _with_candidate_ids(reason, live, cands))
-        dedup_report = {"threshold": float(result.threshold), **_jsonable(result.report)}
+        dedup_report.update({"threshold": float(result.threshold), **_jsonable(result.report)})
         progress("dedup", len(live), len(live))
     lap("dedup")
 
@@ -239,6 +240,27 @@ def _score(c: dict) -> float:
     rating = (fb.get("mean_rating") or 3.0) - 3.0
     return (label * (c.get("label_confidence") or 0.5) + (c.get("response_source") == "edit")
             + 0.05 * min(fb.get("copies", 0), 4) + 0.1 * rating)
+
+
+def _drop_seen_before(conn, cands: list[dict]) -> int:
+    """Drop kept candidates whose prompt (normalised) an earlier run already kept: dedup
+    within a run is semantic, across runs exact (earlier vectors are not stored)."""
+    from training.dedup import normalise
+
+    ids = {c["candidate_id"] for c in cands}
+    seen: dict[str, tuple[str, str]] = {}
+    for cid, run, text in conn.execute(
+            "SELECT candidate_id, run_id, prompt_text FROM candidates WHERE status = 'kept'").fetchall():
+        if cid not in ids and text:
+            seen.setdefault(normalise(text), (cid, run))
+    n = 0
+    for c in cands:
+        if c["status"] == "kept" and c["prompt_text"]:
+            hit = seen.get(normalise(c["prompt_text"]))
+            if hit is not None:
+                _drop(c, "dedup", f"exact-duplicate of {hit[0][:12]} (kept by run {hit[1]})")
+                n += 1
+    return n
 
 
 def _with_candidate_ids(reason: str, live: list[int], cands: list[dict]) -> str:

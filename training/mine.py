@@ -16,7 +16,9 @@ Assembly, in DuckDB SQL:
 - `rejected_response` is what the user moved away from: the edited draft, the draft not
   chosen, or the regenerated answer (pairs for DPO later);
 - feedback is aggregated per request (thumbs, ratings, choices, edits, regenerations,
-  copies) and every event id is kept for lineage.
+  copies) and every event id is kept for lineage;
+- in multi-turn candidates an earlier answer the user corrected is replaced by the
+  correction in the history (tag ``history-corrected``).
 """
 
 from __future__ import annotations
@@ -186,4 +188,26 @@ def mine(conn, window: Window) -> MineResult:
             "label": None, "label_confidence": None, "task_type": None, "task_confidence": None,
             "language": None, "dedup_group": None, "golden_score": None, "hardness": None,
         })
+    _corrected_history(candidates)
     return MineResult(window=window, candidates=candidates, sessions=len(sessions), events=events)
+
+
+def _corrected_history(candidates: list[dict]) -> None:
+    """In multi-turn candidates, an earlier answer the user corrected (an `edit`) replaces
+    the draft in the history: the user went on from the corrected configuration, and
+    the model should learn the follow-up from a right history, not a wrong one."""
+    edited = {(c["session_id"], c["turn"]): c["response"] for c in candidates if c["response_source"] == "edit"}
+    if not edited:
+        return
+    for c in candidates:
+        if c["turn"] < 2:
+            continue
+        k = 0
+        for m in c["messages"]:
+            if m.get("role") == "assistant":
+                k += 1
+                fix = edited.get((c["session_id"], k))
+                if fix is not None and m.get("content") != fix:
+                    m["content"] = fix
+                    if "history-corrected" not in c["tags"]:
+                        c["tags"].append("history-corrected")
