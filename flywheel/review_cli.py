@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -170,11 +171,11 @@ def review_show(ctx, candidate_id: str, as_json: bool) -> None:
                   f"label {rec['label']} ({rec.get('label_confidence') or 0:.2f})  status {rec['status']}"
                   + (f" ({rec['drop_reason']})" if rec.get("drop_reason") else ""))
     for m in rec.get("messages") or []:
-        console.print(f"[cyan]{m['role']}:[/] " + m["content"].replace("[", r"\["))
-    console.print(f"[green]response ({rec['response_source']}):[/] " + str(rec["response"]).replace("[", r"\["))
+        console.print(f"[cyan]{m['role']}:[/] " + escape(m["content"]))
+    console.print(f"[green]response ({rec['response_source']}):[/] " + escape(str(rec["response"])))
     if rec.get("edited_response"):
-        console.print("[magenta]edited response:[/] " + rec["edited_response"].replace("[", r"\["))
-    console.print(f"feedback: {json.dumps(rec.get('feedback'), ensure_ascii=False)}")
+        console.print("[magenta]edited response:[/] " + escape(rec["edited_response"]))
+    console.print("feedback: " + escape(json.dumps(rec.get("feedback"), ensure_ascii=False)))
     for d in rec.get("decisions") or []:
         console.print(f"  {d['created_at'][:19]}  {d['action']:<8} by {d['reviewer']} ({d['source']})"
                       + (f": {d['reason']}" if d.get("reason") else ""))

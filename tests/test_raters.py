@@ -12,6 +12,7 @@ from flywheel.simulate.sessions import SimulationConfig
 from flywheel.simulate.synthetic import synthetic_events
 from training.raters import (
     Judgement,
+    answer_groups,
     chart_truth,
     checkable_truth,
     clean_labels,
@@ -29,16 +30,13 @@ def _traffic(n_sessions: int, seed: int, users: int):
     interactions, feedback, truth = synthetic_events(n_sessions, seed, config=SimulationConfig(users=users))
     drafts = {i.request_id: len(i.drafts) for i in interactions}
     judgements = judgements_from_feedback([f.model_dump() for f in feedback], drafts)
-    items, groups, chart = {}, {}, []
+    items, types = {}, {}
     for i in interactions:
-        task_type = truth[i.request_id]["task_type"]
         for d in i.drafts:
             item = f"{i.request_id}:{d['index']}"
-            items[item] = (i.messages, d["content"])
-            groups[item] = task_type + "|" + " ".join(d["content"].lower().split())
-            if task_type == "data-viz/chart-config":
-                chart.append(item)
-    return judgements, checkable_truth(items, chart), groups, truth
+            items[item], types[item] = (i.messages, d["content"]), truth[i.request_id]["task_type"]
+    chart = [i for i, t in types.items() if t == "data-viz/chart-config"]
+    return judgements, checkable_truth(items, chart), answer_groups(items, types), truth
 
 
 @pytest.fixture(scope="module")

@@ -258,3 +258,41 @@ def test_cli_reviews_through_the_control_plane_api(settings, tmp_path):
         assert missing.exit_code != 0 and "no such candidate" in missing.output
     finally:
         plane.stop(drain=False)
+
+
+def test_cli_without_a_control_plane_reads_the_file_and_sends_to_kafka(settings, tmp_path):
+    """No control plane: reads open DuckDB read-only; decisions go to Kafka and land when
+    a control plane starts."""
+    from flywheel.cli import main
+    from services.control.plane import ControlPlane
+    from services.control.migrations import ALL
+    from streams.warehouse import apply_migrations, connect
+
+    class _File:  # the file as the control plane leaves it, closed again afterwards
+        def __init__(self, conn):
+            self.conn = conn
+
+        def reader(self):
+            import contextlib
+
+            return contextlib.nullcontext(self.conn)
+
+    conn = connect(settings.db_path)
+    apply_migrations(conn, ALL)
+    ids = _seed(_File(conn), [{"label": "good"}, {"label": "bad"}])
+    conn.close()
+    env = {"FLYWHEEL_DATA_DIR": settings.data_dir, "FLYWHEEL_KAFKA__BOOTSTRAP": settings.bootstrap,
+           "FLYWHEEL_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix, "FLYWHEEL_CONTROL__PORT": "1"}
+    runner = CliRunner()
+    listed = runner.invoke(main, ["review", "list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert [json.loads(x)["candidate_id"] for x in listed.output.splitlines()] == ids
+    sent = runner.invoke(main, ["review", "reject", "--label", "bad"], env=env)
+    assert sent.exit_code == 0, sent.output
+    assert "rejected 1 candidate(s): sent to Kafka; no control plane is running" in sent.output
+    plane = ControlPlane(settings, serve_api=False).start(scheduler=False)
+    try:
+        wait_for(lambda: _states(plane)[ids[1]] == "rejected", timeout=30, what="the decision landed")
+        assert _states(plane)[ids[0]] == "pending"
+    finally:
+        plane.stop(drain=False)

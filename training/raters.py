@@ -28,6 +28,7 @@ feedback rows into judgements; `chart_truth` is the verifier-based ground truth.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -39,10 +40,12 @@ from scipy.stats import binom
 
 __all__ = [
     "CleanLabel",
+    "answer_groups",
     "Judgement",
     "RaterReport",
     "RaterStats",
     "chart_truth",
+    "checkable_truth",
     "clean_labels",
     "detection_scores",
     "judgements_from_feedback",
@@ -169,6 +172,19 @@ def judgements_from_feedback(rows: Iterable[Mapping], drafts: Mapping[str, int] 
                     relative.append(Judgement(user, item_of(rid, other), -1))
     seen = {(j.rater, j.item) for j in absolute}
     return absolute + [j for j in relative if (j.rater, j.item) not in seen]
+
+
+def answer_groups(items: Mapping[str, tuple[Sequence[Mapping], str]], task_types: Mapping[str, str] | None = None
+                  ) -> dict[str, str]:
+    """Groups of equivalent answers for the consensus: the same (normalised) answer to the
+    same kind of task. In chat traffic each answer is rated by one person (the one who
+    asked), so without groups there is no consensus, only verifiable truth. ``items``:
+    item -> (messages, answer); ``task_types``: item -> task type (else one group space)."""
+    out = {}
+    for item, (_, answer) in items.items():
+        norm = " ".join((answer or "").lower().split())
+        out[item] = f"{(task_types or {}).get(item, '')}|{hashlib.sha1(norm.encode()).hexdigest()}"
+    return out
 
 
 # ---------------------------------------------------------------------------- ground truth
