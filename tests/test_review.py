@@ -296,3 +296,27 @@ def test_cli_without_a_control_plane_reads_the_file_and_sends_to_kafka(settings,
         assert _states(plane)[ids[0]] == "pending"
     finally:
         plane.stop(drain=False)
+
+
+def test_api_routes_read_the_queue_and_take_decisions(settings, control_plane):
+    from services.control.api import create_api
+
+    ids = _seed(control_plane, [{"task_type": "reasoning/math", "label": "good"}, {"task_type": "reasoning/math"},
+                                {"task_type": "chat/chitchat", "label": "good"}])
+    client = create_api(settings, control_plane).test_client()
+    body = client.get("/api/review/candidates?task_type=reasoning&limit=10").get_json()
+    assert [r["candidate_id"] for r in body["data"]] == ids[:2] and body["counts"]["pending"] == 2
+    assert client.get("/api/review/ids?label=good").get_json()["ids"] == [ids[0], ids[2]]
+    assert client.get("/api/review/candidates/nope").status_code == 404
+    assert client.get("/api/review/candidates?state=done").status_code == 400
+    answer = client.post("/api/review/decisions", json={"action": "approve", "reviewer": "console",
+                                                        "filter": {"task_type": "reasoning/math", "label": "good"}})
+    assert answer.status_code == 202, answer.get_json()
+    batch = answer.get_json()["batch"]
+    wait_for(lambda: client.get(f"/api/review/landed/{batch}").get_json()["landed"] == 1, timeout=30, what="landed")
+    shown = client.get(f"/api/review/candidates/{ids[0]}").get_json()
+    assert shown["state"] == "approved" and shown["decisions"][0]["source"] == "api"
+    bad = client.post("/api/review/decisions", json={"action": "approve", "reviewer": "x", "candidate_ids": ["nope"]})
+    assert bad.status_code == 404 and "nope" in bad.get_json()["error"]["message"]
+    assert client.post("/api/review/decisions", json={"action": "edit", "reviewer": "x",
+                                                      "candidate_ids": [ids[1]]}).status_code == 400
