@@ -275,3 +275,27 @@ def test_a_later_run_drops_prompts_an_earlier_run_kept(tmp_path):
     assert repeated and run2.funnel["dedup"]["earlier_runs_exact"] == len(repeated)
     assert not [c for c in run2.kept if normalise(c["prompt_text"]) in kept1]
     conn.close()
+
+
+def test_golden_and_hardness_stages_score_the_kept_candidates(tmp_path, model_dir):
+    from flywheel.settings import Settings
+    from training.select import ModelScorer
+
+    settings = Settings(data_dir=str(tmp_path / "data")).replace(
+        curation={"watermark_lag_s": 0, "select_total": 4, "golden": True, "golden_anchors": 2, "hardness": True,
+                  "hard_share": 0.25},
+        review={"auto_approve": False})
+    conn = connect(settings.db_path)
+    apply_migrations(conn, ALL)
+    land(conn, *list(synthetic_events(30, seed=31, config=SimulationConfig(users=10)))[:2])
+    result = curate(conn, settings, scorer=ModelScorer(model_dir, max_length=512))
+    kept = result.kept
+    assert 1 <= len(kept) <= 4
+    assert all(c["hardness"] is not None and c["hardness"] > 0 for c in kept)
+    assert all(c["golden_score"] is not None and 0 <= c["golden_score"] <= 1 for c in kept)
+    hard = [c for c in kept if "hard" in c["tags"]]
+    assert all(c["label"] == "good" for c in hard)
+    assert all(c["hardness"] is None and c["golden_score"] is None for c in result.candidates if c["status"] == "dropped")
+    stored = conn.execute("SELECT count(*) FROM candidates WHERE hardness IS NOT NULL AND golden_score IS NOT NULL").fetchone()[0]
+    assert stored == len(kept)
+    conn.close()

@@ -170,8 +170,8 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
             if j not in keep:
                 t = types[j]
                 quota = chosen.per_type.get(t, {})
-                _drop(cands[i], "select", f"not-selected: {t} budget {quota.get('selected', quota.get('budget', '?'))} "
-                      f"of {quota.get('available', '?')} (K-Center-Greedy keeps the most distinct)")
+                _drop(cands[i], "select", f"not-selected: {t} quota {quota.get('quota', '?')} of "
+                      f"{quota.get('available', '?')} (K-Center-Greedy keeps the most distinct)")
         select_report = {"total": cfg.select_total, "budgets": budgets, "per_type": _jsonable(chosen.per_type)}
         progress("select", len(live), len(live))
     lap("select")
