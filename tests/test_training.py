@@ -140,6 +140,25 @@ def test_labels_mask_every_prompt_token(tmp_path, model_dir, turns):
     assert len(seen) == 8
 
 
+@pytest.mark.slow
+def test_rows_truncated_away_are_counted_not_dropped_silently(tmp_path, model_dir):
+    from training.errors import TrainingError
+    from training.sft import build_sft_trainer
+
+    folder = tiny_snapshot(tmp_path / "s")
+    long_prompt = "Please chart this: " + "sales by region and month " * 40
+    evals = [json.loads(x) for x in (folder / "eval.jsonl").read_text().splitlines()]
+    evals[0]["messages"][0]["content"] = long_prompt  # the chart_config channel's only row
+    sft = [json.loads(x) for x in (folder / "sft.jsonl").read_text().splitlines()]
+    sft[0]["messages"][1]["content"] = long_prompt
+    snap = load_snapshot(write_snapshot(tmp_path / "s2", version="t", sft=sft, eval=evals))
+    trainer, _ = build_sft_trainer(snap, tmp_path / "out", model_dir=model_dir, cfg=sft_cfg(max_length=64))
+    assert trainer.flywheel_dropped == {"train_answer_truncated_away": 1, "eval_chart_config_answer_truncated_away": 1}
+    assert len(trainer.train_dataset) == 7 and set(trainer.eval_dataset) == {"chitchat"}
+    with pytest.raises(TrainingError, match="raise sft.args.max_length"):
+        build_sft_trainer(snap, tmp_path / "out2", model_dir=model_dir, cfg=sft_cfg(max_length=4))
+
+
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, model_dir):
     """One short SFT run shared by the SFT and DPO tests."""

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from training.config import StageConfig, build_args, build_lora, device_plan
 from training.errors import TrainingError
 from training.lora import attach_adapter, load_base
-from training.sft import CHECKPOINTS, StageResult, TaskLossCallback, run_trainer
+from training.sft import CHECKPOINTS, StageResult, TaskLossCallback, account_truncation, run_trainer
 from training.snapshot import Snapshot
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -65,6 +65,7 @@ def build_dpo_trainer(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Pat
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                          callbacks=[callback, *extra_callbacks])
     trainer.flywheel_plan = plan
+    trainer.flywheel_dropped = account_truncation(trainer, len(train), {}, cfg.args.get("max_length"), "dpo")
     return trainer, callback
 
 

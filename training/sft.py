@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from training.errors import TrainingError
 from training.lora import attach_adapter, load_base, save_adapter
 from training.snapshot import Snapshot
 
+log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 
@@ -50,6 +52,7 @@ class StageResult:
     train_runtime_s: float = 0.0
     tokens_per_s: float = 0.0
     device: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)  # why rows left before training, with counts
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,7 +147,37 @@ def build_sft_trainer(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Pat
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_sets or None,
                          processing_class=tokenizer, callbacks=[callback, *extra_callbacks])
     trainer.flywheel_plan = plan
+    trainer.flywheel_dropped = account_truncation(trainer, len(train), {ch: len(d) for ch, d in eval_sets.items()},
+                                                  cfg.args.get("max_length"), "sft")
     return trainer, callback
+
+
+def account_truncation(trainer, train_rows: int, eval_rows: dict[str, int], max_length, stage: str) -> dict:
+    """TRL drops rows whose answer is cut off entirely at ``max_length``: count them (run.json
+    keeps the reason), stop when nothing is left to train on, and drop an eval channel left
+    empty rather than crash on it."""
+    dropped = {}
+    lost = train_rows - len(trainer.train_dataset)
+    if lost:
+        dropped["train_answer_truncated_away"] = lost
+        log.warning("%s: %d of %d training rows lost their whole answer to truncation at max_length=%s",
+                    stage, lost, train_rows, max_length)
+    if len(trainer.train_dataset) == 0:
+        raise TrainingError(f"{stage}: every training row lost its answer to truncation at max_length={max_length}; "
+                            f"raise {stage}.args.max_length")
+    if isinstance(trainer.eval_dataset, dict):
+        for ch in list(trainer.eval_dataset):
+            lost = eval_rows.get(ch, 0) - len(trainer.eval_dataset[ch])
+            if lost:
+                dropped[f"eval_{ch}_answer_truncated_away"] = lost
+            if len(trainer.eval_dataset[ch]) == 0:
+                del trainer.eval_dataset[ch]
+        if not trainer.eval_dataset:
+            from transformers.trainer_utils import IntervalStrategy
+
+            trainer.eval_dataset = None
+            trainer.args.eval_strategy = IntervalStrategy.NO
+    return dropped
 
 
 def run_trainer(trainer, callback: TaskLossCallback, out_dir: Path, stage: str, examples: int,
@@ -169,7 +202,7 @@ def run_trainer(trainer, callback: TaskLossCallback, out_dir: Path, stage: str, 
         metrics={k: v for k, v in output.metrics.items() if isinstance(v, (int, float))},
         adapter=str(adapter), examples=examples, tokens=tokens, train_runtime_s=round(train_runtime, 3),
         tokens_per_s=round(tokens / train_runtime, 2) if train_runtime > 0 else 0.0,
-        device=getattr(trainer, "flywheel_plan").to_dict())
+        device=getattr(trainer, "flywheel_plan").to_dict(), dropped=getattr(trainer, "flywheel_dropped", {}))
 
 
 def train_sft(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Path | str, cfg: StageConfig,

@@ -1,0 +1,171 @@
+"""SFT tokens/s of our training path against a plain TRL ``SFTTrainer`` run with the same
+model, data and LoRA settings, in the same run.
+
+Data: simulated chart-config requests (flywheel.simulate.charts) in the prompt the
+assistant app sends (~470 tokens) with the ground-truth configuration as the answer, in
+TRL's ``messages`` format; the bundled SmolLM2-135M; LoRA r=16 all-linear
+(training/configs/sft.yaml). Phases, each in a fresh process (so peak memory is its own):
+
+  plain   trl.SFTTrainer(model, args=SFTConfig(...), peft_config=LoraConfig(...)),
+          assistant_only_loss, the same batch size, max_length, lr and seed
+  ours    training.sft.build_sft_trainer + run_trainer on a snapshot folder (the job's
+          path: snapshot loader, YAML config, adapter attach, loss-channel callback,
+          adapter save), per-task eval off so both do the same training work
+
+tokens/s counts non-padding input tokens (``include_num_input_tokens_seen="non_padding"``)
+over the trainer's ``train_runtime``. Phases alternate over --repeats (the machine is
+shared: interleaving keeps drift out of the ratio); figures are medians. Peak memory is
+the phase process's max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
+Target (issue 5): ours >= 0.95x plain.
+
+    python bench/training.py [--examples 16] [--steps 4] [--batch 2] [--max-length 1024] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import queue as queue_mod
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+# This file is called training.py: keep bench/ off the path so `import training` finds the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+sys.path.insert(0, str(REPO))
+
+
+def chart_records(n: int, seed: int = 0) -> list[dict]:
+    from flywheel.simulate.charts import build_prompt, dump_config, generate_request
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        req = generate_request(rng)
+        out.append({"messages": [{"role": "user", "content": build_prompt(req.schema, req.text)},
+                                 {"role": "assistant", "content": dump_config(req.truth)}],
+                    "task_type": "chart_config", "weight": 1.0, "source_ids": [f"sim-{i}"]})
+    return out
+
+
+def _common_args(opts) -> dict:
+    return {"max_steps": opts["steps"], "per_device_train_batch_size": opts["batch"], "max_length": opts["max_length"],
+            "logging_steps": 1, "save_steps": 10_000, "eval_steps": 10_000, "seed": 0, "report_to": "none",
+            "disable_tqdm": True}
+
+
+def _peak_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_plain(opts: dict, queue) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from training.config import build_args, build_lora, load_stage_config
+
+    cfg = load_stage_config("sft", overrides={"args": _common_args(opts)})
+    args = build_args(cfg, Path(opts["tmp"]) / "plain", include_num_input_tokens_seen="non_padding",
+                      eval_strategy="no")
+    tok = AutoTokenizer.from_pretrained(opts["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(opts["model_dir"], dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    data = Dataset.from_list([{"messages": r["messages"]} for r in chart_records(opts["examples"])])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=build_lora(cfg))
+    out = trainer.train()
+    runtime = out.metrics["train_runtime"]
+    queue.put({"tokens": trainer.state.num_input_tokens_seen, "runtime_s": runtime,
+               "tokens_per_s": trainer.state.num_input_tokens_seen / runtime, "peak_mb": _peak_mb()})
+
+
+def phase_ours(opts: dict, queue) -> None:
+    from training.config import load_stage_config
+    from training.sft import build_sft_trainer, run_trainer
+    from training.snapshot import load_snapshot, write_snapshot
+
+    tmp = Path(opts["tmp"]) / f"ours-{time.monotonic_ns()}"
+    snap = load_snapshot(write_snapshot(tmp / "snapshot", version="bench", sft=chart_records(opts["examples"])))
+    cfg = load_stage_config("sft", overrides={"args": _common_args(opts), "flywheel": {"per_task_eval": False}})
+    trainer, callback = build_sft_trainer(snap, tmp / "run", model_dir=opts["model_dir"], cfg=cfg)
+    result = run_trainer(trainer, callback, tmp / "run", "sft", len(trainer.train_dataset))
+    queue.put({"tokens": result.tokens, "runtime_s": result.train_runtime_s, "tokens_per_s": result.tokens_per_s,
+               "peak_mb": _peak_mb()})
+
+
+def run_phase(fn, opts: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=fn, args=(opts, queue))
+    proc.start()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"the {fn.__name__} process died (exit code {proc.exitcode}); see its traceback above")
+    proc.join()
+    return result
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--examples", type=int, default=16)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=2)
+    a = p.parse_args(argv)
+    sys.path.append(str(BENCH))
+    from _stack import emit
+
+    from flywheel.settings import load_settings
+    from serving.model_store import ensure_hf_model
+
+    model_dir = str(ensure_hf_model(load_settings(None, env={}).model_cache_path))
+    runs: dict[str, list[dict]] = {"plain": [], "ours": []}
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        opts = {"examples": a.examples, "steps": a.steps, "batch": a.batch, "max_length": a.max_length,
+                "model_dir": model_dir, "tmp": tmp}
+        for r in range(a.repeats):
+            for name, fn in (("plain", phase_plain), ("ours", phase_ours)) if r % 2 == 0 else \
+                    (("ours", phase_ours), ("plain", phase_plain)):
+                res = run_phase(fn, opts)
+                runs[name].append(res)
+                print(f"repeat {r + 1}/{a.repeats} {name}: {res['tokens_per_s']:.1f} tokens/s, "
+                      f"peak {res['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+
+    def med(name, key):
+        return round(statistics.median(x[key] for x in runs[name]), 2)
+
+    import torch
+
+    emit({
+        "bench": "training",
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "examples": a.examples, "steps": a.steps, "batch": a.batch, "max_length": a.max_length, "repeats": a.repeats,
+        "tokens_per_step": round(med("ours", "tokens") / a.steps, 1),
+        "plain_tokens_per_s": med("plain", "tokens_per_s"),
+        "ours_tokens_per_s": med("ours", "tokens_per_s"),
+        "ratio": round(med("ours", "tokens_per_s") / med("plain", "tokens_per_s"), 3),
+        "target_ratio": 0.95,
+        "plain_peak_mb": med("plain", "peak_mb"),
+        "ours_peak_mb": med("ours", "peak_mb"),
+        "plain_s_per_step": round(med("plain", "runtime_s") / a.steps, 2),
+        "ours_s_per_step": round(med("ours", "runtime_s") / a.steps, 2),
+    })
+
+
+if __name__ == "__main__":
+    main()
