@@ -159,6 +159,7 @@ def mine(conn, window: Window) -> MineResult:
     """Assemble the candidates of every session with events in `window` (see the module
     docstring). Each candidate is a dict with the `candidates` columns filled that mining
     knows (messages, response, feedback, lineage...)."""
+    conn.execute("SET enable_progress_bar = false")  # the caller shows progress; DuckDB's bar would garble it
     params = {"start": window.start or datetime(1970, 1, 1).astimezone(), "end": window.end}
     events = conn.execute(_EVENTS_SQL, params).fetchone()[0]
     cur = conn.execute(_MINE_SQL, params)
