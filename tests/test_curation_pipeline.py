@@ -5,11 +5,13 @@ the API route), `streams.landing.Lander` where the broker adds nothing."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import defaultdict
 
 import pytest
 from click.testing import CliRunner
+from werkzeug.serving import make_server
 
 from flywheel.simulate.sessions import SimulationConfig
 from flywheel.simulate.synthetic import emit_synthetic, synthetic_events
@@ -230,6 +232,24 @@ def test_api_route_runs_a_curation_in_the_control_plane(settings, control_plane)
     listed = client.get("/api/curation/runs").get_json()["data"]
     assert run_id in [r["run_id"] for r in listed]
     assert client.get("/api/curation/runs/nope").status_code == 404
+
+    # `flywheel mine` goes through the running control plane: nothing new landed since
+    server = make_server("127.0.0.1", settings.control.port, create_api(settings, control_plane), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        from flywheel.cli import main
+
+        env = {"FLYWHEEL_CONTROL__PORT": str(settings.control.port), "FLYWHEEL_DATA_DIR": settings.data_dir}
+        result = CliRunner().invoke(main, ["mine", "--json"], env=env)
+        assert result.exit_code == 0, result.output
+        run = json.loads(result.output[result.output.index("{"):])
+        assert run["status"] == "finished" and run["funnel"]["events"] == 0 and run["run_id"] != run_id
+        listed = CliRunner().invoke(main, ["mine", "--list"], env=env)
+        assert listed.exit_code == 0 and run_id[:12] in listed.output
+    finally:
+        server.shutdown()
+        thread.join(5)
 
 
 def test_flywheel_mine_without_a_control_plane(tmp_path):
