@@ -878,6 +878,9 @@ def _print_run(run: dict, as_json: bool) -> None:
     by_type.add_column("task type")
     for st in stages:
         by_type.add_column(st["stage"], justify="right")
+    by_type.add_column("why items left (top 3)")
+    why = funnel.get("dropped_by_task_type", {})
     for t, row in funnel["by_task_type"].items():
-        by_type.add_row(t, *(str(row.get(st["stage"], 0)) for st in stages))
+        top = ", ".join(f"{k} {v}" for k, v in list(why.get(t, {}).items())[:3])
+        by_type.add_row(t, *(str(row.get(st["stage"], 0)) for st in stages), top)
     console.print(by_type)

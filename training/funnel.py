@@ -23,7 +23,8 @@ def reason_kind(reason: str | None) -> str:
 
 def build_funnel(candidates: Iterable[dict], stages: Iterable[str] = STAGES, **extra) -> dict:
     """``{"stages": [{stage, in, out, dropped: {kind: n}}...], "by_task_type": {type: {stage:
-    remaining}}, "examples": {stage: {kind: a reason}}, **extra}``. A candidate dropped at
+    remaining}}, "dropped_by_task_type": {type: {"stage/kind": n}}, "examples": {stage:
+    {kind: a reason}}, **extra}``. A candidate dropped at
     stage s counts in s's ``in`` but not in its ``out``; ``mine``'s out is every candidate."""
     stages = list(stages)
     order = {s: i for i, s in enumerate(stages)}
@@ -32,12 +33,14 @@ def build_funnel(candidates: Iterable[dict], stages: Iterable[str] = STAGES, **e
     examples: dict[str, dict[str, str]] = defaultdict(dict)
     remaining = [0] * len(stages)
     by_type: dict[str, list[int]] = defaultdict(lambda: [0] * len(stages))
+    why_by_type: dict[str, Counter] = defaultdict(Counter)
     for c in candidates:
         last = order.get(c["stage"], len(stages)) if c["status"] == "dropped" else len(stages)
         if c["status"] == "dropped":
             kind = reason_kind(c.get("drop_reason"))
             dropped_at[c["stage"]][kind] += 1
             examples[c["stage"]].setdefault(kind, c.get("drop_reason") or "")
+            why_by_type[c.get("task_type") or "unclassified"][f"{c['stage']}/{kind}"] += 1
         row = by_type[c.get("task_type") or "unclassified"]
         for i in range(min(last, len(stages))):
             remaining[i] += 1
@@ -50,6 +53,7 @@ def build_funnel(candidates: Iterable[dict], stages: Iterable[str] = STAGES, **e
     return {
         "stages": out,
         "by_task_type": {t: dict(zip(stages, row)) for t, row in sorted(by_type.items())},
+        "dropped_by_task_type": {t: dict(why_by_type[t].most_common()) for t in sorted(why_by_type)},
         "examples": {s: examples[s] for s in stages if examples.get(s)},
         **extra,
     }
