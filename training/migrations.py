@@ -95,4 +95,43 @@ def m210_datasets(conn) -> None:
         )""")
 
 
-MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m210_datasets]
+
+def m211_evaluations(conn) -> None:
+    conn.execute("""
+        CREATE TABLE evaluations (
+            eval_id      VARCHAR PRIMARY KEY,   -- the report folder's name under DATA_DIR/evals
+            candidate    VARCHAR NOT NULL,
+            production   VARCHAR NOT NULL,
+            dataset      VARCHAR,
+            passed       BOOLEAN NOT NULL,
+            reasons      JSON NOT NULL,
+            overall      JSON NOT NULL,
+            report_path  VARCHAR NOT NULL,
+            created_at   TIMESTAMPTZ NOT NULL
+        )""")
+
+def m220_teacher_calls(conn) -> None:
+    # Every teacher call, for audit (training/teacher.py): what was asked, every sample,
+    # the verifiers' verdicts and which sample became the answer.
+    conn.execute("""
+        CREATE TABLE teacher_calls (
+            call_id            VARCHAR PRIMARY KEY,
+            created_at         TIMESTAMPTZ NOT NULL,
+            kind               VARCHAR NOT NULL,   -- local | openai
+            model              VARCHAR,
+            task_type          VARCHAR,
+            prompt             JSON NOT NULL,      -- the messages (without few-shot examples)
+            samples            JSON NOT NULL,
+            verdicts           JSON NOT NULL,      -- [{passed, score, reasons}] per sample
+            chosen             INTEGER,            -- index into samples; NULL when none
+            answer             VARCHAR,            -- the chosen sample's final answer
+            passed             BOOLEAN NOT NULL,
+            prompt_tokens      INTEGER NOT NULL,
+            completion_tokens  INTEGER NOT NULL,
+            latency_ms         DOUBLE,
+            error              VARCHAR             -- why the call failed, when it did
+        )""")
+
+
+MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m210_datasets, m211_evaluations,
+              m220_teacher_calls]

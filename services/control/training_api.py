@@ -1,8 +1,9 @@
-"""Dataset versions through the control plane (the DuckDB writer): build, list, show."""
+"""Training artefacts through the control plane (the DuckDB writer): dataset versions
+(build, list, show) and evaluation results (record, list)."""
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from training.errors import DatasetError
 
@@ -29,3 +30,20 @@ def init_app(app: Flask, settings, plane) -> None:
     def datasets_show(version: str):
         with plane.reader() as cur:
             return jsonify(get_dataset(cur, version))
+
+    @app.post("/api/evaluations")
+    def evaluations_record():
+        from training.evaluate import record_evaluation
+
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict) or not isinstance(data.get("report"), dict) or not data.get("folder"):
+            raise DatasetError("send {'report': the report JSON, 'folder': where it was written}")
+        with plane.reader() as cur:
+            return jsonify({"eval_id": record_evaluation(cur, data["report"], data["folder"])}), 201
+
+    @app.get("/api/evaluations")
+    def evaluations_list():
+        from training.evaluate import list_evaluations
+
+        with plane.reader() as cur:
+            return jsonify({"data": list_evaluations(cur, request.args.get("candidate"))})
