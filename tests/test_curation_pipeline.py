@@ -322,3 +322,38 @@ def test_golden_and_hardness_stages_score_the_kept_candidates(tmp_path, model_di
     stored = conn.execute("SELECT count(*) FROM candidates WHERE hardness IS NOT NULL AND golden_score IS NOT NULL").fetchone()[0]
     assert stored == len(kept)
     conn.close()
+
+
+def test_synthetic_traffic_is_reproducible_and_carries_its_truth():
+    from flywheel.simulate.charts import is_correct, parse_config
+
+    a = synthetic_events(300, seed=3)
+    b = synthetic_events(300, seed=3)
+    assert [e.model_dump_json() for e in a.interactions] == [e.model_dump_json() for e in b.interactions]
+    assert [e.model_dump_json() for e in a.feedback] == [e.model_dump_json() for e in b.feedback]
+    c = synthetic_events(300, seed=4)
+    assert [e.messages for e in c.interactions] != [e.messages for e in a.interactions]
+
+    truth = a.truth
+    requests = truth.requests
+    assert set(requests) == {e.request_id for e in a.interactions}
+    assert set(truth.users.values()) <= {"honest", "random", "reverse", "silent"}
+    assert {e.user_id for e in a.interactions} <= set(truth.users)
+    kinds = {f.kind for f in a.feedback}
+    assert kinds == {"thumb", "rating", "choice", "edit", "regenerate", "copy"}
+    assert any(e.turn > 1 for e in a.interactions) and any(len(e.drafts) == 2 for e in a.interactions)
+    assert any(t["messy"] for t in requests.values()) and any(t["defect"] for t in requests.values())
+    by_id = {e.request_id: e for e in a.interactions}
+    paraphrases = [(rid, t) for rid, t in requests.items() if t["paraphrase_of"]]
+    assert paraphrases
+    for rid, t in paraphrases:
+        original = requests[t["paraphrase_of"]]
+        assert original["task_type"] == t["task_type"] and original["truth"] == t["truth"]
+        assert by_id[rid].messages[-1]["content"] != by_id[t["paraphrase_of"]].messages[-1]["content"]
+    for f in a.feedback:
+        if f.kind == "edit":  # an honest user's saved configuration: the right one
+            assert is_correct(parse_config(f.text), requests[f.request_id]["truth"])
+    for rid, t in requests.items():  # the truth's correctness is the verifier's
+        e = by_id[rid]
+        if t["truth"] is not None and e.drafts:
+            assert [is_correct(parse_config(d["content"]), t["truth"]) for d in e.drafts] == t["drafts_correct"]

@@ -28,7 +28,7 @@ from typing import Iterable
 
 from flywheel.simulate import charts
 from flywheel.simulate.sessions import SimulationConfig, plan_session
-from flywheel.simulate.tasks import CHART_TASK, Task, make_task
+from flywheel.simulate.tasks import Judgement, Task
 from flywheel.simulate.users import decide
 from streams.schemas import Feedback, Interaction
 
@@ -202,6 +202,12 @@ def _draft(task: Task, rng: random.Random, p_correct: float) -> tuple[str, bool]
     return (_good_answer(task, rng) if good else _bad_answer(task, rng)), good
 
 
+def _judge(task: Task, draft: str) -> Judgement:
+    if task.truth is not None and draft == charts.dump_config(task.truth):
+        return Judgement(1.0, True)  # the exact right configuration: skip the verifier
+    return task.judge(draft)
+
+
 def _defective(text: str, defect: str, rng: random.Random) -> str:
     if defect == "secret":
         return text + " (debug: api_key sk-" + "".join(rng.choice("abcdefghijkmnpqrstuvwxyz0123456789") for _ in range(32)) + ")"
@@ -268,7 +274,7 @@ def synthetic_events(
                 if defect is not None:
                     drafts[0] = _defective(drafts[0], defect, rng)
                 error = defect == "model-error"
-                judgements = [task.judge(d) for d in drafts]
+                judgements = [_judge(task, d) for d in drafts]
                 decision = decide(plan.user.persona, task, judgements, random.Random(f"{seed}:{index}:{turn.turn}:{attempt}:decide"),
                                   config.behaviour, allow_regenerate=attempt == 0)
                 interactions.append(Interaction(
