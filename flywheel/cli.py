@@ -950,3 +950,11 @@ def _print_run(run: dict, as_json: bool) -> None:
         top = ", ".join(f"{k} {v}" for k, v in list(why.get(t, {}).items())[:3])
         by_type.add_row(t, *(str(row.get(st["stage"], 0)) for st in stages), top)
     console.print(by_type)
+    review = funnel.get("review") or {}
+    extras = [f"{funnel.get('robust', 0)} tagged robust",
+              f"dedup threshold {funnel.get('dedup', {}).get('threshold', '-')}",
+              f"{funnel.get('orphan_feedback', 0)} feedback events wait for their request"]
+    if review:
+        extras.append("auto review: " + (review["error"] if "error" in review else
+                                         ", ".join(f"{k} {v}" for k, v in review.items() if k != "auto") or "nothing"))
+    console.print("; ".join(extras))

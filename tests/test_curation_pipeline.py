@@ -357,3 +357,27 @@ def test_synthetic_traffic_is_reproducible_and_carries_its_truth():
         e = by_id[rid]
         if t["truth"] is not None and e.drafts:
             assert [is_correct(parse_config(d["content"]), t["truth"]) for d in e.drafts] == t["drafts_correct"]
+
+
+def test_mining_waits_for_feedback_that_landed_before_its_request(tmp_path):
+    from training.mine import mine, mining_window, save_watermark
+
+    interactions, feedback, _ = synthetic_events(20, seed=41)
+    rated = {f.request_id for f in feedback if f.kind in ("thumb", "rating")}
+    late = next(e for e in interactions if e.request_id in rated)  # its interaction lands late
+    conn = connect(tmp_path / "db.duckdb")
+    apply_migrations(conn, ALL)
+    land(conn, [e for e in interactions if e is not late], feedback)
+    first = mine(conn, window := mining_window(conn, 0))
+    assert first.orphan_feedback == sum(f.request_id == late.request_id for f in feedback) > 0
+    assert late.request_id not in {c["request_id"] for c in first.candidates}
+    save_watermark(conn, window, "run-1")
+    land(conn, [late], [])
+    second = mine(conn, mining_window(conn, 0))
+    assert second.orphan_feedback == 0
+    mined = [c for c in second.candidates if c["request_id"] == late.request_id]
+    assert len(mined) == 1
+    fb = mined[0]["feedback"]
+    assert fb["thumbs_up"] + fb["thumbs_down"] + len(fb["ratings"]) > 0  # the early feedback is there
+    assert {c["session_id"] for c in second.candidates} == {late.session_id}
+    conn.close()

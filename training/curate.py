@@ -184,7 +184,8 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
     funnel = build_funnel(
         cands, STAGES,
         window={"from": window.start.isoformat() if window.start else None, "to": window.end.isoformat()},
-        events=mined.events, sessions=mined.sessions, robust=robust, raters=rater_summary,
+        events=mined.events, sessions=mined.sessions, orphan_feedback=mined.orphan_feedback, robust=robust,
+        raters=rater_summary,
         dedup=dedup_report, select=select_report, timings_s=timings,
     )
 

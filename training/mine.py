@@ -46,6 +46,9 @@ class MineResult:
     candidates: list[dict]
     sessions: int
     events: int  # interactions + feedback landed in the window
+    # feedback whose request has not landed (yet): not mined now; its session is mined
+    # by the run after its interaction lands (new feedback or not, the session is new then)
+    orphan_feedback: int = 0
 
 
 def mining_window(conn, lag_s: float = 5.0, *, full: bool = False) -> Window:
@@ -146,7 +149,9 @@ ORDER BY a.created_at, a.session_id, a.turn
 
 _EVENTS_SQL = """
 SELECT (SELECT count(*) FROM interactions WHERE landed_at > $start AND landed_at <= $end)
-     + (SELECT count(*) FROM feedback WHERE landed_at > $start AND landed_at <= $end)
+     + (SELECT count(*) FROM feedback WHERE landed_at > $start AND landed_at <= $end),
+       (SELECT count(*) FROM feedback f WHERE f.landed_at > $start AND f.landed_at <= $end
+          AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.request_id = f.request_id))
 """
 
 
@@ -161,7 +166,7 @@ def mine(conn, window: Window) -> MineResult:
     knows (messages, response, feedback, lineage...)."""
     conn.execute("SET enable_progress_bar = false")  # the caller shows progress; DuckDB's bar would garble it
     params = {"start": window.start or datetime(1970, 1, 1).astimezone(), "end": window.end}
-    events = conn.execute(_EVENTS_SQL, params).fetchone()[0]
+    events, orphans = conn.execute(_EVENTS_SQL, params).fetchone()
     cur = conn.execute(_MINE_SQL, params)
     columns = [d[0] for d in cur.description]
     candidates = []
@@ -190,7 +195,8 @@ def mine(conn, window: Window) -> MineResult:
             "language": None, "dedup_group": None, "golden_score": None, "hardness": None,
         })
     _corrected_history(candidates)
-    return MineResult(window=window, candidates=candidates, sessions=len(sessions), events=events)
+    return MineResult(window=window, candidates=candidates, sessions=len(sessions), events=events,
+                      orphan_feedback=orphans)
 
 
 def _corrected_history(candidates: list[dict]) -> None:
