@@ -954,7 +954,9 @@ def _print_run(run: dict, as_json: bool) -> None:
     extras = [f"{funnel.get('robust', 0)} tagged robust",
               f"dedup threshold {funnel.get('dedup', {}).get('threshold', '-')}",
               f"{funnel.get('orphan_feedback', 0)} feedback events wait for their request"]
-    if review:
+    if review and not review.get("auto"):
+        extras.append("auto review off (review.auto_approve)")
+    elif review:
         extras.append("auto review: " + (review["error"] if "error" in review else
                                          ", ".join(f"{k} {v}" for k, v in review.items() if k != "auto") or "nothing"))
     console.print("; ".join(extras))
