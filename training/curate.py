@@ -118,19 +118,21 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
     # and the review queue show types at every stage)
     from training.task_types import TaskClassifier, Taxonomy
 
-    if embedder is None:
-        from training.embed import Embedder
-
-        embedder = Embedder.shared()
-    texts = [c["prompt_text"] or "" for c in cands]
-    vectors = _encode(embedder, texts, cfg.embed_batch_size, progress)
-    lap("embed")
     taxonomy = Taxonomy.load(cfg.taxonomy_path or None)
-    classifier = TaskClassifier(taxonomy, embedder, threshold=cfg.task_threshold)
-    for c, k in zip(cands, classifier.classify(texts, embeddings=vectors) if cands else []):
-        c["task_type"], c["task_confidence"] = k.task_type, round(float(k.confidence), 4)
-        if cfg.drop_unknown_task_types and c["status"] == "kept" and k.task_type == "unknown":
-            _drop(c, "task_types", f"unknown-task-type: confidence {k.confidence:.2f} < {cfg.task_threshold}")
+    texts = [c["prompt_text"] or "" for c in cands]
+    vectors = np.zeros((0, 384), dtype=np.float32)
+    if cands:  # an empty run (nothing landed) loads no model
+        if embedder is None:
+            from training.embed import Embedder
+
+            embedder = Embedder.shared()
+        vectors = _encode(embedder, texts, cfg.embed_batch_size, progress)
+        lap("embed")
+        classifier = TaskClassifier(taxonomy, embedder, threshold=cfg.task_threshold)
+        for c, k in zip(cands, classifier.classify(texts, embeddings=vectors)):
+            c["task_type"], c["task_confidence"] = k.task_type, round(float(k.confidence), 4)
+            if cfg.drop_unknown_task_types and c["status"] == "kept" and k.task_type == "unknown":
+                _drop(c, "task_types", f"unknown-task-type: confidence {k.confidence:.2f} < {cfg.task_threshold}")
     progress("task_types", len(cands), len(cands))
     lap("task_types")
 
