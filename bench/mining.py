@@ -1,0 +1,93 @@
+"""Mining and cleaning throughput at 10k / 30k / 100k prompts, against reading the same
+landed rows, in the same run.
+
+For each size: synthetic traffic (`flywheel.simulate.synthetic`, no model) is landed with
+the control plane's `Lander` into a fresh DuckDB file, then
+- baseline: fetch every landed interaction and feedback row into Python (what any miner
+  has to read at least);
+- mining: `training.mine.mine` (sessions assembled, regenerations collapsed, best answer,
+  feedback aggregated, lineage) + boilerplate removal (`focus_texts`);
+- cleaning: `training.clean.clean` (rules, language, robustness flags);
+- raters: rater reliability and cleaned labels over all feedback (`training.raters`).
+Embedding, dedup and selection are `bench/curation.py`'s.
+
+Prints one JSON line; `mine_clean_vs_read` is the cost of mining + cleaning in units of
+the baseline read (no target set: the issue sets none for these stages).
+    python bench/mining.py [--sizes 10000,30000,100000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flywheel.settings import Settings  # noqa: E402
+from flywheel.simulate.synthetic import synthetic_events  # noqa: E402
+from services.control.migrations import ALL  # noqa: E402
+from streams.landing import Lander, Record  # noqa: E402
+from streams.warehouse import apply_migrations, connect  # noqa: E402
+from training.clean import CleanRules, clean  # noqa: E402
+from training.curate import _label, _prompt_texts  # noqa: E402
+from training.mine import mine, mining_window  # noqa: E402
+
+
+def land(conn, interactions, feedback) -> None:
+    lander = Lander(conn, {"interactions": "i", "feedback": "f", "dlq": "d"})
+    records = [Record("i", 0, k, e.session_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(interactions)]
+    records += [Record("f", 0, k, e.request_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(feedback)]
+    for i in range(0, len(records), 5000):
+        lander.land(records[i : i + 5000])
+
+
+def one(prompts: int, seed: int, tmp: Path) -> dict:
+    sessions = max(1, int(prompts / 1.42))  # ~1.42 requests per simulated session
+    t = time.perf_counter()
+    interactions, feedback, _ = synthetic_events(sessions, seed=seed)
+    synth_s = time.perf_counter() - t
+    conn = connect(tmp / f"mining-{prompts}.duckdb")
+    apply_migrations(conn, ALL)
+    land(conn, interactions, feedback)
+
+    t = time.perf_counter()
+    conn.execute("SELECT * FROM interactions").fetchall()
+    conn.execute("SELECT * FROM feedback").fetchall()
+    read_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mined = mine(conn, mining_window(conn, 0))
+    _prompt_texts(mined.candidates)
+    mine_s = time.perf_counter() - t
+    t = time.perf_counter()
+    clean(mined.candidates, CleanRules())
+    clean_s = time.perf_counter() - t
+    t = time.perf_counter()
+    _label(conn, mined.candidates, mined.window.end, Settings().curation)
+    raters_s = time.perf_counter() - t
+    conn.close()
+    return {
+        "prompts": len(interactions), "feedback": len(feedback), "candidates": len(mined.candidates),
+        "synthetic_s": round(synth_s, 2), "baseline_read_s": round(read_s, 2), "mine_s": round(mine_s, 2),
+        "clean_s": round(clean_s, 2), "raters_s": round(raters_s, 2),
+        "mine_clean_vs_read": round((mine_s + clean_s) / read_s, 2),
+        "synthetic_prompts_per_s": round(len(interactions) / synth_s),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000,30000,100000", help="Prompt counts, comma-separated.")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        runs = [one(int(n), args.seed, Path(d)) for n in args.sizes.split(",")]
+    print(json.dumps({"bench": "mining", "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
