@@ -71,6 +71,9 @@ def init_app(app: Flask, settings, plane) -> None:
 
     runner = CurationRunner(settings, plane)
     app.extensions["curation"] = runner
+    with plane.reader() as cur:  # a run the previous process did not finish never will
+        cur.execute("UPDATE curation_runs SET status = 'failed', finished_at = now(), "
+                    "error = 'interrupted: the process running it stopped' WHERE status = 'running'")
 
     @app.errorhandler(CurationBusy)
     @app.errorhandler(CurationNotFound)
