@@ -269,3 +269,55 @@ def test_flywheel_train_killed_after_a_checkpoint_resumes_and_registers(tmp_path
                                            "FROM model_versions WHERE version = 'cand-1'")
     assert rows and rows[0][:4] == ("candidate", "tiny-1", "r1", "base")
     assert (Path(rows[0][4]) / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_job_runs_sft_then_dpo_and_records_the_run(tmp_path, model_dir):
+    from training.job import run_job
+
+    snap = tiny_snapshot(tmp_path / "s")
+    sets = ["sft.args.max_steps=2", "sft.args.max_length=96", "sft.args.per_device_train_batch_size=2",
+            "sft.args.eval_steps=100", "dpo.args.max_steps=2", "dpo.args.max_length=96",
+            "dpo.args.per_device_train_batch_size=2", "dpo.args.gradient_accumulation_steps=1"]
+    run = run_job(snap, tmp_path / "run", model_dir=model_dir, overrides=sets)
+    on_disk = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert on_disk["status"] == run["status"] == "done" and on_disk["error"] is None
+    assert on_disk["steps_by_stage"] == {"sft": 2, "dpo": 2} and on_disk["steps"] == 4
+    assert set(on_disk["eval_loss_by_task"]) == {"chart_config", "chitchat"}
+    assert len(on_disk["stages"]["dpo"]["metrics"]["rewards"]) == 2
+    assert on_disk["tokens_per_s"]["sft"] > 0 and on_disk["timings_s"]["sft"] > 0
+    assert on_disk["configs"]["sft"]["args"]["max_steps"] == 2
+    # the final adapter is DPO's, in PEFT format
+    import filecmp
+
+    final, dpo = tmp_path / "run" / "adapter", tmp_path / "run" / "dpo" / "adapter"
+    assert filecmp.cmp(final / "adapter_model.safetensors", dpo / "adapter_model.safetensors", shallow=False)
+    # a finished run started again trains nothing more
+    again = run_job(snap, tmp_path / "run", model_dir=model_dir, overrides=sets)
+    assert again["attempts"] == 2 and again["steps"] == 4
+
+
+def test_plan_job_picks_the_production_adapter_and_passes_the_settings(tmp_path):
+    from flywheel.settings import Settings
+    from training.errors import JobError
+    from training.runner import plan_job
+
+    s = Settings(data_dir=str(tmp_path / "data")).replace(training={"checkpoint_steps": 7, "assistant_turns": "last"})
+    tiny_snapshot(s.data_path / "datasets" / "ds-1")
+    versions = [{"version": "base", "status": "retired", "adapter_path": None, "updated_at": "2026-01-01"},
+                {"version": "v1", "status": "production", "adapter_path": "/models/v1", "updated_at": "2026-02-01"},
+                {"version": "v2", "status": "candidate", "adapter_path": "/models/v2", "updated_at": "2026-03-01"}]
+    plan = plan_job(s, "ds-1", model_dir="/m", versions=versions, run_id="r1", overrides=("sft.args.max_steps=3",))
+    assert plan.parent_version == "v1" and str(plan.parent_adapter) == "/models/v1"
+    assert plan.out_dir == s.data_path / "runs" / "r1"
+    cmd = " ".join(plan.command)
+    assert "-m training.job" in cmd and "--parent /models/v1" in cmd and "--model-dir /m" in cmd
+    assert "--set sft.args.save_steps=7" in cmd and "--set sft.flywheel.assistant_turns=last" in cmd
+    assert cmd.endswith("--set sft.args.max_steps=3")  # the command line's overrides win over the settings'
+    assert plan_job(s, "ds-1", model_dir="/m", versions=versions, parent="v2").parent_version == "v2"
+    fresh = plan_job(s, "ds-1", model_dir="/m", versions=versions, fresh=True)
+    assert fresh.parent_adapter is None and "--parent" not in fresh.command
+    with pytest.raises(JobError, match="no model version 'v9'"):
+        plan_job(s, "ds-1", model_dir="/m", versions=versions, parent="v9")
+    with pytest.raises(SnapshotError, match=r"no dataset snapshot 'nope'.*have: ds-1"):
+        plan_job(s, "nope", model_dir="/m", versions=versions)
