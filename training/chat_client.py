@@ -77,7 +77,9 @@ class ChatClient:
 
     def chat(self, messages: list[dict], *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256) -> ChatResult:
         last: Exception | None = None
+        attempts = 0
         for attempt in range(self.retries + 1):
+            attempts = attempt + 1
             if attempt:
                 with self.tally._lock:
                     self.tally.retries += 1
@@ -104,5 +106,5 @@ class ChatClient:
         with self.tally._lock:
             self.tally.failures += 1
         raise TeacherError(
-            f"the {self.what} endpoint {self.base_url} (model {self.model!r}) failed after {self.retries + 1} attempt(s): "
+            f"the {self.what} endpoint {self.base_url} (model {self.model!r}) failed after {attempts} attempt(s): "
             f"{type(last).__name__}: {last}") from last

@@ -179,6 +179,8 @@ def verify_math(messages: list[dict], answer: str) -> Verdict:
     reasons = generic_reasons(messages, answer)
     if not _NUMBER.search(answer or ""):
         reasons.append("math: no numeric answer")
+    else:  # a bare number ("7") is a complete final answer
+        reasons = [r for r in reasons if not r.startswith("too-short")]
     return _generic_verdict(reasons)
 
 

@@ -1,0 +1,383 @@
+"""Schema-constrained decoding: keep a model's output a valid prefix of JSON of one schema.
+
+A small pushdown automaton over characters (`feed`) knows, for a schema of objects,
+arrays, strings (free, an enum of names, or with a fixed prefix) and numbers, whether a
+text can still become a valid document. `JsonSchemaProcessor` is a transformers
+``LogitsProcessor`` that, at every step and for every row, tries the model's most likely
+tokens (their decoded strings) against the automaton and masks every token that would
+break the schema; when none of the top tokens fits it scans the vocabulary, bucketed by
+first character. Once the document is complete only end-of-sequence remains allowed.
+
+For ``data-viz/chart-config`` (`chart_schema`): top-level keys from the allowed list
+(each once, chartType/chartFields/mainAxis required), the chartType, granularity,
+condition and sort enums, every dimension and metric a name from THE PROMPT's lists,
+mainAxis one of the dimensions already chosen in chartFields, dayjsScript exactly two
+strings starting with ``dayjs()``, topN.number an integer. Output is compact (at most one
+space between tokens, no newlines), as the training targets are.
+
+This only keeps the output well formed; whether it is the RIGHT chart is the model's
+business (and the verifier's, and the user's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+__all__ = ["Arr", "JsonSchemaProcessor", "Num", "Obj", "Str", "Union", "chart_schema", "feed", "feed_text", "initial_state"]
+
+
+# ----------------------------------------------------------------------------- schema nodes
+
+
+@dataclass(frozen=True, eq=False)
+class Str:
+    enum: tuple[str, ...] | None = None
+    prefix: str = ""
+    max_len: int = 64
+    record: str | None = None  # remember the value under this name (e.g. the chosen dimensions)
+    dynamic: str | None = None  # restrict to the values recorded under this name, when there are some
+
+
+@dataclass(frozen=True, eq=False)
+class Num:
+    integer: bool = False
+    max_len: int = 12
+
+
+@dataclass(frozen=True, eq=False)
+class Arr:
+    item: object
+    min_items: int = 0
+    max_items: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Obj:
+    props: dict = field(default_factory=dict)
+    required: frozenset = frozenset()
+
+
+@dataclass(frozen=True, eq=False)
+class Union:
+    """A string or a number (dispatched on the first character)."""
+
+    string: Str
+    number: Num
+
+
+def chart_schema(dimensions: Sequence[str], metrics: Sequence[str], time_field: str | None = None) -> Obj:
+    """DESIGN.md's chart configuration with names from the given lists."""
+    from flywheel.simulate.charts import CHART_TYPES, DIMENSION_CONDITIONS, GRANULARITIES, METRIC_CONDITIONS
+
+    dims = tuple(dict.fromkeys(([time_field] if time_field else []) + list(dimensions)))
+    mets = tuple(dict.fromkeys(metrics))
+    dim, met, order = Str(enum=dims), Str(enum=mets), Str(enum=("ASC", "DESC"))
+    return Obj(
+        {
+            "chartType": Str(enum=CHART_TYPES),
+            "chartFields": Obj(
+                {"dimensions": Arr(Str(enum=dims, record="dims"), 1, 3), "metrics": Arr(met, 1, 3)},
+                frozenset({"dimensions", "metrics"}),
+            ),
+            "mainAxis": Str(enum=dims, dynamic="dims"),
+            "sort": Obj({"metric": met, "sort": order}, frozenset({"metric", "sort"})),
+            "topN": Obj({"metric": met, "sort": order, "number": Num(integer=True, max_len=4)},
+                        frozenset({"metric", "sort", "number"})),
+            "dimensionFilters": Arr(
+                Obj(
+                    {"dimension": dim, "filter": Obj({"condition": Str(enum=DIMENSION_CONDITIONS), "value": Arr(Str(max_len=40), 1, 5)},
+                                                     frozenset({"condition", "value"}))},
+                    frozenset({"dimension", "filter"}),
+                ),
+                1, 3,
+            ),
+            "metricFilters": Arr(
+                Obj(
+                    {"metric": met, "filter": Obj({"condition": Str(enum=METRIC_CONDITIONS), "value": Union(Str(max_len=24), Num())},
+                                                  frozenset({"condition", "value"}))},
+                    frozenset({"metric", "filter"}),
+                ),
+                1, 3,
+            ),
+            "chartTimeFilter": Obj(
+                {"granularity": Str(enum=GRANULARITIES), "dayjsScript": Arr(Str(prefix="dayjs()", max_len=64), 2, 2)},
+                frozenset({"granularity", "dayjsScript"}),
+            ),
+        },
+        frozenset({"chartType", "chartFields", "mainAxis"}),
+    )
+
+
+# ----------------------------------------------------------------------------- automaton
+#
+# A state is (stack, previous char was a space, recorded values). Frames are tuples:
+#   ("root", node, phase)                  phase: start | done
+#   ("obj", node, phase, seen, key)        phase: k0 (after '{') | k (after ',') | kin (in a key) | colon | val | after
+#   ("arr", node, phase, count)            phase: v0 (after '[') | v (after ',') | after
+#   ("str", node, buf, enum)
+#   ("num", node, buf)
+# `feed` returns the next state or None when the character cannot continue a valid document.
+
+_DIGITS = "0123456789"
+_SPACE_PHASES = {"k0", "k", "colon", "val", "after", "v0", "v"}
+
+
+def initial_state(schema) -> tuple:
+    return ((("root", schema, "start"),), False, ())
+
+
+def is_done(state) -> bool:
+    return state is not None and len(state[0]) == 1 and state[0][0][2] == "done"
+
+
+def _recorded(rec: tuple, name: str) -> tuple:
+    for k, v in rec:
+        if k == name:
+            return v
+    return ()
+
+
+def _record(rec: tuple, name: str, value: str) -> tuple:
+    values = _recorded(rec, name)
+    return tuple((k, v) for k, v in rec if k != name) + ((name, values + (value,)),)
+
+
+def _start_value(node, ch: str, stack: tuple, rec: tuple):
+    """Push the frame a value of `node` starting with `ch` opens; None if it cannot."""
+    if isinstance(node, Union):
+        node = node.string if ch == '"' else node.number
+    if isinstance(node, Str):
+        if ch != '"':
+            return None
+        enum = node.enum
+        if node.dynamic:
+            chosen = tuple(v for v in _recorded(rec, node.dynamic) if enum is None or v in enum)
+            enum = chosen or enum
+        return stack + (("str", node, "", enum),)
+    if isinstance(node, Num):
+        if ch == "-" or ch in _DIGITS:
+            return stack + (("num", node, ch),)
+        return None
+    if isinstance(node, Obj):
+        return stack + (("obj", node, "k0", frozenset(), ""),) if ch == "{" else None
+    if isinstance(node, Arr):
+        return stack + (("arr", node, "v0", 0),) if ch == "[" else None
+    return None
+
+
+def _value_done(stack: tuple, rec: tuple, value: str | None = None, node=None):
+    """The parent of a completed value moves on."""
+    parent = stack[-1]
+    if node is not None and isinstance(node, Str) and node.record and value is not None:
+        rec = _record(rec, node.record, value)
+    if parent[0] == "obj":
+        _, pnode, _, seen, key = parent
+        return stack[:-1] + (("obj", pnode, "after", seen | {key}, ""),), rec
+    if parent[0] == "arr":
+        _, pnode, _, count = parent
+        return stack[:-1] + (("arr", pnode, "after", count + 1),), rec
+    return stack[:-1] + (("root", parent[1], "done"),), rec
+
+
+def _num_complete(buf: str) -> bool:
+    return bool(buf) and buf[-1] in _DIGITS
+
+
+def feed(state, ch: str):
+    """The state after `ch`, or None."""
+    stack, prev_space, rec = state
+    top = stack[-1]
+    kind = top[0]
+    if kind == "str":
+        _, node, buf, enum = top
+        if ch == '"':
+            if enum is not None and buf not in enum:
+                return None
+            if node.prefix and not buf.startswith(node.prefix):
+                return None
+            new_stack, rec = _value_done(stack[:-1], rec, buf, node)
+            return (new_stack, False, rec)
+        if ch == "\\" or ch < " " or ch == "\ufffd" or len(buf) >= node.max_len:
+            return None
+        nbuf = buf + ch
+        if enum is not None and not any(v.startswith(nbuf) for v in enum):
+            return None
+        if node.prefix and not (nbuf.startswith(node.prefix) or node.prefix.startswith(nbuf)):
+            return None
+        return (stack[:-1] + (("str", node, nbuf, enum),), False, rec)
+    if kind == "num":
+        _, node, buf = top
+        if ch in _DIGITS:
+            if len(buf) >= node.max_len or buf in ("0", "-0"):
+                return None
+            return (stack[:-1] + (("num", node, buf + ch),), False, rec)
+        if ch == "." and not node.integer and "." not in buf and _num_complete(buf):
+            return (stack[:-1] + (("num", node, buf + ch),), False, rec)
+        if not _num_complete(buf):
+            return None
+        new_stack, rec = _value_done(stack[:-1], rec)
+        return feed((new_stack, False, rec), ch)
+    if ch == " ":
+        phase = top[2]
+        if prev_space or phase not in _SPACE_PHASES or kind == "root":
+            return None
+        return (stack, True, rec)
+    if kind == "root":
+        if top[2] != "start":
+            return None
+        new = _start_value(top[1], ch, stack, rec)
+        return (new, False, rec) if new is not None and isinstance(top[1], Obj) else None
+    if kind == "obj":
+        _, node, phase, seen, key = top
+        if phase in ("k0", "k"):
+            if ch == '"':
+                return (stack[:-1] + (("obj", node, "kin", seen, ""),), False, rec)
+            if ch == "}" and phase == "k0" and node.required <= seen:
+                new_stack, rec = _value_done(stack[:-1], rec)
+                return (new_stack, False, rec)
+            return None
+        if phase == "kin":
+            if ch == '"':
+                if key in node.props and key not in seen:
+                    return (stack[:-1] + (("obj", node, "colon", seen, key),), False, rec)
+                return None
+            nkey = key + ch
+            if not any(k.startswith(nkey) and k not in seen for k in node.props):
+                return None
+            return (stack[:-1] + (("obj", node, "kin", seen, nkey),), False, rec)
+        if phase == "colon":
+            return (stack[:-1] + (("obj", node, "val", seen, key),), False, rec) if ch == ":" else None
+        if phase == "val":
+            new = _start_value(node.props[key], ch, stack, rec)
+            return (new, False, rec) if new is not None else None
+        # after a value
+        if ch == "," and any(k not in seen for k in node.props):
+            return (stack[:-1] + (("obj", node, "k", seen, ""),), False, rec)
+        if ch == "}" and node.required <= seen:
+            new_stack, rec = _value_done(stack[:-1], rec)
+            return (new_stack, False, rec)
+        return None
+    # array
+    _, node, phase, count = top
+    if phase in ("v0", "v"):
+        if ch == "]" and phase == "v0" and node.min_items == 0:
+            new_stack, rec = _value_done(stack[:-1], rec)
+            return (new_stack, False, rec)
+        new = _start_value(node.item, ch, stack, rec)
+        if new is None:
+            return None
+        # the array frame moves to "in a value"; the value's completion sets "after"
+        return (new, False, rec)
+    if ch == "," and (node.max_items is None or count < node.max_items):
+        return (stack[:-1] + (("arr", node, "v", count),), False, rec)
+    if ch == "]" and count >= node.min_items:
+        new_stack, rec = _value_done(stack[:-1], rec)
+        return (new_stack, False, rec)
+    return None
+
+
+def feed_text(state, text: str):
+    """`feed` over a whole string (None as soon as one character does not fit)."""
+    for ch in text:
+        state = feed(state, ch)
+        if state is None:
+            return None
+    return state
+
+
+# ----------------------------------------------------------------------------- logits processor
+
+
+class TokenTable:
+    """Each token's decoded string, and the tokens bucketed by first character (special
+    tokens and tokens that decode to nothing or to a broken byte are left out)."""
+
+    def __init__(self, tokenizer):
+        special = set(tokenizer.all_special_ids or [])
+        n = len(tokenizer)
+        texts = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+        self.texts: list[str | None] = []
+        self.buckets: dict[str, list[int]] = {}
+        for i, t in enumerate(texts):
+            if i in special or not t or "\ufffd" in t or "<|" in t:
+                self.texts.append(None)
+                continue
+            self.texts.append(t)
+            self.buckets.setdefault(t[0], []).append(i)
+
+
+_TABLES: dict[int, TokenTable] = {}
+
+
+def token_table(tokenizer) -> TokenTable:
+    key = id(tokenizer)
+    if key not in _TABLES:
+        _TABLES[key] = TokenTable(tokenizer)
+    return _TABLES[key]
+
+
+class JsonSchemaProcessor:
+    """A transformers logits processor keeping each row's continuation inside `schema`.
+
+    `prompt_len` is the (padded) prompt length of the batch; `top_k` the model's most
+    likely tokens tried first at each step. ``stats`` counts steps and full-vocabulary
+    scans (to report how often the fallback was needed)."""
+
+    def __init__(self, tokenizer, schema, prompt_len: int, eos_token_id: int, *, top_k: int = 64):
+        self.table = token_table(tokenizer)
+        self.schema = schema
+        self.prompt_len = prompt_len
+        self.eos = eos_token_id
+        self.top_k = top_k
+        self.states: list = []
+        self.stats = {"steps": 0, "scans": 0, "dead_ends": 0}
+
+    def _allowed(self, state, scores_row) -> list[int]:
+        import torch
+
+        texts = self.table.texts
+        k = min(self.top_k, scores_row.shape[-1])
+        allowed = []
+        for tok in torch.topk(scores_row, k).indices.tolist():
+            t = texts[tok] if tok < len(texts) else None
+            if t is not None and feed_text(state, t) is not None:
+                allowed.append(tok)
+        if allowed:
+            return allowed
+        self.stats["scans"] += 1
+        for first, ids in self.table.buckets.items():
+            if feed(state, first) is None:
+                continue
+            allowed.extend(i for i in ids if feed_text(state, texts[i]) is not None)
+        return allowed
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        batch = input_ids.shape[0]
+        if not self.states:
+            self.states = [initial_state(self.schema) for _ in range(batch)]
+        elif input_ids.shape[1] > self.prompt_len:
+            for b in range(batch):
+                state = self.states[b]
+                if state is None or is_done(state):
+                    continue
+                t = self.table.texts[int(input_ids[b, -1])]
+                self.states[b] = feed_text(state, t) if t is not None else None
+        self.stats["steps"] += 1
+        out = torch.full_like(scores, float("-inf"))
+        for b in range(batch):
+            state = self.states[b]
+            if state is None or is_done(state):
+                out[b, self.eos] = 0.0
+                continue
+            allowed = self._allowed(state, scores[b])
+            if not allowed:
+                self.stats["dead_ends"] += 1
+                self.states[b] = None
+                out[b, self.eos] = 0.0
+                continue
+            idx = torch.tensor(allowed, dtype=torch.long)
+            out[b, idx] = scores[b, idx]
+        return out
