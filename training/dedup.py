@@ -46,7 +46,7 @@ _FILLER = frozenset(
     i me my we our you your he she they them their please pls plz can could would will should may might do does
     did just also so then now there here what which who how show display give get see want need like let us
     make tell list plot chart draw view i'd i'm id im hi hello hey thanks thank kindly some any all each per
-    over into out about up""".split()
+    over into out about up explain describe define help find know wonder curious quick quickly again""".split()
 )
 _NUMBER_WORDS = {
     "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
@@ -61,7 +61,8 @@ def normalise(text: str | None) -> str:
 
 def _content(text: str) -> frozenset[str]:
     words = (_NUMBER_WORDS.get(w, w) for w in _TOKEN.findall(normalise(text)))
-    return frozenset(w for w in words if w not in _FILLER)
+    # single letters are the debris of contractions ("i'd", "don't") and articles
+    return frozenset(w for w in words if w not in _FILLER and (len(w) > 1 or w.isdigit() or not w.isascii()))
 
 
 def slot_guard(a: str, b: str, overlap: float = 0.5) -> bool:
