@@ -615,6 +615,55 @@ def datasets_export(ctx, version: str, fmt: str, out_dir: str) -> None:
         console.print(f"{split}: {path}")
 
 
+# -- the flywheel turn ---------------------------------------------------------------
+def _print_refresh(run: dict) -> None:
+    colour = {"finished": "green", "stopped": "yellow", "failed": "red"}.get(run["status"], "white")
+    console.print(f"refresh [bold]{run['run_id']}[/]: [{colour}]{run['status']}[/]"
+                  + (f" ({run['reason']})" if run.get("reason") else ""))
+    for step in run["steps"]:
+        console.print(f"  {step['name']:<9} {step['status']:<8} {step['detail']}")
+
+
+@main.command("refresh")
+@click.option("--list", "list_runs", is_flag=True, help="List recent flywheel turns instead of starting one.")
+@click.option("--no-wait", is_flag=True, help="Start the turn and return at once.")
+@click.pass_context
+def refresh_cmd(ctx, list_runs: bool, no_wait: bool) -> None:
+    """Run one turn of the flywheel in the control plane: mine what landed, build the dataset,
+    train a candidate (SFT then DPO, a job in its own process), evaluate it against
+    production, and start a canary rollout if the gate passes. The scheduler runs the same
+    every refresh.interval_h hours."""
+    s = _settings(ctx)
+    answer = _control(s, "GET", "/api/refresh?limit=10")
+    if answer is None:
+        raise click.ClickException(f"no control plane at {s.control_url}: the flywheel turns there (`flywheel up`)")
+    if list_runs:
+        for run in answer["data"]:
+            _print_refresh(run)
+        if not answer["data"]:
+            console.print("no flywheel turns yet")
+        return
+    run_id = _control(s, "POST", "/api/refresh", {})["run_id"]
+    console.print(f"started refresh {run_id}")
+    if no_wait:
+        return
+    seen = 0
+    while True:
+        time.sleep(2)
+        runs = {r["run_id"]: r for r in _control(s, "GET", "/api/refresh?limit=10")["data"]}
+        run = runs.get(run_id)
+        if run is None:
+            continue
+        for step in run["steps"][seen:]:
+            console.print(f"  {step['name']} ...")
+        seen = len(run["steps"])
+        if run["status"] != "running":
+            _print_refresh(run)
+            if run["status"] == "failed":
+                sys.exit(1)
+            return
+
+
 # -- evaluation ----------------------------------------------------------------------
 @main.command("eval")
 @click.option("--candidate", default=None, help="The version to evaluate (required unless --list).")

@@ -185,6 +185,9 @@ class DatasetSettings(_Section):
     replay_ratio: float = Field(
         0.1, ge=0, le=1, description="General replay records per SFT record (training/data/general.jsonl), against forgetting.")
     hard_weight: float = Field(2.0, gt=0, description="Training weight of candidates tagged 'hard'.")
+    relabel: bool = Field(
+        False, description="Ask the teacher (section teacher) for a target when a candidate's answer is bad and nobody "
+        "corrected it; only answers that pass the verifiers are used.")
 
 
 class ReviewSettings(_Section):
@@ -252,6 +255,16 @@ class EvaluateSettings(_Section):
     report_samples: int = Field(20, ge=0, description="Answers shown side by side in the report.")
 
 
+class RefreshSettings(_Section):
+    interval_h: float = Field(
+        0, ge=0, description="Hours between scheduled flywheel turns (mine, dataset, train, evaluate, canary). 0: only on "
+        "request (`flywheel refresh`).")
+    min_sft_records: int = Field(20, ge=1, description="A turn stops before training when the dataset has fewer SFT records.")
+    train_overrides: tuple[str, ...] = Field(
+        (), description="`--set` overrides for the training job, e.g. [\"sft.args.max_steps=200\"].")
+    auto_rollout: bool = Field(True, description="Start a canary rollout of a candidate that passes the gate.")
+
+
 class Settings(_Section):
     data_dir: str = Field("./data", description="Folder of the DuckDB file, spool, keys and logs.")
     log_level: str = Field("INFO", description="Log level of every process.")
@@ -267,6 +280,7 @@ class Settings(_Section):
     stream: StreamSettings = StreamSettings()
     datasets: DatasetSettings = DatasetSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    refresh: RefreshSettings = RefreshSettings()
     training: TrainingSettings = TrainingSettings()
     review: ReviewSettings = ReviewSettings()
     teacher: TeacherSettings = TeacherSettings()
@@ -374,6 +388,19 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``FLYWHEEL_*`` variables that reproduce ``settings`` exactly in a child process
+    (jobs the control plane starts see the same settings, whatever file they came from)."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict) and isinstance(getattr(settings, name), BaseModel):
+            for key, inner in value.items():
+                env[f"{ENV_PREFIX}{name.upper()}__{key.upper()}"] = json.dumps(inner)
+        else:
+            env[f"{ENV_PREFIX}{name.upper()}"] = json.dumps(value)
+    return env
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

@@ -156,3 +156,30 @@ def test_multi_turn_formats_keep_the_history():
                                         "system": "S"}
     assert to_format(rec, "ms-swift") == {"query": "q2", "response": "a2", "history": [["q1", "a1"]], "system": "S"}
     assert [t["from"] for t in to_format(rec, "sharegpt")["conversations"]] == ["system", "human", "gpt", "human", "gpt"]
+
+
+def test_the_teacher_fills_in_bad_answers_only_with_answers_that_pass_the_verifiers(curated):
+    from training.teacher import TeacherAnswer
+    from training.verify import verify
+
+    class ScriptedTeacher:  # the model edge: a teacher that writes prose, whatever the task
+        def __init__(self):
+            self.asked: list[str] = []
+
+        def label(self, task_type, messages):
+            self.asked.append(task_type)
+            answer = ("Here is a clear answer: the figure grows when the inputs grow, and the summary above "
+                      "covers the main points in plain English.")
+            return TeacherAnswer(answer, [answer], [verify(task_type, messages, answer)], 0, "teacher:scripted")
+
+    conn, settings = curated
+    teacher = ScriptedTeacher()
+    built = build_dataset(conn, settings, teacher=teacher)
+    snap = load_snapshot(built.path)
+    assert teacher.asked  # asked only for bad answers nobody corrected
+    taught = [r for r in snap.sft + snap.eval if r.get("target_source") == "teacher"]
+    assert taught and all(r["task_type"] != "data-viz/chart-config" for r in taught)  # prose fails the chart verifier
+    if "data-viz/chart-config" in teacher.asked:
+        assert built.excluded.get("teacher answer failed the verifiers", 0) > 0
+    pairs = [p for p in snap.dpo if p["target_source"] == "teacher"]
+    assert pairs and all(p["pair_source"] == "replaced" for p in pairs)  # the teacher's answer vs the failing one

@@ -90,3 +90,13 @@ def test_every_command_has_help():
             walk(sub, [*path, name])
 
     walk(main, [])
+
+
+def test_settings_env_reproduces_the_settings_in_a_child_process():
+    from flywheel.settings import Settings, load_settings, settings_env
+
+    s = Settings(data_dir="/srv/fw").replace(kafka={"topic_prefix": "x."}, privacy={"kinds": ["EMAIL"]},
+                                             curation={"dedup_threshold": 0.9, "budgets": {"reasoning/math": 2.0}})
+    env = settings_env(s)
+    assert env["FLYWHEEL_KAFKA__TOPIC_PREFIX"] == '"x."' and env["FLYWHEEL_DATA_DIR"] == '"/srv/fw"'
+    assert load_settings(None, env=env) == s

@@ -142,8 +142,10 @@ def _choose_target(item: _Item, teacher, excluded: Counter) -> None:
         break
     if item.target is None and teacher is not None and row["label"] == "bad":
         answer = teacher.label(item.task_type, messages)
-        if answer is not None and answer.answer and _passes(item.task_type, messages, answer.answer) is not False:
+        if answer is not None and answer.answer and answer.passed:  # the teacher's best sample passed the verifiers
             item.target, item.target_source = answer.answer, "teacher"
+        else:
+            excluded["teacher answer failed the verifiers"] += 1
     if item.target is None:
         excluded["no trustworthy target (bad or unknown answer, no correction)"] += 1
         return
@@ -248,6 +250,10 @@ def build_dataset(conn, settings, *, teacher=None, progress: Progress | None = N
     """Build (or find) the dataset version of what is curated and reviewed now."""
     cfg = settings.datasets
     say = progress or (lambda _msg: None)
+    if teacher is None and cfg.relabel:
+        from training.teacher import make_teacher
+
+        teacher = make_teacher(settings, conn=conn)
     states = ("approved", "edited") + (("pending",) if cfg.include_pending else ())
     rows = _load(conn)
     kept = [r for r in rows if r["status"] == "kept"]

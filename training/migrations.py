@@ -133,5 +133,22 @@ def m220_teacher_calls(conn) -> None:
         )""")
 
 
+
+def m212_refresh_runs(conn) -> None:
+    # One row per flywheel turn (training/refresh.py): its steps, where it stopped and why.
+    conn.execute("""
+        CREATE TABLE refresh_runs (
+            run_id      VARCHAR PRIMARY KEY,
+            status      VARCHAR NOT NULL,   -- running | finished | stopped | failed
+            steps       JSON NOT NULL,
+            dataset     VARCHAR,
+            candidate   VARCHAR,
+            passed      BOOLEAN,
+            reason      VARCHAR,
+            started_at  TIMESTAMPTZ NOT NULL,
+            updated_at  TIMESTAMPTZ NOT NULL
+        )""")
+
+
 MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m210_datasets, m211_evaluations,
-              m220_teacher_calls]
+              m212_refresh_runs, m220_teacher_calls]

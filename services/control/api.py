@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 
 from serving.registry import RegistryError
-from services.control import curation, review_api, training_api
+from services.control import curation, refresh, review_api, training_api
 from services.control.status import landed_status
 from streams.live_metrics import metrics_filters, read_windows
 
@@ -107,4 +107,5 @@ def create_api(settings, plane) -> Flask:
     curation.init_app(app, settings, plane)
     review_api.init_app(app, settings, plane)
     training_api.init_app(app, settings, plane)
+    refresh.init_app(app, settings, plane)
     return app

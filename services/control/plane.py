@@ -12,6 +12,7 @@ from werkzeug.serving import make_server
 from serving.registry import Registry
 from services.control.api import create_api
 from services.control.migrations import ALL
+from services.control.refresh import RefreshRunner
 from services.control.rollouts import RolloutManager
 from streams.landing import LandingConsumer
 from streams.producer import EventProducer
@@ -40,10 +41,16 @@ class ControlPlane:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.scheduler.add_job(self._tick, "interval", seconds=settings.rollout.tick_s, max_instances=1,
                                coalesce=True, id="rollouts")
+        self.refresh = RefreshRunner(settings, self)
+        if settings.refresh.interval_h > 0:
+            self.scheduler.add_job(self.refresh.scheduled, "interval", hours=settings.refresh.interval_h, max_instances=1,
+                                   coalesce=True, id="refresh")
         self._landing_thread = threading.Thread(target=self._land, name="landing", daemon=True)
         self._api_server = None
+        self.api_extensions: dict = {}
         if serve_api:
             app = create_api(settings, self)
+            self.api_extensions = app.extensions
             self._api_server = make_server(settings.control.host, settings.control.port, app, threaded=True)
         self.failed: BaseException | None = None
 
