@@ -21,6 +21,7 @@ business (and the verifier's, and the user's).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,11 +38,15 @@ class Str:
     max_len: int = 64
     record: str | None = None  # remember the value under this name (e.g. the chosen dimensions)
     dynamic: str | None = None  # restrict to the values recorded under this name, when there are some
+    charset: frozenset | None = None  # the characters allowed, when restricted
+    exclude: str | None = None  # not one of the values recorded under this name (no duplicates)
+    interval: bool = False  # "low,high" with low <= high
 
 
 @dataclass(frozen=True, eq=False)
 class Num:
     integer: bool = False
+    positive: bool = False  # >= 1 (integers)
     max_len: int = 12
 
 
@@ -56,14 +61,23 @@ class Arr:
 class Obj:
     props: dict = field(default_factory=dict)
     required: frozenset = frozenset()
+    ordered: bool = False  # keys in the order of `props`, optional ones may be left out
 
 
 @dataclass(frozen=True, eq=False)
 class Union:
-    """A string or a number (dispatched on the first character)."""
+    """A string or a number: dispatched on the last value recorded under `by` when
+    there is one (its value in `string_when` means the string), else on the first
+    character."""
 
     string: Str
     number: Num
+    by: str | None = None
+    string_when: tuple[str, ...] = ()
+
+
+_INTERVAL_CHARS = frozenset("0123456789.,-")
+_DAYJS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789().,' -")
 
 
 def chart_schema(dimensions: Sequence[str], metrics: Sequence[str], time_field: str | None = None) -> Obj:
@@ -77,35 +91,39 @@ def chart_schema(dimensions: Sequence[str], metrics: Sequence[str], time_field: 
         {
             "chartType": Str(enum=CHART_TYPES),
             "chartFields": Obj(
-                {"dimensions": Arr(Str(enum=dims, record="dims"), 1, 3), "metrics": Arr(met, 1, 3)},
+                {"dimensions": Arr(Str(enum=dims, record="dims", exclude="dims"), 1, 3),
+                 "metrics": Arr(Str(enum=mets, record="metrics", exclude="metrics"), 1, 3)},
                 frozenset({"dimensions", "metrics"}),
             ),
             "mainAxis": Str(enum=dims, dynamic="dims"),
             "sort": Obj({"metric": met, "sort": order}, frozenset({"metric", "sort"})),
-            "topN": Obj({"metric": met, "sort": order, "number": Num(integer=True, max_len=4)},
+            "topN": Obj({"metric": met, "sort": order, "number": Num(integer=True, positive=True, max_len=3)},
                         frozenset({"metric", "sort", "number"})),
             "dimensionFilters": Arr(
                 Obj(
                     {"dimension": dim, "filter": Obj({"condition": Str(enum=DIMENSION_CONDITIONS), "value": Arr(Str(max_len=40), 1, 5)},
-                                                     frozenset({"condition", "value"}))},
+                                                     frozenset({"condition", "value"}), ordered=True)},
                     frozenset({"dimension", "filter"}),
                 ),
                 1, 3,
             ),
             "metricFilters": Arr(
                 Obj(
-                    {"metric": met, "filter": Obj({"condition": Str(enum=METRIC_CONDITIONS), "value": Union(Str(max_len=24), Num())},
-                                                  frozenset({"condition", "value"}))},
+                    {"metric": met, "filter": Obj({"condition": Str(enum=METRIC_CONDITIONS, record="condition"), "value": Union(
+                        Str(max_len=24, interval=True, charset=_INTERVAL_CHARS), Num(), by="condition",
+                        string_when=("interval",))},
+                        frozenset({"condition", "value"}), ordered=True)},
                     frozenset({"metric", "filter"}),
                 ),
                 1, 3,
             ),
             "chartTimeFilter": Obj(
-                {"granularity": Str(enum=GRANULARITIES), "dayjsScript": Arr(Str(prefix="dayjs()", max_len=64), 2, 2)},
+                {"granularity": Str(enum=GRANULARITIES), "dayjsScript": Arr(Str(prefix="dayjs()", max_len=64, charset=_DAYJS_CHARS), 2, 2)},
                 frozenset({"granularity", "dayjsScript"}),
             ),
         },
         frozenset({"chartType", "chartFields", "mainAxis"}),
+        ordered=True,  # DESIGN.md's order: the chosen dimensions are known when mainAxis comes
     )
 
 
@@ -146,7 +164,11 @@ def _record(rec: tuple, name: str, value: str) -> tuple:
 def _start_value(node, ch: str, stack: tuple, rec: tuple):
     """Push the frame a value of `node` starting with `ch` opens; None if it cannot."""
     if isinstance(node, Union):
-        node = node.string if ch == '"' else node.number
+        recorded = _recorded(rec, node.by) if node.by else ()
+        if recorded:
+            node = node.string if recorded[-1] in node.string_when else node.number
+        else:
+            node = node.string if ch == '"' else node.number
     if isinstance(node, Str):
         if ch != '"':
             return None
@@ -154,9 +176,12 @@ def _start_value(node, ch: str, stack: tuple, rec: tuple):
         if node.dynamic:
             chosen = tuple(v for v in _recorded(rec, node.dynamic) if enum is None or v in enum)
             enum = chosen or enum
+        if node.exclude and enum is not None:
+            used = _recorded(rec, node.exclude)
+            enum = tuple(v for v in enum if v not in used)
         return stack + (("str", node, "", enum),)
     if isinstance(node, Num):
-        if ch == "-" or ch in _DIGITS:
+        if (ch == "-" and not node.positive) or ch in _DIGITS and not (node.positive and ch == "0"):
             return stack + (("num", node, ch),)
         return None
     if isinstance(node, Obj):
@@ -180,6 +205,38 @@ def _value_done(stack: tuple, rec: tuple, value: str | None = None, node=None):
     return stack[:-1] + (("root", parent[1], "done"),), rec
 
 
+def _next_keys(node: Obj, seen: frozenset) -> list[str]:
+    """Keys an ordered object may take next: after the last one seen, up to and
+    including the first required key not seen yet."""
+    keys = list(node.props)
+    last = max((keys.index(k) for k in seen), default=-1)
+    out = []
+    for k in keys[last + 1:]:
+        out.append(k)
+        if k in node.required:
+            break
+    return out
+
+
+def _number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text and text not in ("", "-") and "e" not in text.lower() and "n" not in text.lower()
+
+
+_PART = r"-?\d{1,6}(?:\.\d{1,2})?"
+_PARTIAL = r"-?(?:\d{1,6}(?:\.\d{0,2})?)?"
+# What can still become "low,high" (each number at most 6 digits and 2 decimals).
+_INTERVAL_PREFIX = re.compile(rf"{_PARTIAL}|{_PART},{_PARTIAL}")
+
+
+def _interval_ok(buf: str) -> bool:
+    parts = buf.split(",")
+    return len(parts) == 2 and all(_number_text(p) for p in parts) and float(parts[0]) <= float(parts[1])
+
+
 def _num_complete(buf: str) -> bool:
     return bool(buf) and buf[-1] in _DIGITS
 
@@ -196,9 +253,15 @@ def feed(state, ch: str):
                 return None
             if node.prefix and not buf.startswith(node.prefix):
                 return None
+            if node.interval and not _interval_ok(buf):
+                return None
             new_stack, rec = _value_done(stack[:-1], rec, buf, node)
             return (new_stack, False, rec)
         if ch == "\\" or ch < " " or ch == "\ufffd" or len(buf) >= node.max_len:
+            return None
+        if node.charset is not None and ch not in node.charset:
+            return None
+        if node.interval and not _INTERVAL_PREFIX.fullmatch(buf + ch):
             return None
         nbuf = buf + ch
         if enum is not None and not any(v.startswith(nbuf) for v in enum):
@@ -239,11 +302,14 @@ def feed(state, ch: str):
             return None
         if phase == "kin":
             if ch == '"':
-                if key in node.props and key not in seen:
+                if key in node.props and key not in seen and (not node.ordered or key in _next_keys(node, seen)):
                     return (stack[:-1] + (("obj", node, "colon", seen, key),), False, rec)
                 return None
             nkey = key + ch
-            if not any(k.startswith(nkey) and k not in seen for k in node.props):
+            if node.ordered:
+                if not any(k.startswith(nkey) for k in _next_keys(node, seen)):
+                    return None
+            elif not any(k.startswith(nkey) and k not in seen for k in node.props):
                 return None
             return (stack[:-1] + (("obj", node, "kin", seen, nkey),), False, rec)
         if phase == "colon":
@@ -252,7 +318,7 @@ def feed(state, ch: str):
             new = _start_value(node.props[key], ch, stack, rec)
             return (new, False, rec) if new is not None else None
         # after a value
-        if ch == "," and any(k not in seen for k in node.props):
+        if ch == "," and (_next_keys(node, seen) if node.ordered else any(k not in seen for k in node.props)):
             return (stack[:-1] + (("obj", node, "k", seen, ""),), False, rec)
         if ch == "}" and node.required <= seen:
             new_stack, rec = _value_done(stack[:-1], rec)
