@@ -69,7 +69,7 @@ def test_taxonomy_covers_the_simulator_types():
     for name in tasks.TASK_TYPES:
         assert name in taxonomy
     for t in taxonomy.types:
-        assert t.description and 5 <= len(t.seeds) <= 14, t.name
+        assert t.description and 5 <= len(t.seeds) <= 16, t.name
         assert t.name.count("/") == 1
     weights = taxonomy.weights()
     assert weights[tasks.CHART_TASK] > weights["chat/chitchat"]  # hard types get more budget
@@ -84,10 +84,10 @@ def test_bad_taxonomy_is_a_clear_error(tmp_path):
         Taxonomy.load(tmp_path / "missing.yaml")
 
 
-def _labelled_prompts(n_tasks: int = 360, n_sessions: int = 160):
-    rng = random.Random(11)
+def _labelled_prompts(n_tasks: int = 360, n_sessions: int = 160, seed: int = 101):
+    rng = random.Random(seed)
     items = [(t.messages[-1]["content"], t.task_type) for t in (tasks.make_task(rng, messy_rate=0.3) for _ in range(n_tasks))]
-    traffic = synthetic_events(n_sessions, seed=3)
+    traffic = synthetic_events(n_sessions, seed=seed)
     for event in traffic.interactions:
         truth = traffic.truth[event.request_id]
         if event.turn == 1 and truth["attempt"] == 0:
@@ -96,8 +96,10 @@ def _labelled_prompts(n_tasks: int = 360, n_sessions: int = 160):
 
 
 def test_classification_accuracy_on_simulated_traffic(classifier, embedder):
+    # seeds other than those the taxonomy was tuned on; the texts curation classifies:
+    # the user's words without the chart template (focus_texts)
     items = _labelled_prompts()
-    texts = [t for t, _ in items]
+    texts = focus_texts([t for t, _ in items])
     results = classifier.classify(texts, embedder.encode(texts))
     correct = sum(r.task_type == label for r, (_, label) in zip(results, items))
     accuracy = correct / len(items)
