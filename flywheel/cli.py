@@ -63,9 +63,13 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 @main.command()
 @click.option("--simulate", "simulate_s", type=float, default=0, show_default=True,
               help="After start-up, send simulated traffic for this many seconds, then print the status.")
-@click.option("--exit-after-simulate", is_flag=True, help="Stop the stack after the simulation instead of waiting for Ctrl-C.")
+@click.option("--refresh", "refresh_after", is_flag=True,
+              help="After the simulation, run one turn of the flywheel (mine, dataset, train, evaluate, canary) and "
+              "show its steps.")
+@click.option("--exit-after-simulate", is_flag=True,
+              help="Stop the stack after the simulation (and the turn) instead of waiting for Ctrl-C.")
 @click.pass_context
-def up(ctx: click.Context, simulate_s: float, exit_after_simulate: bool) -> None:
+def up(ctx: click.Context, simulate_s: float, refresh_after: bool, exit_after_simulate: bool) -> None:
     """Run the stack: embedded broker (unless kafka.bootstrap is set), topics, control plane
     (landing), stream worker (live metrics), gateway. Ctrl-C or SIGTERM stops it cleanly: the
     gateway drains its spool, the stream worker publishes its last figures, landing lands
@@ -87,8 +91,12 @@ def up(ctx: click.Context, simulate_s: float, exit_after_simulate: bool) -> None
             _run_simulation(s, duration_s=simulate_s, stop=stop)
             time.sleep(2.0)  # let landing catch up before the figures
             _print_status(s)
-            if exit_after_simulate:
-                stop.set()
+        if refresh_after and not stop.is_set():
+            console.print("one turn of the flywheel (training and evaluation run as jobs; logs in "
+                          f"{s.data_path / 'logs' / 'refresh'})")
+            _follow_refresh(s, _control(s, "POST", "/api/refresh", {})["run_id"], stop)
+        if exit_after_simulate:
+            stop.set()
         dead = stack.wait(stop)
         if dead is not None:
             console.print(f"[red]{dead.name} exited unexpectedly (code {dead.proc.returncode}); see {dead.log_path}[/]")
@@ -645,13 +653,17 @@ def refresh_cmd(ctx, list_runs: bool, no_wait: bool) -> None:
         return
     run_id = _control(s, "POST", "/api/refresh", {})["run_id"]
     console.print(f"started refresh {run_id}")
-    if no_wait:
-        return
+    if not no_wait and _follow_refresh(s, run_id)["status"] == "failed":
+        sys.exit(1)
+
+
+def _follow_refresh(s, run_id: str, stop: threading.Event | None = None) -> dict:
+    """Show a turn's steps as they start, until it ends (or ``stop`` is set); return it."""
     seen = 0
-    while True:
+    while stop is None or not stop.is_set():
         time.sleep(2)
-        runs = {r["run_id"]: r for r in _control(s, "GET", "/api/refresh?limit=10")["data"]}
-        run = runs.get(run_id)
+        answer = _control(s, "GET", "/api/refresh?limit=10")
+        run = {r["run_id"]: r for r in (answer or {}).get("data", [])}.get(run_id)
         if run is None:
             continue
         for step in run["steps"][seen:]:
@@ -659,9 +671,8 @@ def refresh_cmd(ctx, list_runs: bool, no_wait: bool) -> None:
         seen = len(run["steps"])
         if run["status"] != "running":
             _print_refresh(run)
-            if run["status"] == "failed":
-                sys.exit(1)
-            return
+            return run
+    return {"status": "interrupted"}
 
 
 # -- evaluation ----------------------------------------------------------------------
