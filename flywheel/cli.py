@@ -978,7 +978,7 @@ def _follow_run(s, run_id: str) -> dict:
             p = run.get("progress") or {}
             if p.get("stage"):
                 update(p["stage"], p.get("done", 0), p.get("total", 0))
-            if run.get("status") in ("finished", "failed") and p.get("status", run["status"]) != "running":
+            if run.get("status") in ("finished", "failed"):
                 return run
             time.sleep(0.5)
 

@@ -381,3 +381,17 @@ def test_mining_waits_for_feedback_that_landed_before_its_request(tmp_path):
     assert fb["thumbs_up"] + fb["thumbs_down"] + len(fb["ratings"]) > 0  # the early feedback is there
     assert {c["session_id"] for c in second.candidates} == {late.session_id}
     conn.close()
+
+
+def test_one_curation_run_at_a_time(tmp_path):
+    from flywheel.settings import Settings
+    from training import curate as curation
+
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    conn = connect(settings.db_path)
+    apply_migrations(conn, ALL)
+    with curation._ONE_RUN:  # a run in progress elsewhere in the process
+        with pytest.raises(curation.CurationBusy, match="another curation run"):
+            curate(conn, settings)
+    assert conn.execute("SELECT count(*) FROM curation_runs").fetchone()[0] == 0
+    conn.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,14 +24,26 @@ from typing import Callable
 import numpy as np
 
 from training.clean import CleanRules, clean, tag_robust
+from training.errors import TrainingError
 from training.funnel import STAGES, build_funnel
 from training.mine import mine, mining_window, prompt_of, save_watermark
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CurationResult", "Progress", "curate", "list_runs", "get_run"]
+__all__ = ["CurationBusy", "CurationResult", "Progress", "curate", "get_run", "list_runs"]
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+# One run at a time per process: two runs from one watermark would mine the same events
+# and fight over the same candidate rows (the API's runner and the scheduled refresh share
+# the control plane).
+_ONE_RUN = threading.Lock()
+
+
+class CurationBusy(TrainingError):
+    """Another curation run is in progress in this process."""
+
+    status = 409
 
 _COLUMNS = (
     "candidate_id", "run_id", "created_at", "session_id", "request_id", "user_id", "app", "model_version", "kind",
@@ -69,16 +82,19 @@ def curate(conn, settings, *, run_id: str | None = None, full: bool = False, pro
     cfg = settings.curation
     progress = progress or _noop
     run_id = run_id or new_id("cur-")
-    started = datetime.now(timezone.utc)
-    conn.execute("INSERT INTO curation_runs (run_id, started_at, status, settings) VALUES (?, ?, 'running', ?)",
-                 [run_id, started, cfg.model_dump_json()])
+    if not _ONE_RUN.acquire(blocking=False):
+        raise CurationBusy("another curation run is in progress; wait for it (flywheel mine --list)")
     try:
-        result = _run(conn, settings, run_id, full, progress, embedder, scorer, emit)
-    except BaseException as e:
-        conn.execute("UPDATE curation_runs SET status = 'failed', finished_at = now(), error = ? WHERE run_id = ?",
-                     [f"{type(e).__name__}: {e}"[:2000], run_id])
-        raise
-    return result
+        conn.execute("INSERT INTO curation_runs (run_id, started_at, status, settings) VALUES (?, ?, 'running', ?)",
+                     [run_id, datetime.now(timezone.utc), cfg.model_dump_json()])
+        try:
+            return _run(conn, settings, run_id, full, progress, embedder, scorer, emit)
+        except BaseException as e:
+            conn.execute("UPDATE curation_runs SET status = 'failed', finished_at = now(), error = ? WHERE run_id = ?",
+                         [f"{type(e).__name__}: {e}"[:2000], run_id])
+            raise
+    finally:
+        _ONE_RUN.release()
 
 
 def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> CurationResult:

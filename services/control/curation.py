@@ -10,12 +10,9 @@ from flask import Flask, jsonify, request
 
 from flywheel.errors import FlywheelError
 from streams.schemas import new_id
+from training.curate import CurationBusy
 
 log = logging.getLogger(__name__)
-
-
-class CurationBusy(FlywheelError):
-    status = 409
 
 
 class CurationNotFound(FlywheelError):
@@ -38,7 +35,7 @@ class CurationRunner:
 
     def start(self, *, full: bool = False) -> dict:
         with self._lock:
-            if self.running:
+            if self.running:  # (a run started elsewhere in the process fails its thread with CurationBusy)
                 raise CurationBusy(f"curation run {self.state.get('run_id')} is still running; wait for it "
                                    "(flywheel mine --show RUN)")
             run_id = new_id("cur-")
@@ -100,7 +97,10 @@ def init_app(app: Flask, settings, plane) -> None:
             raise CurationNotFound(f"no curation run {run_id!r}; list them with `flywheel mine --list`")
         run = run or {"run_id": run_id}
         if live is not None:
+            # The thread's state wins: the row says 'finished' once written, but the run
+            # goes on with the auto review; and a run refused (busy) has no row at all.
             run["progress"] = live
-            # The row says 'finished' only once written; the state may already know more.
-            run["status"] = run.get("status") if run.get("status") != "running" else live["status"]
+            run["status"] = live["status"]
+            if live.get("error"):
+                run["error"] = live["error"]
         return jsonify(run)
