@@ -187,9 +187,9 @@ def test_sft_changes_the_adapter_lowers_the_loss_and_logs_per_task_eval(sft_run,
     assert len(changed) == len(before) > 0, "every LoRA matrix should have moved"
     losses = [p["loss"] for p in result.train_loss]
     assert len(losses) == 5 and losses[-1] < losses[0], losses
-    # one eval-loss channel per task type of eval.jsonl, at step 5 (and once more at the end)
+    # one eval-loss channel per task type of eval.jsonl, evaluated at step 5 (= the end, once)
     assert set(result.eval_loss) == {"chart_config", "chitchat"}
-    assert all(points and points[0]["step"] == 5 for points in result.eval_loss.values())
+    assert all([p["step"] for p in points] == [5] for points in result.eval_loss.values())
     assert result.tokens > 0 and result.tokens_per_s > 0
     adapter = Path(result.adapter)
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()

@@ -188,7 +188,8 @@ def run_trainer(trainer, callback: TaskLossCallback, out_dir: Path, stage: str, 
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.monotonic() - started
-    if trainer.eval_dataset:
+    evaluated_last = any(p and p[-1]["step"] == trainer.state.global_step for p in callback.eval_loss.values())
+    if trainer.eval_dataset and not evaluated_last:  # the channels' figures at the final step, once
         trainer.evaluate()
     state = trainer.state
     tokens = int(state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0))
