@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python bench/local_serving.py
 	$(BIN)/python bench/versions_serving.py
 	$(BIN)/python bench/stream_metrics.py
+	$(BIN)/python bench/training.py
 
 clean:
 	rm -rf $(VENV) data
