@@ -94,3 +94,29 @@ def test_processor_under_random_logits_yields_valid_configs(tokenizer):
             messages = [{"role": "user", "content": charts.build_prompt(request.schema, request.text)}]
             assert verify(CHART_TASK, messages, text).passed, text
         assert proc.stats["dead_ends"] == 0
+
+
+def test_processor_finishes_within_the_token_budget(tokenizer):
+    """Random logits ramble into every free string; near the end of the budget the
+    processor's closing mode still completes the document in time."""
+    import torch
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rng = random.Random(2)
+    torch.manual_seed(2)
+    budget = 70  # the smallest configuration is ~110 characters: closing mode must act from the start
+    for _ in range(2):
+        request = charts.generate_request(rng)
+        proc = JsonSchemaProcessor(tokenizer, _schema(request.schema), prompt_len=3, eos_token_id=eos, top_k=64,
+                                   max_new_tokens=budget)
+        ids = torch.zeros((1, 3), dtype=torch.long)
+        for _ in range(budget):
+            nxt = proc(ids, torch.randn(1, len(tokenizer))).argmax(dim=-1)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            if int(nxt[0]) == eos:
+                break
+        row = ids[0, 3:].tolist()
+        assert eos in row, "no end within the budget"
+        text = tokenizer.decode(row[: row.index(eos)])
+        assert charts.validate_config(json.loads(text), request.schema) == [], text
+        assert proc.stats["closing_steps"] > 0 and proc.stats["dead_ends"] == 0

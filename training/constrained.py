@@ -7,6 +7,9 @@ text can still become a valid document. `JsonSchemaProcessor` is a transformers
 tokens (their decoded strings) against the automaton and masks every token that would
 break the schema; when none of the top tokens fits it scans the vocabulary, bucketed by
 first character. Once the document is complete only end-of-sequence remains allowed.
+Given the token budget, it switches to a closing mode when the fewest characters that
+still complete the document (`distance`) come near the tokens left: then only the tokens
+that bring the end nearest are allowed, so a sample ends as valid JSON rather than cut off.
 
 For ``data-viz/chart-config`` (`chart_schema`): top-level keys from the allowed list
 (each once, chartType/chartFields/mainAxis required), the chartType, granularity,
@@ -352,6 +355,83 @@ def feed_text(state, text: str):
     return state
 
 
+# ----------------------------------------------------------------------------- distance to the end
+#
+# How many characters at least still close the document: used to finish within the token
+# budget (the processor's closing mode picks tokens that bring the end nearer).
+
+
+def min_chars(node) -> int:
+    """The fewest characters of a complete value of `node`."""
+    if isinstance(node, Union):
+        return min(min_chars(node.string), min_chars(node.number))
+    if isinstance(node, Str):
+        if node.interval:
+            return 5
+        if node.enum:
+            return 2 + min(len(v) for v in node.enum)
+        return 2 + len(node.prefix)
+    if isinstance(node, Num):
+        return 1
+    if isinstance(node, Arr):
+        return 2 + node.min_items * (min_chars(node.item) + 1)
+    if isinstance(node, Obj):
+        return 2 + sum(len(k) + 4 + min_chars(v) for k, v in node.props.items() if k in node.required)
+    return 1
+
+
+def distance(state) -> int:
+    """Fewest characters that complete the document from `state` (an estimate from
+    below for enum strings in progress, exact elsewhere)."""
+    if state is None:
+        return 10**6
+    stack, _, rec = state
+    total = 0
+    for i, frame in enumerate(stack):
+        kind = frame[0]
+        inner = i < len(stack) - 1  # a value of this frame is in progress above it
+        if kind == "root":
+            total += min_chars(frame[1]) if frame[2] == "start" and not inner else 0
+        if kind == "str":
+            _, node, buf, enum = frame
+            if node.interval:
+                total += 1 if _interval_ok(buf) else 4
+            elif enum is not None:
+                total += 1 + min((len(v) - len(buf) for v in enum if v.startswith(buf)), default=0)
+            else:
+                total += 1 + max(0, len(node.prefix) - len(buf))
+        elif kind == "obj":
+            _, node, phase, seen, key = frame
+
+            def req_cost(k: str) -> int:
+                return len(k) + 4 + min_chars(node.props[k])
+
+            missing = [k for k in node.required if k not in seen]
+            total += 1
+            if phase == "kin":
+                options = [k for k in node.props if k.startswith(key) and k not in seen]
+                total += min((len(k) - len(key) + 2 + min_chars(node.props[k]) + sum(req_cost(m) for m in missing if m != k)
+                              for k in options), default=0)
+            elif phase in ("colon", "val"):
+                total += sum(req_cost(m) for m in missing if m != key)
+                if phase == "colon":
+                    total += 1 + min_chars(node.props[key])
+                elif not inner:
+                    total += min_chars(node.props[key])
+            else:
+                total += sum(req_cost(m) for m in missing) - (1 if phase == "k" and missing else 0)  # the comma is written
+                if phase == "k" and not missing:
+                    keys = _next_keys(node, seen) if node.ordered else [k for k in node.props if k not in seen]
+                    total += min((req_cost(k) - 1 for k in keys), default=0)
+        elif kind == "arr":
+            _, node, phase, count = frame
+            pending = count + (1 if inner else 0)
+            total += 1 + max(0, node.min_items - pending) * (min_chars(node.item) + 1)
+            if phase == "v" and not inner:
+                total += min_chars(node.item)
+    return total
+
+
 # ----------------------------------------------------------------------------- logits processor
 
 
@@ -390,14 +470,39 @@ class JsonSchemaProcessor:
     likely tokens tried first at each step. ``stats`` counts steps and full-vocabulary
     scans (to report how often the fallback was needed)."""
 
-    def __init__(self, tokenizer, schema, prompt_len: int, eos_token_id: int, *, top_k: int = 64):
+    def __init__(self, tokenizer, schema, prompt_len: int, eos_token_id: int, *, top_k: int = 64,
+                 max_new_tokens: int | None = None, closing_margin: int = 4):
         self.table = token_table(tokenizer)
         self.schema = schema
         self.prompt_len = prompt_len
         self.eos = eos_token_id
         self.top_k = top_k
+        self.max_new_tokens = max_new_tokens
+        self.closing_margin = closing_margin
         self.states: list = []
-        self.stats = {"steps": 0, "scans": 0, "dead_ends": 0}
+        self.stats = {"steps": 0, "scans": 0, "dead_ends": 0, "closing_steps": 0}
+
+    def _closing(self, state, scores_row, steps_left: int) -> list[int] | None:
+        """Near the end of the budget: the valid tokens that bring the end nearest."""
+        now = distance(state)
+        if steps_left > now + self.closing_margin:
+            return None
+        self.stats["closing_steps"] += 1
+        texts = self.table.texts
+        best, best_d = [], now
+        for first, ids in self.table.buckets.items():
+            if feed(state, first) is None:
+                continue
+            for i in ids:
+                nxt = feed_text(state, texts[i])
+                if nxt is None:
+                    continue
+                d = distance(nxt)
+                if d < best_d:
+                    best, best_d = [i], d
+                elif d == best_d and best:
+                    best.append(i)
+        return best or None
 
     def _allowed(self, state, scores_row) -> list[int]:
         import torch
@@ -438,7 +543,11 @@ class JsonSchemaProcessor:
             if state is None or is_done(state):
                 out[b, self.eos] = 0.0
                 continue
-            allowed = self._allowed(state, scores[b])
+            allowed = None
+            if self.max_new_tokens is not None:
+                steps_left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_len)
+                allowed = self._closing(state, scores[b], steps_left)
+            allowed = allowed or self._allowed(state, scores[b])
             if not allowed:
                 self.stats["dead_ends"] += 1
                 self.states[b] = None

@@ -309,7 +309,7 @@ class LocalTeacher(Teacher):
         self.calls = 0
         self._model = self._tokenizer = None
         self._lock = threading.Lock()
-        self.stats = {"steps": 0, "scans": 0, "dead_ends": 0}
+        self.stats = {"steps": 0, "scans": 0, "dead_ends": 0, "closing_steps": 0}
 
     def _load(self):
         if self._model is None:
@@ -352,7 +352,7 @@ class LocalTeacher(Teacher):
             processors = []
             proc = None
             if schema is not None:
-                proc = JsonSchemaProcessor(tok, schema, ids.shape[1], eos)
+                proc = JsonSchemaProcessor(tok, schema, ids.shape[1], eos, max_new_tokens=self.max_tokens)
                 processors.append(proc)
             torch.manual_seed(self.seed * 100_003 + self.calls)
             self.calls += 1
