@@ -504,23 +504,29 @@ class JsonSchemaProcessor:
                     best.append(i)
         return best or None
 
-    def _allowed(self, state, scores_row) -> list[int]:
+    def _allowed(self, state, scores_row, limit: int | None = None) -> list[int]:
+        """Valid tokens among the model's top ones (else the whole vocabulary); with a
+        `limit`, only those after which the end stays within `limit` characters (the
+        tokens left after this one), so the budget can always be met."""
         import torch
 
         texts = self.table.texts
+
+        def ok(t: str | None) -> bool:
+            if t is None:
+                return False
+            nxt = feed_text(state, t)
+            return nxt is not None and (limit is None or distance(nxt) <= limit)
+
         k = min(self.top_k, scores_row.shape[-1])
-        allowed = []
-        for tok in torch.topk(scores_row, k).indices.tolist():
-            t = texts[tok] if tok < len(texts) else None
-            if t is not None and feed_text(state, t) is not None:
-                allowed.append(tok)
+        allowed = [tok for tok in torch.topk(scores_row, k).indices.tolist() if tok < len(texts) and ok(texts[tok])]
         if allowed:
             return allowed
         self.stats["scans"] += 1
         for first, ids in self.table.buckets.items():
             if feed(state, first) is None:
                 continue
-            allowed.extend(i for i in ids if feed_text(state, texts[i]) is not None)
+            allowed.extend(i for i in ids if ok(texts[i]))
         return allowed
 
     def __call__(self, input_ids, scores):
@@ -543,11 +549,12 @@ class JsonSchemaProcessor:
             if state is None or is_done(state):
                 out[b, self.eos] = 0.0
                 continue
-            allowed = None
+            allowed, limit = None, None
             if self.max_new_tokens is not None:
                 steps_left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_len)
                 allowed = self._closing(state, scores[b], steps_left)
-            allowed = allowed or self._allowed(state, scores[b])
+                limit = max(0, steps_left - 1)
+            allowed = allowed or self._allowed(state, scores[b], limit) or self._allowed(state, scores[b])
             if not allowed:
                 self.stats["dead_ends"] += 1
                 self.states[b] = None
