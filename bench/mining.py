@@ -30,19 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulate.synthetic import synthetic_events  # noqa: E402
 from services.control.migrations import ALL  # noqa: E402
-from streams.landing import Lander, Record  # noqa: E402
+from streams.landing import land_events  # noqa: E402
 from streams.warehouse import apply_migrations, connect  # noqa: E402
 from training.clean import CleanRules, clean  # noqa: E402
 from training.curate import _label, _prompt_texts  # noqa: E402
 from training.mine import mine, mining_window  # noqa: E402
 
-
-def land(conn, interactions, feedback) -> None:
-    lander = Lander(conn, {"interactions": "i", "feedback": "f", "dlq": "d"})
-    records = [Record("i", 0, k, e.session_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(interactions)]
-    records += [Record("f", 0, k, e.request_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(feedback)]
-    for i in range(0, len(records), 5000):
-        lander.land(records[i : i + 5000])
 
 
 def one(prompts: int, seed: int, tmp: Path) -> dict:
@@ -52,7 +45,7 @@ def one(prompts: int, seed: int, tmp: Path) -> dict:
     synth_s = time.perf_counter() - t
     conn = connect(tmp / f"mining-{prompts}.duckdb")
     apply_migrations(conn, ALL)
-    land(conn, interactions, feedback)
+    land_events(conn, interactions, feedback)
 
     t = time.perf_counter()
     conn.execute("SELECT * FROM interactions").fetchall()

@@ -186,8 +186,9 @@ class DatasetSettings(_Section):
         0.1, ge=0, le=1, description="General replay records per SFT record (training/data/general.jsonl), against forgetting.")
     hard_weight: float = Field(2.0, gt=0, description="Training weight of candidates tagged 'hard'.")
     relabel: bool = Field(
-        False, description="Ask the teacher (section teacher) for a target when a candidate's answer is bad and nobody "
-        "corrected it; only answers that pass the verifiers are used.")
+        False, description="Ask the teacher (section teacher) for a target when a kept candidate's answer is bad and "
+        "nobody corrected it; only answers that pass the verifiers are used. Set curation.drop_bad_labels = false so "
+        "candidates with bad answers are kept (typed, deduplicated) for it.")
 
 
 class ReviewSettings(_Section):

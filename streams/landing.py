@@ -224,6 +224,18 @@ class Prepared:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
+def land_events(conn: duckdb.DuckDBPyConnection, interactions=(), feedback=(), reviews=(), batch: int = 5000) -> None:
+    """Land event models straight into DuckDB through the same validation and SQL as the
+    landing consumer, without Kafka: for importing logs, tests and benchmarks (the
+    records get synthetic Kafka positions)."""
+    lander = Lander(conn, {"interactions": "i", "feedback": "f", "dlq": "d", "reviews": "r"})
+    records = [Record("i", 0, k, e.session_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(interactions)]
+    records += [Record("f", 0, k, e.request_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(feedback)]
+    records += [Record("r", 0, k, e.candidate_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(reviews)]
+    for i in range(0, len(records), batch):
+        lander.land(records[i:i + batch])
+
+
 class LandingConsumer:
     """The consumer loop. ``run`` returns when ``stop`` is set and the topics are drained
     (no record for ``drain_idle_s``), or at once if ``stop_now`` is set."""

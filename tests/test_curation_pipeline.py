@@ -1,6 +1,6 @@
 """The curation run on synthetic traffic: real DuckDB, real MiniLM embeddings, the real
 broker and control plane where landing through Kafka is the point (incremental mining,
-the API route), `streams.landing.Lander` where the broker adds nothing."""
+the API route), `streams.landing.land_events` where the broker adds nothing."""
 
 from __future__ import annotations
 
@@ -16,19 +16,11 @@ from werkzeug.serving import make_server
 from flywheel.simulate.sessions import SimulationConfig
 from flywheel.simulate.synthetic import emit_synthetic, synthetic_events
 from services.control.migrations import ALL
-from streams.landing import Lander, Record
+from streams.landing import land_events
 from streams.warehouse import apply_migrations, connect
 from tests.conftest import count, query, wait_for
 from training.curate import curate, get_run
 
-
-def land(conn, interactions, feedback) -> None:
-    """Land events as the control plane's landing does (same validation and SQL)."""
-    lander = Lander(conn, {"interactions": "i", "feedback": "f", "dlq": "d"})
-    records = [Record("i", 0, k, e.session_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(interactions)]
-    records += [Record("f", 0, k, e.request_id.encode(), e.model_dump_json().encode()) for k, e in enumerate(feedback)]
-    for i in range(0, len(records), 5000):
-        lander.land(records[i : i + 5000])
 
 
 def candidates(conn) -> list[dict]:
@@ -49,7 +41,7 @@ def curated(tmp_path_factory):
     interactions, feedback, truth = synthetic_events(600, seed=7, paraphrase_rate=0.15, config=SimulationConfig(users=40))
     conn = connect(settings.db_path)
     apply_migrations(conn, ALL)
-    land(conn, interactions, feedback)
+    land_events(conn, interactions, feedback)
     result = curate(conn, settings)
     yield conn, result, truth, settings
     conn.close()
@@ -262,7 +254,7 @@ def test_flywheel_mine_without_a_control_plane(tmp_path):
     interactions, feedback, _ = synthetic_events(30, seed=5)
     conn = connect(data / "flywheel.duckdb")
     apply_migrations(conn, ALL)
-    land(conn, interactions, feedback)
+    land_events(conn, interactions, feedback)
     conn.close()
     time.sleep(0.01)
     env = {"FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_CURATION__WATERMARK_LAG_S": "0", "FLYWHEEL_REVIEW__AUTO_APPROVE": "false",
@@ -289,9 +281,9 @@ def test_a_later_run_drops_prompts_an_earlier_run_kept(tmp_path):
                                                                  review={"auto_approve": False})
     conn = connect(settings.db_path)
     apply_migrations(conn, ALL)
-    land(conn, *list(synthetic_events(40, seed=21, run_tag="x"))[:2])
+    land_events(conn, *list(synthetic_events(40, seed=21, run_tag="x"))[:2])
     run1 = curate(conn, settings)
-    land(conn, *list(synthetic_events(40, seed=21, run_tag="y"))[:2])  # the same requests from other sessions
+    land_events(conn, *list(synthetic_events(40, seed=21, run_tag="y"))[:2])  # the same requests from other sessions
     run2 = curate(conn, settings)
     kept1 = {normalise(c["prompt_text"]) for c in run1.kept}
     repeated = [c for c in run2.candidates if c["stage"] == "dedup" and f"kept by run {run1.run_id}" in c["drop_reason"]]
@@ -310,7 +302,7 @@ def test_golden_and_hardness_stages_score_the_kept_candidates(tmp_path, model_di
         review={"auto_approve": False})
     conn = connect(settings.db_path)
     apply_migrations(conn, ALL)
-    land(conn, *list(synthetic_events(30, seed=31, config=SimulationConfig(users=10)))[:2])
+    land_events(conn, *list(synthetic_events(30, seed=31, config=SimulationConfig(users=10)))[:2])
     result = curate(conn, settings, scorer=ModelScorer(model_dir, max_length=512))
     kept = result.kept
     assert 1 <= len(kept) <= max(4, len({c["task_type"] for c in kept}))  # every type keeps >= 1
@@ -367,12 +359,12 @@ def test_mining_waits_for_feedback_that_landed_before_its_request(tmp_path):
     late = next(e for e in interactions if e.request_id in rated)  # its interaction lands late
     conn = connect(tmp_path / "db.duckdb")
     apply_migrations(conn, ALL)
-    land(conn, [e for e in interactions if e is not late], feedback)
+    land_events(conn, [e for e in interactions if e is not late], feedback)
     first = mine(conn, window := mining_window(conn, 0))
     assert first.orphan_feedback == sum(f.request_id == late.request_id for f in feedback) > 0
     assert late.request_id not in {c["request_id"] for c in first.candidates}
     save_watermark(conn, window, "run-1")
-    land(conn, [late], [])
+    land_events(conn, [late], [])
     second = mine(conn, mining_window(conn, 0))
     assert second.orphan_feedback == 0
     mined = [c for c in second.candidates if c["request_id"] == late.request_id]

@@ -11,7 +11,7 @@ import pytest
 
 from flywheel.simulate.synthetic import synthetic_events
 from tests.conftest import query, wait_for
-from tests.test_curation_pipeline import land
+from streams.landing import land_events
 
 
 @pytest.mark.slow
@@ -32,7 +32,7 @@ def test_a_flywheel_turn_trains_evaluates_and_records_every_step(tmp_path, broke
     try:
         interactions, feedback, _ = synthetic_events(160, seed=5)
         with plane.reader() as cur:
-            land(cur, interactions, feedback)
+            land_events(cur, interactions, feedback)
         run_id = plane.refresh.start()["run_id"]
 
         def status_of(rid: str) -> str:
