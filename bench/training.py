@@ -13,7 +13,8 @@ TRL's ``messages`` format; the bundled SmolLM2-135M; LoRA r=16 all-linear
           adapter save), per-task eval off so both do the same training work
 
 tokens/s counts non-padding input tokens (``include_num_input_tokens_seen="non_padding"``)
-over the trainer's ``train_runtime``. Phases alternate over --repeats (the machine is
+over the trainer's ``train_runtime``, and per CPU-second of the phase process (on a shared
+machine wall time swings with other jobs; CPU time much less). Phases alternate over --repeats (the machine is
 shared: interleaving keeps drift out of the ratio); figures are medians. Peak memory is
 the phase process's max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
 Target (issue 5): ours >= 0.95x plain.
@@ -68,6 +69,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process: on a shared machine far steadier than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def phase_plain(opts: dict, queue) -> None:
     import torch
     from datasets import Dataset
@@ -83,10 +90,13 @@ def phase_plain(opts: dict, queue) -> None:
     model = AutoModelForCausalLM.from_pretrained(opts["model_dir"], dtype=torch.bfloat16 if args.bf16 else torch.float32)
     data = Dataset.from_list([{"messages": r["messages"]} for r in chart_records(opts["examples"])])
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=build_lora(cfg))
+    cpu0 = _cpu_s()
     out = trainer.train()
+    cpu = _cpu_s() - cpu0
     runtime = out.metrics["train_runtime"]
-    queue.put({"tokens": trainer.state.num_input_tokens_seen, "runtime_s": runtime,
-               "tokens_per_s": trainer.state.num_input_tokens_seen / runtime, "peak_mb": _peak_mb()})
+    tokens = trainer.state.num_input_tokens_seen
+    queue.put({"tokens": tokens, "runtime_s": runtime, "tokens_per_s": tokens / runtime, "peak_mb": _peak_mb(),
+               "tokens_per_cpu_s": tokens / cpu})
 
 
 def phase_ours(opts: dict, queue) -> None:
@@ -98,9 +108,11 @@ def phase_ours(opts: dict, queue) -> None:
     snap = load_snapshot(write_snapshot(tmp / "snapshot", version="bench", sft=chart_records(opts["examples"])))
     cfg = load_stage_config("sft", overrides={"args": _common_args(opts), "flywheel": {"per_task_eval": False}})
     trainer, callback = build_sft_trainer(snap, tmp / "run", model_dir=opts["model_dir"], cfg=cfg)
+    cpu0 = _cpu_s()
     result = run_trainer(trainer, callback, tmp / "run", "sft", len(trainer.train_dataset))
+    cpu = _cpu_s() - cpu0  # includes the adapter save after the loop: counted against us
     queue.put({"tokens": result.tokens, "runtime_s": result.train_runtime_s, "tokens_per_s": result.tokens_per_s,
-               "peak_mb": _peak_mb()})
+               "peak_mb": _peak_mb(), "tokens_per_cpu_s": result.tokens / cpu})
 
 
 def run_phase(fn, opts: dict) -> dict:
@@ -144,6 +156,7 @@ def main(argv=None) -> None:
                 res = run_phase(fn, opts)
                 runs[name].append(res)
                 print(f"repeat {r + 1}/{a.repeats} {name}: {res['tokens_per_s']:.1f} tokens/s, "
+                      f"{res['tokens_per_cpu_s']:.1f} tokens/cpu-s, "
                       f"peak {res['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
 
     def med(name, key):
@@ -160,6 +173,9 @@ def main(argv=None) -> None:
         "ours_tokens_per_s": med("ours", "tokens_per_s"),
         "ratio": round(med("ours", "tokens_per_s") / med("plain", "tokens_per_s"), 3),
         "target_ratio": 0.95,
+        "plain_tokens_per_cpu_s": med("plain", "tokens_per_cpu_s"),
+        "ours_tokens_per_cpu_s": med("ours", "tokens_per_cpu_s"),
+        "cpu_ratio": round(med("ours", "tokens_per_cpu_s") / med("plain", "tokens_per_cpu_s"), 3),
         "plain_peak_mb": med("plain", "peak_mb"),
         "ours_peak_mb": med("ours", "peak_mb"),
         "plain_s_per_step": round(med("plain", "runtime_s") / a.steps, 2),
