@@ -147,6 +147,9 @@ class CurationSettings(_Section):
     taxonomy_path: str = Field("", description="Task-type taxonomy YAML. Empty: the one shipped in training/.")
     task_threshold: float = Field(0.5, ge=0, le=1, description="Task-type confidence below which a candidate is 'unknown'.")
     drop_unknown_task_types: bool = Field(False, description="Drop candidates whose task type is unknown.")
+    teacher_task_types: bool = Field(
+        True, description="Ask the teacher for the task type of kept candidates the classifier left unknown, when the "
+        "teacher is an endpoint (teacher.kind = openai).")
     dedup_threshold: float | None = Field(
         None, ge=0, le=1, description="Cosine similarity from which prompts are near-duplicates. Empty/null: chosen from "
         "the similarity distribution (reported in the funnel).")

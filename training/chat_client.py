@@ -108,3 +108,14 @@ class ChatClient:
         raise TeacherError(
             f"the {self.what} endpoint {self.base_url} (model {self.model!r}) failed after {attempts} attempt(s): "
             f"{type(last).__name__}: {last}") from last
+
+
+def teacher_client(settings) -> ChatClient | None:
+    """A client on the teacher's endpoint (section teacher), or None when the teacher is the
+    local model (no endpoint)."""
+    t = settings.teacher
+    if t.kind != "openai" or not t.base_url:
+        return None
+    return ChatClient(t.base_url, t.model, api_key=t.api_key, timeout_s=t.timeout_s, retries=t.retries,
+                      backoff_s=t.backoff_s, concurrency=t.concurrency, price_prompt_per_1k=t.price_prompt_per_1k,
+                      price_completion_per_1k=t.price_completion_per_1k, what="teacher")

@@ -147,8 +147,10 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
         classifier = TaskClassifier(taxonomy, embedder, threshold=cfg.task_threshold)
         for c, k in zip(cands, classifier.classify(texts, embeddings=vectors)):
             c["task_type"], c["task_confidence"] = k.task_type, round(float(k.confidence), 4)
-            if cfg.drop_unknown_task_types and c["status"] == "kept" and k.task_type == "unknown":
-                _drop(c, "task_types", f"unknown-task-type: confidence {k.confidence:.2f} < {cfg.task_threshold}")
+        _teacher_task_types(cands, settings)
+        for c in cands:
+            if cfg.drop_unknown_task_types and c["status"] == "kept" and c["task_type"] == "unknown":
+                _drop(c, "task_types", f"unknown-task-type: confidence {c['task_confidence']:.2f} < {cfg.task_threshold}")
     progress("task_types", len(cands), len(cands))
     lap("task_types")
 
@@ -228,6 +230,23 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
 
 
 # ----------------------------------------------------------------------------- stages
+
+
+def _teacher_task_types(cands: list[dict], settings) -> None:
+    """Kept candidates the classifier left unknown go to the teacher for a label, when the
+    teacher is an endpoint (curation.teacher_task_types); they are tagged `task-type:teacher`."""
+    from training.chat_client import teacher_client
+    from training.task_types import Taxonomy, teacher_labels
+
+    unknown = [c for c in cands if c["status"] == "kept" and c["task_type"] == "unknown"]
+    client = teacher_client(settings) if unknown and settings.curation.teacher_task_types else None
+    if client is None:
+        return
+    taxonomy = Taxonomy.load(settings.curation.taxonomy_path or None)
+    for c, label in zip(unknown, teacher_labels(client, taxonomy, [c["prompt_text"] or "" for c in unknown])):
+        if label is not None:
+            c["task_type"] = label
+            c["tags"] = sorted(set(c["tags"]) | {"task-type:teacher"})
 
 
 def _drop(c: dict, stage: str, reason: str) -> None:

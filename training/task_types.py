@@ -210,3 +210,21 @@ def _head(text: str, max_chars: int = 300) -> str | None:
     if not sep or not rest.strip() or len(head) > max_chars:
         return None
     return head.strip()
+
+
+def teacher_labels(client, taxonomy: "Taxonomy", texts: Sequence[str]) -> list[str | None]:
+    """Ask a teacher model (a ``training.chat_client.ChatClient``) for the task type of each
+    text the classifier left ``unknown``: it sees every type with its description and must
+    answer with one name. Answers that name no type of the taxonomy give None (the text
+    stays ``unknown``)."""
+    names = {t.name: t for t in taxonomy.types}
+    menu = "\n".join(f"- {t.name}: {t.description}" for t in taxonomy.types)
+    out: list[str | None] = []
+    for text in texts:
+        messages = [
+            {"role": "system", "content": "You label chat requests with a task type. Answer with the type name only."},
+            {"role": "user", "content": f"Task types:\n{menu}\n\nRequest:\n{text[:2000]}\n\nTask type:"},
+        ]
+        reply = (client.chat(messages, max_tokens=16).texts or [""])[0].strip().strip("`'\".").lower()
+        out.append(reply if reply in names else next((n for n in names if n in reply), None))
+    return out

@@ -392,9 +392,11 @@ def make_teacher(settings, *, conn=None, model_dir: str | Path | None = None, au
     audit = TeacherAudit(conn=conn) if conn is not None else TeacherAudit(path=path)
     common = dict(samples=t.samples, temperature=t.temperature, max_tokens=t.max_tokens, audit=audit)
     if t.kind == "openai":
-        client = ChatClient(t.base_url, t.model, api_key=t.api_key, timeout_s=t.timeout_s, retries=t.retries,
-                            backoff_s=t.backoff_s, concurrency=t.concurrency, price_prompt_per_1k=t.price_prompt_per_1k,
-                            price_completion_per_1k=t.price_completion_per_1k, what="teacher")
+        from training.chat_client import teacher_client
+
+        client = teacher_client(settings)
+        if client is None:
+            raise TeacherError("teacher.kind is openai but teacher.base_url is empty: set the endpoint's URL")
         return OpenAITeacher(client, concurrency=t.concurrency, **common)
     if model_dir is None:
         from serving.model_store import ensure_hf_model
