@@ -5,7 +5,8 @@ examples drawn at random from the pool (same seed), the same number of samples a
 same temperature; the baseline arm decodes freely, the other with `training.constrained`.
 Per arm: the share of samples that are valid JSON (bare), that pass the chart verifier,
 that are correct against the simulator's ground truth, the same for the best-of-N chosen
-answer, and seconds and completion tokens per prompt. Prints one JSON line.
+answer, and seconds and completion tokens per prompt. Prints one JSON line (also on
+Ctrl-C, with "partial": true and the prompts done so far).
 
     nice .venv/bin/python bench/teacher_constrained.py [--prompts 20] [--samples 4] [--few-shot 3]
 """
@@ -38,38 +39,49 @@ def _valid_json(text: str) -> bool:
         return False
 
 
-def run_arm(model_dir, tasks, *, constrained: bool, args) -> dict:
-    teacher = LocalTeacher(model_dir, few_shot=args.few_shot, constrained=constrained, samples=args.samples,
-                           temperature=args.temperature, max_tokens=args.max_tokens, pool=load_pool(seed=args.seed),
-                           seed=args.seed)
-    n_samples = valid = passed = correct = 0
-    best_passed = best_correct = 0
-    completion = 0
-    started = time.perf_counter()
-    for task in tqdm(tasks, desc="constrained" if constrained else "free", file=sys.stderr):
-        answer = teacher.label(CHART_TASK, task.messages)
-        completion += answer.tokens["completion"]
+class Arm:
+    """One decoding mode's teacher and its running counts."""
+
+    def __init__(self, model_dir, *, constrained: bool, args):
+        self.constrained = constrained
+        self.teacher = LocalTeacher(model_dir, few_shot=args.few_shot, constrained=constrained, samples=args.samples,
+                                    temperature=args.temperature, max_tokens=args.max_tokens,
+                                    pool=load_pool(seed=args.seed), seed=args.seed)
+        self.prompts = self.samples = self.valid = self.passed = self.correct = 0
+        self.best_passed = self.best_correct = self.completion = 0
+        self.seconds = 0.0
+
+    def run(self, task) -> None:
+        started = time.perf_counter()
+        answer = self.teacher.label(CHART_TASK, task.messages)
+        self.seconds += time.perf_counter() - started
+        self.prompts += 1
+        self.completion += answer.tokens["completion"]
         for sample in answer.samples:
-            n_samples += 1
-            valid += _valid_json(sample)
-            passed += verify(CHART_TASK, task.messages, sample).passed
-            correct += charts.is_correct(charts.parse_config(sample), task.truth) and _valid_json(sample)
-        best_passed += answer.passed
-        best_correct += answer.answer is not None and charts.is_correct(charts.parse_config(answer.answer), task.truth)
-    seconds = time.perf_counter() - started
-    out = {
-        "valid_json": round(valid / n_samples, 3),
-        "verifier_pass": round(passed / n_samples, 3),
-        "correct": round(correct / n_samples, 3),
-        "best_of_n_pass": round(best_passed / len(tasks), 3),
-        "best_of_n_correct": round(best_correct / len(tasks), 3),
-        "s_per_prompt": round(seconds / len(tasks), 2),
-        "completion_tokens_per_prompt": round(completion / len(tasks), 1),
-    }
-    if constrained:
-        out["vocab_scans_per_step"] = round(teacher.stats["scans"] / max(1, teacher.stats["steps"]), 4)
-        out["dead_ends"] = teacher.stats["dead_ends"]
-    return out
+            self.samples += 1
+            self.valid += _valid_json(sample)
+            self.passed += verify(CHART_TASK, task.messages, sample).passed
+            self.correct += _valid_json(sample) and charts.is_correct(charts.parse_config(sample), task.truth)
+        self.best_passed += answer.passed
+        self.best_correct += answer.answer is not None and charts.is_correct(charts.parse_config(answer.answer), task.truth)
+
+    def figures(self) -> dict:
+        n, p = max(1, self.samples), max(1, self.prompts)
+        out = {
+            "prompts": self.prompts,
+            "valid_json": round(self.valid / n, 3),
+            "verifier_pass": round(self.passed / n, 3),
+            "correct": round(self.correct / n, 3),
+            "best_of_n_pass": round(self.best_passed / p, 3),
+            "best_of_n_correct": round(self.best_correct / p, 3),
+            "s_per_prompt": round(self.seconds / p, 2),
+            "completion_tokens_per_prompt": round(self.completion / p, 1),
+        }
+        if self.constrained:
+            stats = self.teacher.stats
+            out["vocab_scans_per_step"] = round(stats["scans"] / max(1, stats["steps"]), 4)
+            out["dead_ends"] = stats["dead_ends"]
+        return out
 
 
 def main() -> None:
@@ -85,13 +97,20 @@ def main() -> None:
     model_dir = ensure_hf_model(settings.model_cache_path)
     rng = random.Random(args.seed)
     tasks = [make_task(rng, CHART_TASK, messy_rate=0) for _ in range(args.prompts)]
-    free = run_arm(model_dir, tasks, constrained=False, args=args)
-    constrained = run_arm(model_dir, tasks, constrained=True, args=args)
+    free, constrained = Arm(model_dir, constrained=False, args=args), Arm(model_dir, constrained=True, args=args)
+    partial = False
+    try:
+        # The two arms alternate prompt by prompt, so an interrupted run still compares like with like.
+        for task in tqdm(tasks, desc="prompts", file=sys.stderr):
+            free.run(task)
+            constrained.run(task)
+    except KeyboardInterrupt:
+        partial = True
     print(json.dumps({
-        "bench": "teacher_constrained", "prompts": args.prompts, "samples": args.samples, "few_shot": args.few_shot,
-        "temperature": args.temperature, "max_tokens": args.max_tokens, "baseline_unconstrained": free,
-        "constrained": constrained,
-    }))
+        "bench": "teacher_constrained", "samples": args.samples, "few_shot": args.few_shot,
+        "temperature": args.temperature, "max_tokens": args.max_tokens, "partial": partial,
+        "baseline_unconstrained": free.figures(), "constrained": constrained.figures(),
+    }), flush=True)
 
 
 if __name__ == "__main__":
