@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean browser
 
 install: $(STAMP)
 
@@ -23,8 +23,16 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(BIN)/flywheel up --simulate 60
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The console's tests drive a real Chromium (Debian's package; Playwright only drives it).
+# Elsewhere, point FLYWHEEL_CHROMIUM at a Chromium or Chrome binary.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || [ -n "$$FLYWHEEL_CHROMIUM" ] || \
+	  { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium >/dev/null || \
+	    { $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
 
 bench: install
 	$(BIN)/python bench/gateway_overhead.py

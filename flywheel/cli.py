@@ -84,7 +84,7 @@ def up(ctx: click.Context, simulate_s: float, refresh_after: bool, exit_after_si
     code = 0
     try:
         stack.start()
-        console.print(f"[bold green]flywheel is up[/]: gateway {s.gateway_url}/v1  control plane {s.control_url}  "
+        console.print(f"[bold green]flywheel is up[/]: gateway {s.gateway_url}/v1  console {s.control_url}/console/  "
                       f"data {s.data_path}")
         console.print(f"API keys for local use: {s.data_path / DEV_KEYS_FILE}.  Stop with Ctrl-C.")
         if simulate_s > 0 and not stop.is_set():

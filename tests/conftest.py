@@ -7,11 +7,13 @@ start their own (``own_broker``).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,23 @@ def query(plane_or_path, sql: str, params=None):
 
 def count(plane, table: str, where: str = "true", params=None) -> int:
     return query(plane, f"SELECT count(*) FROM {table} WHERE {where}", params)[0][0]
+
+
+CANDIDATES_T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def seed_candidates(plane, rows: list[dict]) -> list[str]:
+    """Candidates as a curation run writes them (the columns later stages read), created
+    one second apart from 2026-03-01; `rows` give what differs (task_type, label, response...)."""
+    with plane.reader() as cur:
+        for k, r in enumerate(rows):
+            cid = r.get("candidate_id", f"cand{k:03d}")
+            cur.execute(
+                "INSERT INTO candidates (candidate_id, run_id, created_at, session_id, request_id, user_id, kind, turn, "
+                "messages, prompt_text, response, response_source, feedback, label, label_confidence, task_type, tags, "
+                "status, source_event_ids) VALUES (?, ?, ?, ?, ?, 'u', 'single', 1, ?, ?, ?, ?, '{}', ?, ?, ?, '[]', ?, '[]')",
+                [cid, r.get("run_id", "run-1"), CANDIDATES_T0 + timedelta(seconds=k), f"s{k}", f"r{k}",
+                 json.dumps([{"role": "user", "content": f"question {k}"}]), f"question {k}", r.get("response", f"answer {k}"),
+                 r.get("response_source", "draft"), r.get("label", "unknown"), r.get("label_confidence", 0.5),
+                 r.get("task_type", "chat/chitchat"), r.get("status", "kept")])
+    return [r.get("candidate_id", f"cand{k:03d}") for k, r in enumerate(rows)]

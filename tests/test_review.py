@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from click.testing import CliRunner
@@ -13,27 +13,9 @@ from click.testing import CliRunner
 from flywheel.simulate.sessions import SimulationConfig
 from flywheel.simulate.synthetic import emit_synthetic
 from streams.producer import EventProducer
-from tests.conftest import count, query, wait_for
+from tests.conftest import count, query, seed_candidates, wait_for
 from training import review
 from training.review import ReviewEmitter, ReviewError, ReviewFilter
-
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
-
-
-def _seed(plane, rows: list[dict]) -> list[str]:
-    """Candidates as a curation run writes them (the columns later stages read)."""
-    with plane.reader() as cur:
-        for k, r in enumerate(rows):
-            cid = r.get("candidate_id", f"cand{k:03d}")
-            cur.execute(
-                "INSERT INTO candidates (candidate_id, run_id, created_at, session_id, request_id, user_id, kind, turn, "
-                "messages, prompt_text, response, response_source, feedback, label, label_confidence, task_type, tags, "
-                "status, source_event_ids) VALUES (?, ?, ?, ?, ?, 'u', 'single', 1, ?, ?, ?, ?, '{}', ?, ?, ?, '[]', ?, '[]')",
-                [cid, r.get("run_id", "run-1"), T0 + timedelta(seconds=k), f"s{k}", f"r{k}",
-                 json.dumps([{"role": "user", "content": f"question {k}"}]), f"question {k}", r.get("response", f"answer {k}"),
-                 r.get("response_source", "draft"), r.get("label", "unknown"), r.get("label_confidence", 0.5),
-                 r.get("task_type", "chat/chitchat"), r.get("status", "kept")])
-    return [r.get("candidate_id", f"cand{k:03d}") for k, r in enumerate(rows)]
 
 
 def _send(settings, events) -> None:
@@ -126,7 +108,7 @@ def test_invalid_review_events_go_to_the_dlq_with_a_reason(settings, control_pla
 
 
 def test_export_then_import_round_trip(settings, control_plane):
-    ids = _seed(control_plane, [{"task_type": "data-viz/chart-config"}, {"task_type": "data-viz/chart-config"},
+    ids = seed_candidates(control_plane, [{"task_type": "data-viz/chart-config"}, {"task_type": "data-viz/chart-config"},
                                 {"task_type": "reasoning/math"}, {"status": "dropped"}])
     with control_plane.reader() as cur:
         records = review.list_candidates(cur, full=True)
@@ -165,7 +147,7 @@ def test_export_then_import_round_trip(settings, control_plane):
 
 
 def test_auto_rules_decide_pending_candidates_only(settings, control_plane):
-    ids = _seed(control_plane, [
+    ids = seed_candidates(control_plane, [
         {"label": "good", "label_confidence": 0.95},                      # approve
         {"label": "good", "label_confidence": 0.7},                       # not confident: stays
         {"label": "bad", "label_confidence": 0.97},                       # reject
@@ -193,7 +175,7 @@ def test_auto_rules_decide_pending_candidates_only(settings, control_plane):
 
 
 def test_filters_and_id_prefixes(settings, control_plane):
-    ids = _seed(control_plane, [
+    ids = seed_candidates(control_plane, [
         {"candidate_id": "abc111", "task_type": "data-viz/chart-config", "label": "good"},
         {"candidate_id": "abc222", "task_type": "data-viz/other", "label": "bad"},
         {"candidate_id": "xyz333", "task_type": "writing/summarize", "label": "good", "run_id": "run-2"},
@@ -223,7 +205,7 @@ def test_cli_reviews_through_the_control_plane_api(settings, tmp_path):
 
     plane = ControlPlane(settings).start(scheduler=False)
     try:
-        ids = _seed(plane, [{"task_type": "data-viz/chart-config", "label": "good"},
+        ids = seed_candidates(plane, [{"task_type": "data-viz/chart-config", "label": "good"},
                             {"task_type": "data-viz/chart-config", "label": "bad"},
                             {"task_type": "chat/chitchat", "label": "good"}])
         env = {"FLYWHEEL_DATA_DIR": settings.data_dir, "FLYWHEEL_KAFKA__BOOTSTRAP": settings.bootstrap,
@@ -279,7 +261,7 @@ def test_cli_without_a_control_plane_reads_the_file_and_sends_to_kafka(settings,
 
     conn = connect(settings.db_path)
     apply_migrations(conn, ALL)
-    ids = _seed(_File(conn), [{"label": "good"}, {"label": "bad"}])
+    ids = seed_candidates(_File(conn), [{"label": "good"}, {"label": "bad"}])
     conn.close()
     env = {"FLYWHEEL_DATA_DIR": settings.data_dir, "FLYWHEEL_KAFKA__BOOTSTRAP": settings.bootstrap,
            "FLYWHEEL_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix, "FLYWHEEL_CONTROL__PORT": "1"}
@@ -301,7 +283,7 @@ def test_cli_without_a_control_plane_reads_the_file_and_sends_to_kafka(settings,
 def test_api_routes_read_the_queue_and_take_decisions(settings, control_plane):
     from services.control.api import create_api
 
-    ids = _seed(control_plane, [{"task_type": "reasoning/math", "label": "good"}, {"task_type": "reasoning/math"},
+    ids = seed_candidates(control_plane, [{"task_type": "reasoning/math", "label": "good"}, {"task_type": "reasoning/math"},
                                 {"task_type": "chat/chitchat", "label": "good"}])
     client = create_api(settings, control_plane).test_client()
     body = client.get("/api/review/candidates?task_type=reasoning&limit=10").get_json()

@@ -1,4 +1,6 @@
-"""The control plane's JSON API (read-only for now): status figures for `flywheel status`."""
+"""The control plane's JSON API (status, registry, routing, live metrics, rollouts; curation,
+review, datasets, evaluations and refresh from their modules) and the operator console
+(`services.console`, pages under /console/)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 
 from serving.registry import RegistryError
+from services import console
 from services.control import curation, refresh, review_api, training_api
 from services.control.status import landed_status
 from streams.live_metrics import metrics_filters, read_windows
@@ -108,4 +111,5 @@ def create_api(settings, plane) -> Flask:
     review_api.init_app(app, settings, plane)
     training_api.init_app(app, settings, plane)
     refresh.init_app(app, settings, plane)
+    console.init_app(app, settings, plane)
     return app

@@ -1,0 +1,145 @@
+"""Console routes: overview, review queue and candidate, datasets, evaluations (with their
+report pages), live metrics. Read-only here; actions go through the JSON API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flask import Blueprint, Flask, abort, redirect, render_template, request, send_file
+
+from serving.registry import RegistryError
+from services.control.status import landed_status
+
+HERE = Path(__file__).resolve().parent
+REVIEW_PAGE = 50
+
+
+def _safe(fn, default):
+    """A panel whose tables do not exist yet (no curation run, no dataset) shows as empty."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - an empty panel with the reason beats a 500 page
+        return default(e)
+
+
+def _short(text, n: int = 160) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def init_app(app: Flask, settings, plane) -> None:
+    from training import review
+    from training.curate import list_runs as curation_runs
+    from training.datasets import get_dataset, list_datasets
+    from training.errors import DatasetError
+    from training.evaluate import list_evaluations
+    from training.refresh import list_runs as refresh_runs
+    from streams.live_metrics import metrics_filters, read_windows
+
+    bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
+                   static_folder="static", static_url_path="/static")
+    bp.add_app_template_filter(_short, "short")
+    bp.add_app_template_filter(lambda w: f"{float(w):g}%", "pct")
+    bp.add_app_template_filter(lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str), "pretty")
+
+    def page(template: str, **context):
+        return render_template(f"console/{template}", nav=request.endpoint, alias=settings.model.alias, **context)
+
+    @bp.get("/")
+    def overview():
+        with plane.reader() as cur:
+            status = landed_status(cur)
+            registry = plane.registry(cur)
+            models = [m.to_dict() for m in registry.list()]
+            routing = registry.routing_table().to_dict()
+            mined = _safe(lambda: curation_runs(cur, 5), lambda e: [])
+            turns = _safe(lambda: refresh_runs(cur, 5), lambda e: [])
+        rollouts = {}
+        for name in routing["routes"]:
+            try:
+                rollouts[name] = plane.rollouts.status(name)
+            except RegistryError:
+                rollouts[name] = None
+        return page("overview.html", status=status, landing=plane.landing_stats(), models=models, routing=routing,
+                    rollouts=rollouts, curation=mined, refresh=turns)
+
+    @bp.get("/review")
+    def review_queue():
+        args = {k: v for k, v in request.args.items() if v}
+        args.setdefault("state", "pending")
+        if args["state"] == "all":
+            args.pop("state")
+        args.setdefault("limit", str(REVIEW_PAGE))
+        try:
+            flt = review.ReviewFilter.from_mapping(args)
+        except (ValueError, review.ReviewError) as e:
+            return page("review.html", error=f"bad filter: {e}", rows=[], counts={}, args=args), 400
+        with plane.reader() as cur:
+            try:
+                rows = review.list_candidates(cur, flt)
+                counts = review.count_states(cur, review.ReviewFilter.from_mapping(
+                    {k: v for k, v in args.items() if k not in ("state", "limit", "offset")}))
+            except review.ReviewError as e:
+                return page("review.html", error=str(e), rows=[], counts={}, args=args)
+        return page("review.html", error=None, rows=rows, counts=counts, args=args, limit=flt.limit,
+                    offset=flt.offset)
+
+    @bp.get("/review/<candidate_id>")
+    def candidate(candidate_id: str):
+        with plane.reader() as cur:
+            try:
+                rec = review.get_candidate(cur, candidate_id)
+            except review.ReviewError as e:
+                return page("message.html", title="No such candidate", message=str(e)), e.status
+        return page("candidate.html", c=rec)
+
+    @bp.get("/datasets")
+    def datasets():
+        with plane.reader() as cur:
+            rows = _safe(lambda: list_datasets(cur), lambda e: [])
+        return page("datasets.html", rows=rows)
+
+    @bp.get("/datasets/<version>")
+    def dataset(version: str):
+        with plane.reader() as cur:
+            try:
+                d = get_dataset(cur, version)
+            except DatasetError as e:
+                return page("message.html", title="No such dataset", message=str(e)), 404
+        return page("dataset.html", d=d)
+
+    @bp.get("/evaluations")
+    def evaluations():
+        with plane.reader() as cur:
+            rows = _safe(lambda: list_evaluations(cur, request.args.get("candidate") or None), lambda e: [])
+        return page("evaluations.html", rows=rows)
+
+    @bp.get("/evaluations/<eval_id>/report")
+    def evaluation_report(eval_id: str):
+        """The report page the evaluation job wrote, from the folder recorded for it (never a
+        path taken from the request)."""
+        with plane.reader() as cur:
+            row = cur.execute("SELECT report_path FROM evaluations WHERE eval_id = ?", [eval_id]).fetchone()
+        if row is None:
+            abort(404)
+        html = Path(row[0]) / "report.html"
+        if not html.is_file():
+            return page("message.html", title="Report missing", message=f"{html} is not there any more"), 404
+        return send_file(html, mimetype="text/html")
+
+    @bp.get("/metrics")
+    def metrics():
+        try:
+            filters = metrics_filters(request.args)
+        except ValueError as e:
+            return page("message.html", title="Bad filter", message=str(e)), 400
+        with plane.reader() as cur:
+            rows = _safe(lambda: read_windows(cur, **filters), lambda e: [])
+        return page("metrics.html", rows=list(reversed(rows)), args=request.args)
+
+    app.register_blueprint(bp)
+
+    @app.get("/")
+    def root():
+        return redirect("/console/")

@@ -1,0 +1,181 @@
+"""The operator console in real Chromium (Playwright driving Debian's chromium): pages
+served by a running control plane, actions that go through its JSON API, review
+decisions through the real broker into DuckDB."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from serving.registry import Registry
+from services.control.plane import ControlPlane
+from tests.conftest import query, seed_candidates
+from training import review
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    exe = os.environ.get("FLYWHEEL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.fail("no Chromium: `make install` installs Debian's chromium (apt); or point FLYWHEEL_CHROMIUM at one")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def console(settings):
+    plane = ControlPlane(settings, serve_api=True).start(scheduler=False)
+    yield plane, f"http://{settings.control.host}:{settings.control.port}"
+    plane.stop(drain=False)
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _state_of(plane) -> dict[str, str]:
+    with plane.reader() as cur:
+        return review.review_state(cur)
+
+
+def test_review_queue_approves_in_bulk_and_edits_one(console, page):
+    plane, url = console
+    ids = seed_candidates(plane, [{"task_type": "reasoning/math", "label": "good"}, {"task_type": "reasoning/math"},
+                                  {"task_type": "chat/chitchat", "response": "meh"}])
+    page.goto(f"{url}/console/review")
+    rows = page.locator("#queue tr[data-candidate]")
+    assert rows.count() == 3 and "pending 3" in page.locator("#counts").inner_text()
+
+    page.get_by_role("button", name="Approve selected").click()  # nothing selected: refused on the page
+    assert "select candidates first" in page.locator("#flash").inner_text()
+
+    page.fill("#reviewer", "ana")
+    page.dispatch_event("#reviewer", "change")
+    for cid in ids[:2]:
+        page.check(f"input[name=cid][value='{cid}']")
+    page.fill("#reason", "checked the maths")
+    with page.expect_navigation(timeout=30_000):  # the page reloads once the batch has landed
+        page.get_by_role("button", name="Approve selected").click()
+    assert page.locator("#queue tr[data-candidate]").count() == 1  # only the untouched one is pending
+    assert _state_of(plane) == {ids[0]: "approved", ids[1]: "approved", ids[2]: "pending"}
+    decided = query(plane, "SELECT reviewer, reason, source FROM review_decisions ORDER BY candidate_id")
+    assert decided == [("ana", "checked the maths", "api")] * 2  # the reviewer name came from the page
+
+    page.click(f"#queue tr[data-candidate='{ids[2]}'] a")
+    assert page.locator("#response").inner_text() == "meh"
+    page.fill("#edited", "")  # an empty edit is refused by the API, and the page says why
+    page.get_by_role("button", name="Save edit").click()
+    page.wait_for_function("document.getElementById('flash').className === 'error'")
+    assert "edit" in page.locator("#flash").inner_text()
+    page.fill("#edited", "A much better answer.")
+    with page.expect_navigation(timeout=30_000):
+        page.get_by_role("button", name="Save edit").click()
+    assert page.locator("#state").inner_text() == "edited"
+    assert "ana" in page.locator("#decisions").inner_text()
+    with plane.reader() as cur:  # what the dataset builder reads next
+        approved = {r["candidate_id"]: r["response"] for r in review.approved_candidates(cur)}
+    assert approved == {ids[0]: "answer 0", ids[1]: "answer 1", ids[2]: "A much better answer."}
+
+
+def test_overview_drives_a_rollout(console, page, tmp_path):
+    plane, url = console
+    alias = plane.settings.model.alias
+    with plane.reader() as cur:  # a candidate version (adapter check skipped: this test is about the page)
+        reg = Registry(cur, models_dir=plane.settings.data_path / "models", base_model="SmolLM2-135M-Instruct",
+                       alias=alias, base_model_dir=lambda: tmp_path, check=lambda base, adapter: None)
+        src = tmp_path / "adapter"
+        src.mkdir()
+        (src / "adapter_config.json").write_text("{}")
+        reg.register("cand-1", src)
+    plane.rollouts.start(alias, "cand-1")
+
+    page.goto(f"{url}/")  # the root redirects to the console
+    assert page.url.endswith("/console/")
+    assert "cand-1" in page.locator("#models").inner_text()
+    card = page.locator(f".card[data-alias='{alias}']")
+    assert "progressing" in card.locator(".rollout").inner_text()
+    card.locator(".reason").fill("holding for the weekend")
+    with page.expect_navigation():
+        card.get_by_role("button", name="pause").click()
+    card = page.locator(f".card[data-alias='{alias}']")
+    assert "paused" in card.locator(".rollout").inner_text() and "holding for the weekend" in card.inner_text()
+    with page.expect_navigation():
+        page.locator(f".card[data-alias='{alias}']").get_by_role("button", name="rollback").click()
+    card = page.locator(f".card[data-alias='{alias}']")
+    assert "rolled_back" in card.locator(".rollout").inner_text()
+    assert "base 100%" in card.inner_text()  # all traffic back on production
+    assert plane.rollouts.status(alias)["status"] == "rolled_back"
+    assert query(plane, "SELECT status FROM model_versions WHERE version = 'cand-1'") == [("rolled_back",)]
+    card.get_by_role("button", name="pause").click()  # a finished rollout refuses, and the page says so
+    page.wait_for_function("document.getElementById('flash').className === 'error'")
+    assert page.locator("#flash").inner_text().strip()
+
+
+def test_evaluation_report_opens_from_the_list_with_its_charts(console, page, tmp_path):
+    from training.evaluate import record_evaluation, render_html
+
+    plane, url = console
+    report = {"candidate": "cand-1", "production": "base", "dataset": "ds-1", "created_at": "2026-11-26T00:00:00+00:00",
+              "overall": {"n": 2}, "general": {}, "samples": [], "gate": {"passed": False, "reasons": ["math worse"]},
+              "types": [{"task_type": "reasoning/math", "n": 2, "loss": {"delta": 0.2, "ci": [0.1, 0.3]},
+                         "pass_rate": {"candidate": 0.5, "production": 1.0, "delta": -0.5, "ci": [-1, 0]},
+                         "usability": {"delta": -0.1, "ci": [-0.2, 0]}, "judge": None, "verdict": "worse",
+                         "reasons": ["math worse"]}]}
+    folder = tmp_path / "eval-1"
+    folder.mkdir()
+    (folder / "report.html").write_text(render_html(report))
+    with plane.reader() as cur:
+        record_evaluation(cur, report, folder)
+
+    page.goto(f"{url}/console/evaluations")
+    table = page.locator("#evaluations")
+    assert "fail" in table.inner_text() and "math worse" in table.inner_text()
+    page.get_by_role("link", name="eval-1").click()
+    page.wait_for_load_state()
+    assert "FAIL" in page.content()
+    box = page.locator("svg").first.bounding_box()  # the charts are drawn, not just present
+    assert box and box["width"] > 100 and box["height"] > 20
+
+
+def test_pages_answer_bad_input_and_empty_state_clearly(console):
+    plane, url = console
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url + path, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    status, body = get("/console/metrics?minutes=abc")
+    assert status == 400 and "minutes must be a number" in body
+    assert get("/console/review/nope")[0] == 404
+    assert get("/console/datasets/nope")[0] == 404
+    assert get("/console/evaluations/nope/report")[0] == 404
+    assert get("/console/review?limit=x")[0] == 400
+    status, body = get("/console/metrics")
+    assert status == 200 and "no windows in this span" in body
+    for path in ("/console/", "/console/datasets", "/console/evaluations", "/console/review?state=all"):
+        assert get(path)[0] == 200, path
