@@ -153,6 +153,9 @@ class CurationSettings(_Section):
     dedup_threshold: float | None = Field(
         None, ge=0, le=1, description="Cosine similarity from which prompts are near-duplicates. Empty/null: chosen from "
         "the similarity distribution (reported in the funnel).")
+    dedup_earlier_limit: int = Field(
+        50_000, ge=0, description="Semantic dedup against prompts earlier runs kept: how many of the most recent ones "
+        "to compare with (0: exact repeats only).")
     select_total: int = Field(5000, ge=1, description="Most candidates kept by K-Center-Greedy selection per run.")
     budgets: dict[str, float] = Field(
         default_factory=dict, description="Relative selection budget per task type, over the taxonomy's weights "

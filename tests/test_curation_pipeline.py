@@ -286,9 +286,57 @@ def test_a_later_run_drops_prompts_an_earlier_run_kept(tmp_path):
     land_events(conn, *list(synthetic_events(40, seed=21, run_tag="y"))[:2])  # the same requests from other sessions
     run2 = curate(conn, settings)
     kept1 = {normalise(c["prompt_text"]) for c in run1.kept}
-    repeated = [c for c in run2.candidates if c["stage"] == "dedup" and f"kept by run {run1.run_id}" in c["drop_reason"]]
+    repeated = [c for c in run2.candidates if c["stage"] == "dedup" and c["drop_reason"].startswith("exact-duplicate")
+                and f"kept by run {run1.run_id}" in c["drop_reason"]]
     assert repeated and run2.funnel["dedup"]["earlier_runs_exact"] == len(repeated)
     assert not [c for c in run2.kept if normalise(c["prompt_text"]) in kept1]
+    conn.close()
+
+
+def test_a_later_run_drops_rewordings_of_prompts_an_earlier_run_kept(tmp_path):
+    """Run 2 gets run 1's sessions again, each first request reworded (`paraphrase`), ids
+    new: the rewordings are dropped against run 1's stored vectors, and they are not exact
+    repeats, so only the semantic comparison can catch them."""
+    import random
+
+    from flywheel.settings import Settings
+    from flywheel.simulate.synthetic import paraphrase
+    from training.dedup import normalise
+
+    settings = Settings(data_dir=str(tmp_path / "data")).replace(curation={"watermark_lag_s": 0},
+                                                                 review={"auto_approve": False})
+    conn = connect(settings.db_path)
+    apply_migrations(conn, ALL)
+    interactions, feedback, _ = synthetic_events(30, seed=5, run_tag="a", paraphrase_rate=0.0)
+    land_events(conn, interactions, feedback)
+    run1 = curate(conn, settings)
+    assert conn.execute("SELECT count(*) FROM candidate_vectors").fetchone()[0] == len(run1.kept) > 0
+
+    rng = random.Random(3)
+    again, reworded = [], set()
+    for i in interactions:
+        if i.turn != 1:
+            continue
+        messages = [dict(m) for m in i.messages]
+        if "\n" not in messages[-1]["content"]:  # a plain request (not the chart app's prompt): reword it
+            messages[-1]["content"] = paraphrase(messages[-1]["content"], rng)
+            reworded.add(i.session_id + "b")
+        again.append(i.model_copy(update={"event_id": i.event_id + "b", "request_id": i.request_id + "b",
+                                          "session_id": i.session_id + "b", "messages": messages}))
+    thumbs = [f.model_copy(update={"event_id": f.event_id + "b", "request_id": f.request_id + "b"})
+              for f in feedback if f.request_id in {a.request_id[:-1] for a in again}]
+    land_events(conn, again, thumbs)
+    run2 = curate(conn, settings)
+
+    kept1 = {normalise(c["prompt_text"]) for c in run1.kept}
+    mine = [c for c in run2.candidates if c["session_id"] in reworded and c["stage"] != "clean"]
+    near = [c for c in mine if "near-duplicate of" in (c["drop_reason"] or "")
+            and f"kept by run {run1.run_id}" in c["drop_reason"]]
+    assert len(mine) >= 8 and all(normalise(c["prompt_text"]) not in kept1 for c in mine)  # no exact repeats
+    assert all(c["stage"] == "dedup" for c in mine), [(c["prompt_text"], c["stage"]) for c in mine]
+    assert len(near) >= len(mine) - 1  # at most one went to within-run dedup instead
+    assert run2.funnel["dedup"]["earlier_runs_semantic"] == len(near)
+    assert run2.funnel["dedup"]["earlier_vectors"] == len(run1.kept)
     conn.close()
 
 

@@ -172,6 +172,9 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
             if reason is not None:
                 _drop(c, "dedup", _with_candidate_ids(reason, live, cands))
         dedup_report.update({"threshold": float(result.threshold), **_jsonable(result.report)})
+        live = [i for i in live if cands[i]["status"] == "kept"]
+        dedup_report.update(_drop_near_earlier(conn, cands, live, vectors, float(result.threshold),
+                                               cfg.dedup_earlier_limit))
         progress("dedup", len(live), len(live))
     lap("dedup")
 
@@ -214,6 +217,7 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
     conn.execute("BEGIN TRANSACTION")
     try:
         _write_candidates(conn, cands, run_id)
+        _write_vectors(conn, cands, vectors, run_id)
         save_watermark(conn, window, run_id)
         conn.execute(
             "UPDATE curation_runs SET status = 'finished', finished_at = now(), watermark_from = ?, watermark_to = ?, "
@@ -281,8 +285,8 @@ def _score(c: dict) -> float:
 
 
 def _drop_seen_before(conn, cands: list[dict]) -> int:
-    """Drop kept candidates whose prompt (normalised) an earlier run already kept: dedup
-    within a run is semantic, across runs exact (earlier vectors are not stored)."""
+    """Drop kept candidates whose prompt (normalised) an earlier run already kept (the
+    semantic comparison with earlier runs is `_drop_near_earlier`, after within-run dedup)."""
     from training.dedup import normalise
 
     ids = {c["candidate_id"] for c in cands}
@@ -299,6 +303,64 @@ def _drop_seen_before(conn, cands: list[dict]) -> int:
                 _drop(c, "dedup", f"exact-duplicate of {hit[0][:12]} (kept by run {hit[1]})")
                 n += 1
     return n
+
+
+def _drop_near_earlier(conn, cands: list[dict], live: list[int], vectors: np.ndarray, threshold: float,
+                       limit: int, max_block_cells: int = 32 << 20) -> dict:
+    """Semantic dedup across runs: drop a kept candidate whose prompt is within ``threshold``
+    cosine of a prompt an earlier run kept (its vector stored in ``candidate_vectors``;
+    the ``limit`` most recent ones), unless the two are the same template with another
+    slot (`dedup.slot_guard`). Within-run dedup has already run, so only its survivors
+    are compared."""
+    from training.dedup import slot_guard
+
+    if not live or limit <= 0:
+        return {"earlier_runs_semantic": 0, "earlier_vectors": 0}
+    table = conn.sql(
+        "SELECT v.candidate_id, v.run_id, c.prompt_text, v.vector FROM candidate_vectors v "
+        "JOIN candidates c USING (candidate_id) WHERE c.status = 'kept' AND NOT list_contains(?, v.candidate_id) "
+        "ORDER BY c.created_at DESC LIMIT ?", params=[[cands[i]["candidate_id"] for i in live], limit]).to_arrow_table()
+    if table.num_rows == 0:
+        return {"earlier_runs_semantic": 0, "earlier_vectors": 0}
+    earlier = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+    earlier = earlier.astype(np.float32, copy=False)
+    ids, runs, texts = (table.column(k).to_pylist() for k in ("candidate_id", "run_id", "prompt_text"))
+    dropped = 0
+    x = vectors[live]
+    block = max(1, max_block_cells // table.num_rows)  # similarity blocks of at most 128 MB
+    for start in range(0, len(live), block):
+        sim = x[start : start + block] @ earlier.T
+        rows, cols = np.nonzero(sim >= threshold)
+        hits: dict[int, list[int]] = {}
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            hits.setdefault(r, []).append(c)
+        for r, cs in hits.items():
+            c_new = cands[live[start + r]]
+            for c in sorted(cs, key=lambda c: -sim[r, c]):
+                if not slot_guard(c_new["prompt_text"] or "", texts[c] or ""):
+                    _drop(c_new, "dedup", f"near-duplicate of {ids[c][:12]} (kept by run {runs[c]}, "
+                          f"cosine {sim[r, c]:.3f} >= {threshold:.3f})")
+                    dropped += 1
+                    break
+    return {"earlier_runs_semantic": dropped, "earlier_vectors": int(table.num_rows)}
+
+
+def _write_vectors(conn, cands: list[dict], vectors: np.ndarray, run_id: str) -> None:
+    """The prompt vectors of the candidates this run kept (for `_drop_near_earlier` later)."""
+    import pyarrow as pa
+
+    kept = [i for i, c in enumerate(cands) if c["status"] == "kept"]
+    if not kept:
+        return
+    x = np.ascontiguousarray(vectors[kept], dtype=np.float32)
+    data = pa.table({"candidate_id": [cands[i]["candidate_id"] for i in kept], "run_id": [run_id] * len(kept),
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])})
+    conn.register("_vectors", data)
+    try:
+        conn.execute("INSERT OR REPLACE INTO candidate_vectors SELECT candidate_id, run_id, "
+                     f"CAST(vector AS FLOAT[{x.shape[1]}]) FROM _vectors")
+    finally:
+        conn.unregister("_vectors")
 
 
 def _with_candidate_ids(reason: str, live: list[int], cands: list[dict]) -> str:

@@ -69,6 +69,17 @@ def m203_curation_watermarks(conn) -> None:
         )""")
 
 
+def m204_candidate_vectors(conn) -> None:
+    # The prompt embedding (all-MiniLM-L6-v2, normalised) of every candidate a curation run
+    # kept, so later runs dedup semantically against earlier ones without re-embedding.
+    conn.execute("""
+        CREATE TABLE candidate_vectors (
+            candidate_id  VARCHAR PRIMARY KEY,
+            run_id        VARCHAR NOT NULL,
+            vector        FLOAT[384] NOT NULL
+        )""")
+
+
 def m210_datasets(conn) -> None:
     # Immutable dataset versions (content hashes) and the lineage of every record in them.
     conn.execute("""
@@ -150,5 +161,5 @@ def m212_refresh_runs(conn) -> None:
         )""")
 
 
-MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m210_datasets, m211_evaluations,
-              m212_refresh_runs, m220_teacher_calls]
+MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m204_candidate_vectors, m210_datasets,
+              m211_evaluations, m212_refresh_runs, m220_teacher_calls]
