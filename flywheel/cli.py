@@ -734,6 +734,10 @@ def eval_cmd(ctx, candidate, production, dataset, list_only, as_json) -> None:
         if report.general:
             console.print(f"general set reference loss: {report.general['production']:.3f} → "
                           f"{report.general['candidate']:.3f} ({report.general['relative']:+.1%})")
+        if report.judge_agreement and report.judge_agreement.get("n"):
+            ja = report.judge_agreement
+            console.print(f"judge vs people: agrees on {ja['agreement']:.0%} of {ja['pairs']} preference pairs "
+                          f"(ties {ja['tie_rate']:.0%}, kappa {ja['kappa']})")
         console.print(f"report: {folder / 'report.html'}")
     verdict = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
     console.print(f"gate: {verdict}: " + "; ".join(report.gate["reasons"]))

@@ -260,6 +260,9 @@ class EvaluateSettings(_Section):
     max_forgetting: float = Field(
         0.05, ge=0, description="Largest allowed relative increase of the general set's reference loss (forgetting).")
     report_samples: int = Field(20, ge=0, description="Answers shown side by side in the report.")
+    judge_human_pairs: int = Field(
+        50, ge=0, description="With a judge: how many of the dataset's human preference pairs (edits, chosen drafts) "
+        "it also judges, to report its agreement with people.")
 
 
 class RefreshSettings(_Section):

@@ -140,3 +140,7 @@ def test_report_page_draws_training_channels():
     run = {"stages": {"sft": {"eval_loss": {"chat/chitchat": [{"step": 0, "loss": 2.0}, {"step": 10, "loss": 1.5}]}}}}
     page = render_html(report, run)
     assert "PASS" in page and "Training: eval loss per task type" in page and "<polyline" in page
+    assert "Judge vs people" not in page
+    report["judge_agreement"] = {"n": 8, "agreement": 0.75, "decisive_agreement": 0.857, "tie_rate": 0.125,
+                                 "kappa": 0.52, "pairs": 8, "available": 30}
+    assert "Judge vs people: agrees on 75% of 8" in render_html(report, run)

@@ -108,3 +108,32 @@ def test_judge_from_settings_falls_back_to_the_teacher(settings, standin):
     judge = judge_from_settings(s)
     assert judge.client.model == "teacher-model"
     assert judge.judge_pair(PROMPT, "x", "y").winner == "tie"
+
+
+def test_agreement_on_peoples_own_preferences(standin):
+    """The dataset's human pairs (a user's edit or chosen draft over what they moved away
+    from) are judged with the person's pick at random sides: a judge that prefers what
+    people prefer agrees on all, a position-biased one on none, a contrary one has kappa < 0."""
+    from training.judge import agreement_on_pairs, human_preference_pairs
+
+    def rec(i, target_source, pair_source="moved-away"):
+        return {"prompt": [{"role": "user", "content": f"question {i}"}],
+                "chosen": [{"role": "assistant", "content": f"good answer {i}"}],
+                "rejected": [{"role": "assistant", "content": f"poor answer {i}"}],
+                "target_source": target_source, "pair_source": pair_source}
+
+    records = [rec(i, ("user-edit", "choice", "operator-edit")[i % 3]) for i in range(12)]
+    records += [rec(90, "teacher"), rec(91, "draft"), rec(92, "user-edit", "replaced")]  # not a person's pick
+    pairs = human_preference_pairs(records)
+    assert len(pairs) == 12
+
+    def prefers(word):
+        return lambda messages, i: "A" if word in _shown(messages, "A") else "B"
+
+    agrees = agreement_on_pairs(_judge(standin(prefers("good"))), pairs, limit=10, seed=1)
+    assert agrees["pairs"] == 10 and agrees["available"] == 12
+    assert agrees["agreement"] == 1.0 and agrees["tie_rate"] == 0.0
+    biased = agreement_on_pairs(_judge(standin(lambda messages, i: "A")), pairs, limit=10, seed=1)
+    assert biased["agreement"] == 0.0 and biased["tie_rate"] == 1.0
+    contrary = agreement_on_pairs(_judge(standin(prefers("poor"))), pairs, limit=10, seed=1)
+    assert contrary["agreement"] == 0.0 and contrary["kappa"] < 0

@@ -165,6 +165,9 @@ class EvalReport:
     general: dict
     gate: dict
     samples: list[dict]
+    #: The judge's agreement with people's own preferences in the dataset (`judge.agreement_on_pairs`),
+    #: when a judge is configured and the dataset has such pairs.
+    judge_agreement: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -333,6 +336,10 @@ def render_html(report: dict, run: dict | None = None) -> str:
                       f"<pre>candidate ({'pass' if s['candidate_passed'] else 'fail'}): {html.escape(s['candidate'])}\n\n"
                       f"production ({'pass' if s['production_passed'] else 'fail'}): {html.escape(s['production'])}\n\n"
                       f"reference: {html.escape(s['reference'])}</pre></details>" for s in report["samples"])
+    ja = report.get("judge_agreement")
+    agreement = (f"<p>Judge vs people: agrees on {ja['agreement']:.0%} of {ja['pairs']} of their preference pairs "
+                 f"(ties {ja['tie_rate']:.0%}, kappa {ja['kappa'] if ja['kappa'] is not None else '–'}).</p>"
+                 if ja and ja.get("n") else "")
     g = report.get("general") or {}
     general = (f"<p>General set (forgetting check): reference loss {g['production']:.3f} → {g['candidate']:.3f} "
                f"({g['relative']:+.1%}).</p>") if g else ""
@@ -343,7 +350,7 @@ td:first-child,th:first-child{{text-align:left}}</style></head><body>
 <p>Dataset {html.escape(str(report.get('dataset')))}, {report['overall']['n']} held-out items, {report['created_at']}.</p>
 <ul>{''.join(f'<li>{html.escape(r)}</li>' for r in report['gate']['reasons'])}</ul>
 <table><tr><th>task type</th><th>n</th><th>Δ loss</th><th>verifier pass</th><th>Δ usability</th><th>judge win</th></tr>
-{rows}</table><ul>{verdicts}</ul>{general}{charts}{loss_chart}<h2>Samples</h2>{samples}</body></html>"""
+{rows}</table><ul>{verdicts}</ul>{general}{agreement}{charts}{loss_chart}<h2>Samples</h2>{samples}</body></html>"""
 
 
 def _run_channels(run: dict) -> dict[str, list[tuple[int, float]]]:
@@ -425,6 +432,15 @@ def run_evaluation(settings, versions: list[dict], candidate: str, *, production
                           judge=judge, dataset=snap.version, progress=progress)
     finally:
         backend.close()
+    if judge is not None:
+        from training.judge import agreement_on_pairs, human_preference_pairs
+
+        pairs = human_preference_pairs(snap.dpo)
+        if pairs and settings.evaluate.judge_human_pairs > 0:
+            if progress:
+                progress(f"judge agreement with people on {min(len(pairs), settings.evaluate.judge_human_pairs)} of "
+                         f"{len(pairs)} preference pairs")
+            report.judge_agreement = agreement_on_pairs(judge, pairs, limit=settings.evaluate.judge_human_pairs)
     run = None
     if row.get("training_run"):
         from training.job import RUN_FILE

@@ -10,12 +10,15 @@ The reply is parsed robustly (`parse_verdict`): "A", "B", "tie", "[[A]]", "Answe
 better", "Verdict: tie"...; anything else counts as a tie, and is kept in ``raw`` so an
 audit can see it.
 
-`agreement_with_humans` reports how often the judge agrees with human preference labels
-(a draft `choice`, or an operator's pick) when there are any.
+`agreement_with_humans` reports how often the judge agrees with human preference labels;
+`agreement_on_pairs` runs the judge on the people's own preferences in a dataset (a
+user's edit or chosen draft over what they moved away from: `human_preference_pairs`),
+which the evaluation report shows whenever a judge is configured and such pairs exist.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +26,8 @@ from typing import Iterable, Literal, Sequence
 
 from training.chat_client import ChatClient
 
-__all__ = ["Judge", "JudgeResult", "agreement_with_humans", "judge_from_settings", "parse_verdict"]
+__all__ = ["HUMAN_TARGETS", "Judge", "JudgeResult", "agreement_on_pairs", "agreement_with_humans", "human_preference_pairs",
+           "judge_from_settings", "parse_verdict"]
 
 Winner = Literal["a", "b", "tie"]
 
@@ -166,3 +170,31 @@ def agreement_with_humans(results: Sequence[JudgeResult | str], human_labels: Se
         "tie_rate": round(sum(j == "tie" for j, _ in pairs) / n, 4),
         "kappa": round((p_o - p_e) / (1 - p_e), 4) if p_e < 1 else None,
     }
+
+
+#: Dataset targets a person chose: a user's correction, an operator's edit, the draft a user picked.
+HUMAN_TARGETS = ("user-edit", "operator-edit", "choice")
+
+
+def human_preference_pairs(dpo_records: Sequence[dict]) -> list[dict]:
+    """The DPO records (TRL prompt/chosen/rejected, with ``pair_source`` and
+    ``target_source`` as `training.datasets` writes them) that are a person's preference:
+    the answer they wrote or picked over the one they moved away from."""
+    return [r for r in dpo_records if r.get("pair_source") == "moved-away" and r.get("target_source") in HUMAN_TARGETS]
+
+
+def agreement_on_pairs(judge: "Judge", pairs: Sequence[dict], *, limit: int = 50, seed: int = 0) -> dict:
+    """The judge's agreement with people on up to ``limit`` of their preference ``pairs``
+    (`human_preference_pairs`). Each pair is shown with the person's choice at a random
+    side (the judge also swaps positions itself), so a judge that always names one side
+    cannot score well. Returns `agreement_with_humans`' figures plus ``pairs`` judged and
+    ``available``."""
+    rng = random.Random(seed)
+    sample = list(pairs) if len(pairs) <= limit else rng.sample(list(pairs), limit)
+    results, labels = [], []
+    for rec in sample:
+        chosen, rejected = rec["chosen"][-1]["content"], rec["rejected"][-1]["content"]
+        first = rng.random() < 0.5
+        results.append(judge.judge_pair(rec["prompt"], chosen if first else rejected, rejected if first else chosen))
+        labels.append("a" if first else "b")
+    return {**agreement_with_humans(results, labels), "pairs": len(sample), "available": len(pairs)}
