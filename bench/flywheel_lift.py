@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--held-out", type=int, default=40)
     ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--dpo-steps", type=int, default=30)
-    ap.add_argument("--teacher-samples", type=int, default=4)
+    ap.add_argument("--teacher-samples", type=int, default=4, help="0 skips the teacher arm")
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -119,12 +119,16 @@ def main() -> None:
         backend.close()
     t_eval = time.monotonic()
 
-    teacher = LocalTeacher(model_dir, samples=args.teacher_samples, max_tokens=args.max_tokens)
-    teacher_answers, teacher_tokens = [], []
-    for t in tasks:
-        ans = teacher.label(chart, t.messages)
-        teacher_answers.append(ans.answer or "")
-        teacher_tokens.append(ans.tokens.get("prompt", 0) if isinstance(ans.tokens, dict) else 0)
+    teacher_figures: dict = {"skipped": "--teacher-samples 0"}
+    if args.teacher_samples > 0:
+        teacher = LocalTeacher(model_dir, samples=args.teacher_samples, max_tokens=args.max_tokens)
+        teacher_answers, teacher_tokens = [], []
+        for t in tasks:
+            ans = teacher.label(chart, t.messages)
+            teacher_answers.append(ans.answer or "")
+            teacher_tokens.append(ans.tokens.get("prompt", 0) if isinstance(ans.tokens, dict) else 0)
+        teacher_figures = {**score(tasks, teacher_answers), "samples": args.teacher_samples,
+                           "prompt_tokens_per_request": round(sum(teacher_tokens) / len(tasks))}
     t_teacher = time.monotonic()
 
     figures = {
@@ -134,8 +138,7 @@ def main() -> None:
         "sft_steps": args.sft_steps, "dpo_steps": args.dpo_steps, "dpo_ran": run.get("stages", {}).get("dpo", {}).get("status"),
         "base": {**score(tasks, base_answers), "prompt_tokens_per_request": round(base_tokens)},
         "after_one_round": {**score(tasks, tuned_answers), "prompt_tokens_per_request": round(tuned_tokens)},
-        "teacher_few_shot_best_of_n": {**score(tasks, teacher_answers), "samples": args.teacher_samples,
-                                       "prompt_tokens_per_request": round(sum(teacher_tokens) / len(tasks))},
+        "teacher_few_shot_best_of_n": teacher_figures,
         "minutes": {"data": round((t_data - t0) / 60, 1), "train": round((t_train - t_data) / 60, 1),
                     "eval": round((t_eval - t_train) / 60, 1), "teacher": round((t_teacher - t_eval) / 60, 1)},
         "examples": [{"request": t.messages[-1]["content"].rsplit("Request:", 1)[-1][:120], "after": a[:200]}

@@ -5,6 +5,7 @@ decisions through the real broker into DuckDB."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import urllib.request
 from pathlib import Path
@@ -179,3 +180,11 @@ def test_pages_answer_bad_input_and_empty_state_clearly(console):
     assert status == 200 and "no windows in this span" in body
     for path in ("/console/", "/console/datasets", "/console/evaluations", "/console/review?state=all"):
         assert get(path)[0] == 200, path
+
+    ids = seed_candidates(plane, [{}, {}, {}])  # paging keeps the filter
+    status, body = get("/console/review?state=all&limit=2")
+    assert status == 200 and ids[0] in body and ids[2] not in body
+    link = re.search(r'href="\?([^"]+)">next 2', body).group(1).replace("&amp;", "&")
+    assert "state=all" in link and "offset=2" in link
+    status, body = get("/console/review?" + link)
+    assert status == 200 and ids[2] in body and ids[0] not in body

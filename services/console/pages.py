@@ -66,20 +66,19 @@ def init_app(app: Flask, settings, plane) -> None:
 
     @bp.get("/review")
     def review_queue():
-        args = {k: v for k, v in request.args.items() if v}
+        args = {k: v for k, v in request.args.items() if v}  # as shown in the form and the next-page link
         args.setdefault("state", "pending")
-        if args["state"] == "all":
-            args.pop("state")
         args.setdefault("limit", str(REVIEW_PAGE))
+        query = {k: v for k, v in args.items() if not (k == "state" and v == "all")}
         try:
-            flt = review.ReviewFilter.from_mapping(args)
+            flt = review.ReviewFilter.from_mapping(query)
         except (ValueError, review.ReviewError) as e:
             return page("review.html", error=f"bad filter: {e}", rows=[], counts={}, args=args), 400
         with plane.reader() as cur:
             try:
                 rows = review.list_candidates(cur, flt)
                 counts = review.count_states(cur, review.ReviewFilter.from_mapping(
-                    {k: v for k, v in args.items() if k not in ("state", "limit", "offset")}))
+                    {k: v for k, v in query.items() if k not in ("state", "limit", "offset")}))
             except review.ReviewError as e:
                 return page("review.html", error=str(e), rows=[], counts={}, args=args)
         return page("review.html", error=None, rows=rows, counts=counts, args=args, limit=flt.limit,
