@@ -14,7 +14,7 @@ import pytest
 
 from serving.registry import Registry
 from services.control.plane import ControlPlane
-from tests.conftest import query, seed_candidates
+from tests.conftest import query, seed_candidates, wait_for
 from training import review
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -158,6 +158,26 @@ def test_evaluation_report_opens_from_the_list_with_its_charts(console, page, tm
     assert "FAIL" in page.content()
     box = page.locator("svg").first.bounding_box()  # the charts are drawn, not just present
     assert box and box["width"] > 100 and box["height"] > 20
+
+
+def test_datasets_page_builds_a_version_or_says_why_not(console, page):
+    plane, url = console
+    page.goto(f"{url}/console/datasets")
+    page.get_by_role("button", name="Build a dataset now").click()  # nothing approved yet
+    page.wait_for_function("document.getElementById('flash').className === 'error'")
+    assert "nothing to train on" in page.locator("#flash").inner_text()
+
+    ids = seed_candidates(plane, [{"label": "good", "label_confidence": 0.9, "response": f"a fine answer {k}"}
+                                  for k in range(4)])
+    events = review.make_reviews(ids, "approve", reviewer="ana", source="api")
+    plane.producer.emit_many([(plane.settings.topic("reviews"), e.candidate_id, e) for e in events])
+    wait_for(lambda: set(_state_of(plane).values()) == {"approved"}, timeout=30, what="approvals landed")
+    with page.expect_navigation(timeout=60_000):
+        page.get_by_role("button", name="Build a dataset now").click()
+    version = page.locator("#datasets tr td a").first.inner_text()
+    assert version.startswith("ds-") and query(plane, "SELECT version FROM datasets") == [(version,)]
+    page.get_by_role("link", name=version).click()
+    assert version in page.locator("h1").inner_text() and "sft" in page.content()
 
 
 def test_pages_answer_bad_input_and_empty_state_clearly(console):

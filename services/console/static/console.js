@@ -94,13 +94,20 @@ document.querySelectorAll("[data-rollout-action]").forEach((button) => {
   });
 });
 
+// Buttons that start something (a curation run, a flywheel turn, a dataset build).
 document.querySelectorAll("[data-post]").forEach((button) => {
   button.addEventListener("click", async () => {
+    button.disabled = true;
+    flash(`${button.dataset.label}: working…`);
     try {
-      const run = await api("POST", button.dataset.post, {});
-      flash(`${button.dataset.label} ${run.run_id || ""} started`, "ok");
+      const made = await api("POST", button.dataset.post, {});
+      const name = made.run_id || made.version || "";
+      flash(`${button.dataset.label} ${name} ${button.dataset.done || "started"}`, "ok");
+      if (button.dataset.done) setTimeout(() => location.reload(), 600);
     } catch (e) {
       flash(e.message, "error");
+    } finally {
+      button.disabled = false;
     }
   });
 });
