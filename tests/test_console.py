@@ -208,3 +208,8 @@ def test_pages_answer_bad_input_and_empty_state_clearly(console):
     assert "state=all" in link and "offset=2" in link
     status, body = get("/console/review?" + link)
     assert status == 200 and ids[2] in body and ids[0] not in body
+
+    with plane.reader() as cur:  # a panel that cannot be read: the page still renders, and says why
+        cur.execute("DROP TABLE refresh_runs")
+    status, body = get("/console/")
+    assert status == 200 and "cannot read flywheel turns" in body and "refresh_runs" in body

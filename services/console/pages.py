@@ -4,23 +4,27 @@ report pages), live metrics. Read-only here; actions go through the JSON API."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
-from flask import Blueprint, Flask, abort, redirect, render_template, request, send_file
+from flask import Blueprint, Flask, abort, g, redirect, render_template, request, send_file
 
 from serving.registry import RegistryError
 from services.control.status import landed_status
 
-HERE = Path(__file__).resolve().parent
+log = logging.getLogger(__name__)
 REVIEW_PAGE = 50
 
 
-def _safe(fn, default):
-    """A panel whose tables do not exist yet (no curation run, no dataset) shows as empty."""
+def _safe(fn, what: str):
+    """A panel that cannot be read (e.g. a table a later migration adds) shows as empty, and
+    the page says why in its problems box; the error is logged too."""
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - an empty panel with the reason beats a 500 page
-        return default(e)
+        log.warning("console: cannot read %s: %s", what, e)
+        g.setdefault("console_problems", []).append(f"cannot read {what}: {e}")
+        return []
 
 
 def _short(text, n: int = 160) -> str:
@@ -44,7 +48,8 @@ def init_app(app: Flask, settings, plane) -> None:
     bp.add_app_template_filter(lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str), "pretty")
 
     def page(template: str, **context):
-        return render_template(f"console/{template}", nav=request.endpoint, alias=settings.model.alias, **context)
+        return render_template(f"console/{template}", nav=request.endpoint, alias=settings.model.alias,
+                               problems=g.get("console_problems", []), **context)
 
     @bp.get("/")
     def overview():
@@ -53,8 +58,8 @@ def init_app(app: Flask, settings, plane) -> None:
             registry = plane.registry(cur)
             models = [m.to_dict() for m in registry.list()]
             routing = registry.routing_table().to_dict()
-            mined = _safe(lambda: curation_runs(cur, 5), lambda e: [])
-            turns = _safe(lambda: refresh_runs(cur, 5), lambda e: [])
+            mined = _safe(lambda: curation_runs(cur, 5), "curation runs")
+            turns = _safe(lambda: refresh_runs(cur, 5), "flywheel turns")
         rollouts = {}
         for name in routing["routes"]:
             try:
@@ -96,7 +101,7 @@ def init_app(app: Flask, settings, plane) -> None:
     @bp.get("/datasets")
     def datasets():
         with plane.reader() as cur:
-            rows = _safe(lambda: list_datasets(cur), lambda e: [])
+            rows = _safe(lambda: list_datasets(cur), "datasets")
         return page("datasets.html", rows=rows)
 
     @bp.get("/datasets/<version>")
@@ -111,7 +116,7 @@ def init_app(app: Flask, settings, plane) -> None:
     @bp.get("/evaluations")
     def evaluations():
         with plane.reader() as cur:
-            rows = _safe(lambda: list_evaluations(cur, request.args.get("candidate") or None), lambda e: [])
+            rows = _safe(lambda: list_evaluations(cur, request.args.get("candidate") or None), "evaluations")
         return page("evaluations.html", rows=rows)
 
     @bp.get("/evaluations/<eval_id>/report")
@@ -134,7 +139,7 @@ def init_app(app: Flask, settings, plane) -> None:
         except ValueError as e:
             return page("message.html", title="Bad filter", message=str(e)), 400
         with plane.reader() as cur:
-            rows = _safe(lambda: read_windows(cur, **filters), lambda e: [])
+            rows = _safe(lambda: read_windows(cur, **filters), "live metrics")
         return page("metrics.html", rows=list(reversed(rows)), args=request.args)
 
     app.register_blueprint(bp)
