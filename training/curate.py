@@ -379,6 +379,7 @@ def _label(conn, cands: list[dict], until, cfg) -> dict:
     estimates); verifiable truth from chart verification and from users' edits. A
     candidate answered by the user's own edit is good."""
     from flywheel.simulate.charts import is_correct, parse_config
+    from training.dedup import normalise
     from training.raters import chart_truth, clean_labels, judgements_from_feedback, rater_reliability
 
     rows = conn.execute(
@@ -396,8 +397,13 @@ def _label(conn, cands: list[dict], until, cfg) -> dict:
             edit = parse_config(c["response"])
             if edit is not None:
                 truth[f"{c['request_id']}:{c['response_draft']}"] = 1 if is_correct(parse_config(c["rejected_response"]), edit) else -1
-    report = rater_reliability(judgements, truth, min_items=cfg.rater_min_items)
-    labels = clean_labels(judgements, report, truth=truth)
+    # Equivalent items pool their votes: the same answer to the same prompt (users asking
+    # the same thing and getting the same draft), else each item stands alone.
+    groups = {f"{c['request_id']}:{c['response_draft']}": "same:" + "|".join((
+        normalise(c["prompt_text"] or ""), normalise(c["response"] or ""))) for c in live
+        if c["response_source"] != "edit" and c["response"]}
+    report = rater_reliability(judgements, truth, min_items=cfg.rater_min_items, groups=groups)
+    labels = clean_labels(judgements, report, truth=truth, groups=groups)
     counts: dict[str, int] = {}
     for c in cands:
         if c["response_source"] == "edit":
