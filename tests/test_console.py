@@ -89,7 +89,7 @@ def test_review_queue_approves_in_bulk_and_edits_one(console, page):
     page.fill("#edited", "")  # an empty edit is refused by the API, and the page says why
     page.get_by_role("button", name="Save edit").click()
     page.wait_for_function("document.getElementById('flash').className === 'error'")
-    assert "edit" in page.locator("#flash").inner_text()
+    assert "needs the edited_response" in page.locator("#flash").inner_text()
     page.fill("#edited", "A much better answer.")
     with page.expect_navigation(timeout=30_000):
         page.get_by_role("button", name="Save edit").click()
@@ -131,7 +131,7 @@ def test_overview_drives_a_rollout(console, page, tmp_path):
     assert query(plane, "SELECT status FROM model_versions WHERE version = 'cand-1'") == [("rolled_back",)]
     card.get_by_role("button", name="pause").click()  # a finished rollout refuses, and the page says so
     page.wait_for_function("document.getElementById('flash').className === 'error'")
-    assert page.locator("#flash").inner_text().strip()
+    assert "cannot pause the rollout of 'cand-1'" in page.locator("#flash").inner_text()
 
 
 def test_evaluation_report_opens_from_the_list_with_its_charts(console, page, tmp_path):

@@ -23,7 +23,6 @@ from tests.conftest import count, query, wait_for
 from training.curate import curate, get_run
 
 
-
 def candidates(conn) -> list[dict]:
     cur = conn.execute("SELECT * FROM candidates")
     cols = [d[0] for d in cur.description]

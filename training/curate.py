@@ -172,8 +172,8 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
             if reason is not None:
                 _drop(c, "dedup", _with_candidate_ids(reason, live, cands))
         dedup_report.update({"threshold": float(result.threshold), **_jsonable(result.report)})
-        live = [i for i in live if cands[i]["status"] == "kept"]
-        dedup_report.update(_drop_near_earlier(conn, cands, live, vectors, float(result.threshold),
+        survivors = [i for i in live if cands[i]["status"] == "kept"]
+        dedup_report.update(_drop_near_earlier(conn, cands, survivors, vectors, float(result.threshold),
                                                cfg.dedup_earlier_limit))
         progress("dedup", len(live), len(live))
     lap("dedup")

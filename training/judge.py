@@ -191,10 +191,10 @@ def agreement_on_pairs(judge: "Judge", pairs: Sequence[dict], *, limit: int = 50
     ``available``."""
     rng = random.Random(seed)
     sample = list(pairs) if len(pairs) <= limit else rng.sample(list(pairs), limit)
-    results, labels = [], []
+    items, labels = [], []
     for rec in sample:
         chosen, rejected = rec["chosen"][-1]["content"], rec["rejected"][-1]["content"]
         first = rng.random() < 0.5
-        results.append(judge.judge_pair(rec["prompt"], chosen if first else rejected, rejected if first else chosen))
+        items.append((rec["prompt"], chosen if first else rejected, rejected if first else chosen, None))
         labels.append("a" if first else "b")
-    return {**agreement_with_humans(results, labels), "pairs": len(sample), "available": len(pairs)}
+    return {**agreement_with_humans(judge.judge_many(items), labels), "pairs": len(sample), "available": len(pairs)}

@@ -48,8 +48,8 @@ def init_app(app: Flask, settings, plane) -> None:
     bp.add_app_template_filter(lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str), "pretty")
 
     def page(template: str, **context):
-        return render_template(f"console/{template}", nav=request.endpoint, alias=settings.model.alias,
-                               problems=g.get("console_problems", []), **context)
+        return render_template(f"console/{template}", nav=request.endpoint, problems=g.get("console_problems", []),
+                               **context)
 
     @bp.get("/")
     def overview():
