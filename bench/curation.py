@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from flywheel.simulate.synthetic import synthetic_events  # noqa: E402
-from training.dedup import dedup  # noqa: E402
-from training.embed import Embedder, focus_texts  # noqa: E402
-from training.select import k_center_greedy, select_by_budget  # noqa: E402
-from training.task_types import Taxonomy  # noqa: E402
+from training.curation.dedup import dedup  # noqa: E402
+from training.curation.embed import Embedder, focus_texts  # noqa: E402
+from training.curation.select import k_center_greedy, select_by_budget  # noqa: E402
+from training.curation.task_types import Taxonomy  # noqa: E402
 
 CHUNK = 10_000
 

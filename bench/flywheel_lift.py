@@ -6,9 +6,9 @@ with the prompt tokens each needs.
 1. Simulated traffic (flywheel.simulate.synthetic): users of the analytics assistant;
    the served model's stand-in answers a chart request correctly with probability
    --p-correct (the real bundled model: 0%), and users fix wrong configurations (`edit`).
-2. The flywheel's own path: land into DuckDB -> curate (`training.curate`) -> dataset
-   (`training.datasets`, unreviewed candidates included: nobody reviews in a benchmark)
-   -> SFT then DPO (`training.job.run_job`, steps capped by --sft-steps/--dpo-steps).
+2. The flywheel's own path: land into DuckDB -> curate (`training.curation.pipeline`) -> dataset
+   (`training.datasets.builder`, unreviewed candidates included: nobody reviews in a benchmark)
+   -> SFT then DPO (`training.trainers.job.run_job`, steps capped by --sft-steps/--dpo-steps).
 3. Held-out chart requests from a different seed (never in the traffic), answered greedily
    by the base model, the SFT stage's adapter and the final one (SFT then DPO) (local
    backend, the prompt as the app sends it), and by the local teacher (few-shot examples,
@@ -48,7 +48,7 @@ def held_out(n: int, seed: int) -> list:
 
 
 def score(tasks, answers) -> dict:
-    from training.verify import verify
+    from training.labeling.verify import verify
 
     passed = [verify(t.task_type, t.messages, a).passed for t, a in zip(tasks, answers)]
     correct = [t.judge(a).correct for t, a in zip(tasks, answers)]
@@ -84,10 +84,10 @@ def main() -> None:
     from services.control.migrations import ALL
     from streams.landing import land_events
     from streams.warehouse import apply_migrations, connect
-    from training.curate import curate
-    from training.datasets import build_dataset
-    from training.job import run_job
-    from training.teacher import LocalTeacher
+    from training.curation.pipeline import curate
+    from training.datasets.builder import build_dataset
+    from training.trainers.job import run_job
+    from training.labeling.teacher import LocalTeacher
 
     t0 = time.monotonic()
     chart = "data-viz/chart-config"

@@ -5,10 +5,10 @@ For each size: synthetic traffic (`flywheel.simulate.synthetic`, no model) is la
 the control plane's `Lander` into a fresh DuckDB file, then
 - baseline: fetch every landed interaction and feedback row into Python (what any miner
   has to read at least);
-- mining: `training.mine.mine` (sessions assembled, regenerations collapsed, best answer,
+- mining: `training.curation.mine.mine` (sessions assembled, regenerations collapsed, best answer,
   feedback aggregated, lineage) + boilerplate removal (`focus_texts`);
-- cleaning: `training.clean.clean` (rules, language, robustness flags);
-- raters: rater reliability and cleaned labels over all feedback (`training.raters`).
+- cleaning: `training.curation.clean.clean` (rules, language, robustness flags);
+- raters: rater reliability and cleaned labels over all feedback (`training.curation.raters`).
 Embedding, dedup and selection are `bench/curation.py`'s.
 
 Prints one JSON line; `mine_clean_vs_read` is the cost of mining + cleaning in units of
@@ -32,9 +32,9 @@ from flywheel.simulate.synthetic import synthetic_events  # noqa: E402
 from services.control.migrations import ALL  # noqa: E402
 from streams.landing import land_events  # noqa: E402
 from streams.warehouse import apply_migrations, connect  # noqa: E402
-from training.clean import CleanRules, clean  # noqa: E402
-from training.curate import _label, _prompt_texts  # noqa: E402
-from training.mine import mine, mining_window  # noqa: E402
+from training.curation.clean import CleanRules, clean  # noqa: E402
+from training.curation.pipeline import _label, _prompt_texts  # noqa: E402
+from training.curation.mine import mine, mining_window  # noqa: E402
 
 
 

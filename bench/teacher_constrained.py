@@ -2,7 +2,7 @@
 
 Both arms use the same model (the bundled SmolLM2-135M-Instruct), the same few-shot
 examples drawn at random from the pool (same seed), the same number of samples at the
-same temperature; the baseline arm decodes freely, the other with `training.constrained`.
+same temperature; the baseline arm decodes freely, the other with `training.labeling.constrained`.
 Per arm: the share of samples that are valid JSON (bare), that pass the chart verifier,
 that are correct against the simulator's ground truth, the same for the best-of-N chosen
 answer, and seconds and completion tokens per prompt. Prints one JSON line (also on
@@ -28,8 +28,8 @@ from flywheel.settings import load_settings  # noqa: E402
 from flywheel.simulate import charts  # noqa: E402
 from flywheel.simulate.tasks import CHART_TASK, make_task  # noqa: E402
 from serving.model_store import ensure_hf_model  # noqa: E402
-from training.teacher import LocalTeacher, load_pool  # noqa: E402
-from training.verify import verify  # noqa: E402
+from training.labeling.teacher import LocalTeacher, load_pool  # noqa: E402
+from training.labeling.verify import verify  # noqa: E402
 
 
 def _valid_json(text: str) -> bool:

@@ -4,11 +4,11 @@ model, data and LoRA settings, in the same run.
 Data: simulated chart-config requests (flywheel.simulate.charts) in the prompt the
 assistant app sends (~470 tokens) with the ground-truth configuration as the answer, in
 TRL's ``messages`` format; the bundled SmolLM2-135M; LoRA r=16 all-linear
-(training/configs/sft.yaml). Phases, each in a fresh process (so peak memory is its own):
+(training/trainers/configs/sft.yaml). Phases, each in a fresh process (so peak memory is its own):
 
   plain   trl.SFTTrainer(model, args=SFTConfig(...), peft_config=LoraConfig(...)),
           assistant_only_loss, the same batch size, max_length, lr and seed
-  ours    training.sft.build_sft_trainer + run_trainer on a snapshot folder (the job's
+  ours    training.trainers.sft.build_sft_trainer + run_trainer on a snapshot folder (the job's
           path: snapshot loader, YAML config, adapter attach, loss-channel callback,
           adapter save), per-task eval off so both do the same training work
 
@@ -81,7 +81,7 @@ def phase_plain(opts: dict, queue) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from training.config import build_args, build_lora, load_stage_config
+    from training.trainers.config import build_args, build_lora, load_stage_config
 
     cfg = load_stage_config("sft", overrides={"args": _common_args(opts)})
     args = build_args(cfg, Path(opts["tmp"]) / "plain", include_num_input_tokens_seen="non_padding",
@@ -100,9 +100,9 @@ def phase_plain(opts: dict, queue) -> None:
 
 
 def phase_ours(opts: dict, queue) -> None:
-    from training.config import load_stage_config
-    from training.sft import build_sft_trainer, run_trainer
-    from training.snapshot import load_snapshot, write_snapshot
+    from training.trainers.config import load_stage_config
+    from training.trainers.sft import build_sft_trainer, run_trainer
+    from training.datasets.snapshot import load_snapshot, write_snapshot
 
     tmp = Path(opts["tmp"]) / f"ours-{time.monotonic_ns()}"
     snap = load_snapshot(write_snapshot(tmp / "snapshot", version="bench", sft=chart_records(opts["examples"])))

@@ -543,7 +543,7 @@ def _print_dataset(d: dict) -> None:
 def datasets_build(ctx, as_json: bool) -> None:
     """Build the dataset of what is curated and reviewed now. The version is a hash of the
     content: the same input gives the same version (nothing is rewritten)."""
-    from training.datasets import build_dataset
+    from training.datasets.builder import build_dataset
     from training.errors import DatasetError
 
     s = _settings(ctx)
@@ -565,7 +565,7 @@ def datasets_build(ctx, as_json: bool) -> None:
 @click.pass_context
 def datasets_list(ctx, as_json: bool) -> None:
     """The dataset versions, newest first."""
-    from training.datasets import list_datasets
+    from training.datasets.builder import list_datasets
 
     s = _settings(ctx)
     answer = _control(s, "GET", "/api/datasets")
@@ -587,7 +587,7 @@ def datasets_list(ctx, as_json: bool) -> None:
 @click.pass_context
 def datasets_show(ctx, version: str) -> None:
     """One version: counts per task type and split, where its files are."""
-    from training.datasets import get_dataset
+    from training.datasets.builder import get_dataset
     from training.errors import DatasetError
 
     s = _settings(ctx)
@@ -609,9 +609,9 @@ def datasets_show(ctx, version: str) -> None:
 @click.pass_context
 def datasets_export(ctx, version: str, fmt: str, out_dir: str) -> None:
     """Export a version's splits to JSONL in another tool's format."""
-    from training.datasets import export_dataset
+    from training.datasets.builder import export_dataset
     from training.errors import TrainingError
-    from training.snapshot import snapshot_dir
+    from training.datasets.snapshot import snapshot_dir
 
     s = _settings(ctx)
     folder = Path(version) if Path(version).is_dir() else snapshot_dir(s.data_path, version)
@@ -692,7 +692,7 @@ def eval_cmd(ctx, candidate, production, dataset, list_only, as_json) -> None:
     report.html under DATA_DIR/evals/ and records the result. Exits 1 when the gate fails."""
     from serving.model_store import ensure_hf_model
     from training.errors import TrainingError
-    from training.evaluate import list_evaluations, record_evaluation, run_evaluation
+    from training.evaluation.evaluate import list_evaluations, record_evaluation, run_evaluation
 
     s = _settings(ctx)
     if not list_only and not candidate:
@@ -708,7 +708,7 @@ def eval_cmd(ctx, candidate, production, dataset, list_only, as_json) -> None:
     versions = answer["data"] if answer is not None else _with_registry(s, lambda reg: [m.to_dict() for m in reg.list()])
     judge = None
     if s.judge.base_url:
-        from training.judge import judge_from_settings
+        from training.evaluation.judge import judge_from_settings
 
         judge = judge_from_settings(s)
     try:
@@ -761,11 +761,11 @@ def eval_cmd(ctx, candidate, production, dataset, list_only, as_json) -> None:
 @click.pass_context
 def train(ctx, dataset, parent, fresh, run_id, version_name, overrides, no_register) -> None:
     """Fine-tune on a dataset snapshot: LoRA SFT then DPO (when the snapshot has pairs), as a
-    job in its own process (`python -m training.job`; its progress is shown here and kept in
+    job in its own process (`python -m training.trainers.job`; its progress is shown here and kept in
     RUN/job.log), then register the adapter as a `candidate` version with its dataset and
     run (through the control plane when it runs, else in the DuckDB file)."""
     from serving.model_store import ensure_hf_model
-    from training.runner import candidate_name, plan_job, run_plan
+    from training.trainers.runner import candidate_name, plan_job, run_plan
 
     s = _settings(ctx)
     data = _control(s, "GET", "/api/models")
@@ -901,7 +901,7 @@ def mine(ctx, full: bool, list_runs: bool, show_run: str | None, as_json: bool) 
     labels, type, dedup and select it, queue it for review; then print the funnel (counts
     per stage and task type, and why items left). Runs in the control plane when one is
     running, else directly on the DuckDB file."""
-    from training import curate as curation
+    from training.curation import pipeline as curation
 
     s = _settings(ctx)
     if list_runs:

@@ -1,4 +1,4 @@
-"""`flywheel review`: the review queue of curation candidates (library: training/review.py).
+"""`flywheel review`: the review queue of curation candidates (library: training/curation/review.py).
 
 Reads go through the running control plane's API, else straight to DuckDB (read-only).
 Decisions are review events produced to Kafka from this process (spool under the data
@@ -56,7 +56,7 @@ class _Reader:
             return fn(conn)
 
     def list(self, flt, full: bool = False) -> tuple[list[dict], dict]:
-        from training import review
+        from training.curation import review
 
         if self.remote:
             d = self._get("/api/review/candidates", {**flt.to_params(), **({"full": 1} if full else {})})
@@ -64,28 +64,28 @@ class _Reader:
         return self._local(lambda c: (review.list_candidates(c, flt, full=full), review.count_states(c, flt)))
 
     def ids(self, flt) -> list[str]:
-        from training import review
+        from training.curation import review
 
         if self.remote:
             return self._get("/api/review/ids", flt.to_params())["ids"]
         return self._local(lambda c: review.select_ids(c, flt))
 
     def resolve(self, given: list[str]) -> list[str]:
-        from training import review
+        from training.curation import review
 
         if self.remote:
             return self._get("/api/review/resolve", {"ids": ",".join(given)})["ids"]
         return self._local(lambda c: review.resolve_ids(c, given))
 
     def get(self, candidate_id: str) -> dict:
-        from training import review
+        from training.curation import review
 
         if self.remote:
             return self._get(f"/api/review/candidates/{urllib.parse.quote(candidate_id)}")
         return self._local(lambda c: review.get_candidate(c, candidate_id))
 
     def all_ids(self) -> set[str]:
-        from training import review
+        from training.curation import review
 
         flt = review.ReviewFilter(status=None)
         return set(self.ids(flt))
@@ -109,7 +109,7 @@ def _filter_options(fn):
 
 
 def _make_filter(task_type, state, run_id, label, status, limit, ids=()):
-    from training.review import ReviewFilter
+    from training.curation.review import ReviewFilter
 
     return ReviewFilter(task_type=task_type, state=state, run_id=run_id, label=label,
                         status=None if status == "all" else status, limit=limit, candidate_ids=tuple(ids))
@@ -186,7 +186,7 @@ def _send(s, events, reader: _Reader, verb: str) -> None:
     for landing; say where they are."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from training.review import ReviewEmitter
+    from training.curation.review import ReviewEmitter
 
     if not events:
         console.print("no candidates matched: nothing decided")
@@ -233,7 +233,7 @@ def _decide_command(action: str, verb: str, help_text: str):
     @click.option("--dry-run", is_flag=True, help="Only say how many candidates would be decided.")
     @click.pass_context
     def command(ctx, candidate_ids, task_type, state, run_id, label, status, limit, all_, reason, reviewer, dry_run):
-        from training.review import make_reviews
+        from training.curation.review import make_reviews
 
         s = _cli()._settings(ctx)
         reader = _Reader(s)
@@ -274,7 +274,7 @@ _decide_command("reset", "reset", "Return candidates to pending (ids or a filter
 def review_edit(ctx, candidate_id: str, text: str | None, path: str | None, reason, reviewer) -> None:
     """Replace a candidate's response with a corrected one (state: edited; the dataset
     builder trains on the edit)."""
-    from training.review import make_reviews, open_text
+    from training.curation.review import make_reviews, open_text
 
     if (text is None) == (path is None):
         raise click.UsageError("give the corrected response with exactly one of --response TEXT or --file F")
@@ -297,7 +297,7 @@ def review_export(ctx, task_type, state, run_id, label, status, limit, output) -
     """Write candidates as JSONL for review elsewhere: each line has the conversation, the
     response and the state, and empty `action`/`reason` fields. Fill in action (approve,
     reject, edit with `edited_response`, reset) and load it with `flywheel review import`."""
-    from training.review import export_jsonl, open_text
+    from training.curation.review import export_jsonl, open_text
 
     reader = _Reader(_cli()._settings(ctx))
     rows, _ = reader.list(_make_filter(task_type, state, run_id, label, status, limit), full=True)
@@ -316,7 +316,7 @@ def review_import(ctx, path: str, reviewer, dry_run: bool) -> None:
     """Load a JSONL file of decisions (an export with `action` filled in) as review events.
     All or nothing: an invalid line or an unknown candidate stops the import, naming the
     lines. Lines without an action are skipped and counted."""
-    from training.review import open_text, read_import
+    from training.curation.review import open_text, read_import
 
     s = _cli()._settings(ctx)
     reader = _Reader(s)
@@ -335,7 +335,7 @@ def review_import(ctx, path: str, reviewer, dry_run: bool) -> None:
 def review_auto(ctx, run_id: str | None, dry_run: bool) -> None:
     """Apply the auto rules (settings section `review`) to pending candidates now, as
     curation does after each run when review.auto_approve is on."""
-    from training.review import auto_decisions
+    from training.curation.review import auto_decisions
 
     s = _cli()._settings(ctx)
     reader = _Reader(s)

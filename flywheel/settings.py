@@ -173,8 +173,8 @@ class CurationSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    sft_config: str = Field("", description="SFT config YAML (SFTConfig + LoraConfig). Empty: training/configs/sft.yaml.")
-    dpo_config: str = Field("", description="DPO config YAML (DPOConfig + LoraConfig). Empty: training/configs/dpo.yaml.")
+    sft_config: str = Field("", description="SFT config YAML (SFTConfig + LoraConfig). Empty: training/trainers/configs/sft.yaml.")
+    dpo_config: str = Field("", description="DPO config YAML (DPOConfig + LoraConfig). Empty: training/trainers/configs/dpo.yaml.")
     runs_dir: str = Field("", description="Where training runs write run.json, checkpoints and adapters. Empty: DATA_DIR/runs.")
     checkpoint_steps: int = Field(50, ge=1, description="Save a checkpoint every N optimizer steps (a killed job resumes there).")
     assistant_turns: str = Field(
@@ -227,7 +227,7 @@ class TeacherSettings(_Section):
     constrained: bool = Field(
         True, description="local teacher: constrain decoding to the task's output schema where it has one (chart-config JSON "
         "with names from the prompt's lists).")
-    pool_path: str = Field("", description="local teacher: few-shot pool YAML. Empty: training/teacher_pool.yaml.")
+    pool_path: str = Field("", description="local teacher: few-shot pool YAML. Empty: training/labeling/teacher_pool.yaml.")
     timeout_s: float = Field(60.0, gt=0, description="openai teacher: timeout of one request.")
     retries: int = Field(3, ge=0, description="openai teacher: retries of a failed request (connection, timeout, 429, 5xx).")
     backoff_s: float = Field(0.5, ge=0, description="openai teacher: first retry delay; doubled on each retry.")

@@ -129,7 +129,7 @@ def m006_live_metrics(conn) -> None:
 
 
 def m007_review_decisions(conn) -> None:
-    # Review events (training/review.py): every decision is kept; the latest per candidate
+    # Review events (training/curation/review.py): every decision is kept; the latest per candidate
     # (created_at, then Kafka position) is its state. The view reads that latest one.
     conn.execute("""
         CREATE TABLE review_decisions (

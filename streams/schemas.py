@@ -213,7 +213,7 @@ class Metrics(_Model):
 
 class Review(_Model):
     """An operator's (or a rule's) decision about a curation candidate. The latest decision
-    per candidate is its review state (training/review.py); ``reset`` returns it to pending."""
+    per candidate is its review state (training/curation/review.py); ``reset`` returns it to pending."""
 
     type: Literal["review"] = "review"
     schema_version: Literal[1] = SCHEMA_VERSION

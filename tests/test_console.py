@@ -15,7 +15,7 @@ import pytest
 from serving.registry import Registry
 from services.control.plane import ControlPlane
 from tests.conftest import query, seed_candidates, wait_for
-from training import review
+from training.curation import review
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -135,7 +135,7 @@ def test_overview_drives_a_rollout(console, page, tmp_path):
 
 
 def test_evaluation_report_opens_from_the_list_with_its_charts(console, page, tmp_path):
-    from training.evaluate import record_evaluation, render_html
+    from training.evaluation.evaluate import record_evaluation, render_html
 
     plane, url = console
     report = {"candidate": "cand-1", "production": "base", "dataset": "ds-1", "created_at": "2026-11-26T00:00:00+00:00",

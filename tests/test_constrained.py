@@ -9,8 +9,8 @@ import random
 import pytest
 
 from flywheel.simulate import charts
-from training.constrained import JsonSchemaProcessor, chart_schema, feed_text, initial_state, is_done
-from training.verify import CHART_TASK, verify
+from training.labeling.constrained import JsonSchemaProcessor, chart_schema, feed_text, initial_state, is_done
+from training.labeling.verify import CHART_TASK, verify
 
 
 def _schema(s: charts.DatasetSchema):

@@ -20,7 +20,7 @@ from services.control.migrations import ALL
 from streams.landing import land_events
 from streams.warehouse import apply_migrations, connect
 from tests.conftest import count, query, wait_for
-from training.curate import curate, get_run
+from training.curation.pipeline import curate, get_run
 
 
 def candidates(conn) -> list[dict]:
@@ -281,7 +281,7 @@ def test_flywheel_mine_without_a_control_plane(tmp_path):
 
 def test_a_later_run_drops_prompts_an_earlier_run_kept(tmp_path):
     from flywheel.settings import Settings
-    from training.dedup import normalise
+    from training.curation.dedup import normalise
 
     settings = Settings(data_dir=str(tmp_path / "data")).replace(curation={"watermark_lag_s": 0},
                                                                  review={"auto_approve": False})
@@ -307,7 +307,7 @@ def test_a_later_run_drops_rewordings_of_prompts_an_earlier_run_kept(tmp_path):
 
     from flywheel.settings import Settings
     from flywheel.simulate.synthetic import paraphrase
-    from training.dedup import normalise
+    from training.curation.dedup import normalise
 
     settings = Settings(data_dir=str(tmp_path / "data")).replace(curation={"watermark_lag_s": 0},
                                                                  review={"auto_approve": False})
@@ -348,7 +348,7 @@ def test_a_later_run_drops_rewordings_of_prompts_an_earlier_run_kept(tmp_path):
 
 def test_golden_and_hardness_stages_score_the_kept_candidates(tmp_path, model_dir):
     from flywheel.settings import Settings
-    from training.select import ModelScorer
+    from training.curation.select import ModelScorer
 
     settings = Settings(data_dir=str(tmp_path / "data")).replace(
         curation={"watermark_lag_s": 0, "select_total": 4, "golden": True, "golden_anchors": 2, "hardness": True,
@@ -406,7 +406,7 @@ def test_synthetic_traffic_is_reproducible_and_carries_its_truth():
 
 
 def test_mining_waits_for_feedback_that_landed_before_its_request(tmp_path):
-    from training.mine import mine, mining_window, save_watermark
+    from training.curation.mine import mine, mining_window, save_watermark
 
     interactions, feedback, _ = synthetic_events(20, seed=41)
     rated = {f.request_id for f in feedback if f.kind in ("thumb", "rating")}
@@ -431,7 +431,7 @@ def test_mining_waits_for_feedback_that_landed_before_its_request(tmp_path):
 
 def test_one_curation_run_at_a_time(tmp_path):
     from flywheel.settings import Settings
-    from training import curate as curation
+    from training.curation import pipeline as curation
 
     settings = Settings(data_dir=str(tmp_path / "data"))
     conn = connect(settings.db_path)

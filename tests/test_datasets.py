@@ -15,10 +15,10 @@ from services.control.migrations import ALL
 from streams.landing import land_events
 from streams.schemas import Review, new_id
 from streams.warehouse import apply_migrations, connect
-from training.curate import curate
-from training.datasets import EXPORT_FORMATS, build_dataset, export_dataset, get_dataset, list_datasets, to_format
+from training.curation.pipeline import curate
+from training.datasets.builder import EXPORT_FORMATS, build_dataset, export_dataset, get_dataset, list_datasets, to_format
 from training.errors import DatasetError
-from training.snapshot import load_snapshot
+from training.datasets.snapshot import load_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_splits_targets_and_pairs(curated):
     replay = [r for r in snap.sft if r["task_type"] == "general/replay"]
     assert 0 < len(replay) <= 0.1 * (len(snap.sft) - len(replay)) + 1
     # Targets: bad answers never are; user corrections are; chart targets pass the verifier.
-    from training.verify import verify
+    from training.labeling.verify import verify
 
     sources = {r["target_source"] for r in snap.sft}
     assert "user-edit" in sources
@@ -161,8 +161,8 @@ def test_multi_turn_formats_keep_the_history():
 
 
 def test_the_teacher_fills_in_bad_answers_only_with_answers_that_pass_the_verifiers(curated):
-    from training.teacher import TeacherAnswer
-    from training.verify import prompt_schema, verify
+    from training.labeling.teacher import TeacherAnswer
+    from training.labeling.verify import prompt_schema, verify
 
     class ScriptedTeacher:
         """The model edge: a table of the prompt's first dimension and metric for charts

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flywheel.settings import Settings
-from training.evaluate import (EvalItem, TypeResult, Version, _gate, evaluate, paired_ci, render_html,
+from training.evaluation.evaluate import (EvalItem, TypeResult, Version, _gate, evaluate, paired_ci, render_html,
                                resolve_versions, write_report)
 
 SHORT_TYPES = ("qa/analytics-concepts", "chat/chitchat", "reasoning/math")
@@ -51,7 +51,7 @@ def test_resolve_versions_defaults_to_production():
             {"version": "v2", "adapter_path": "/a/v2", "status": "candidate", "dataset": "ds-1"}]
     cand, prod, row = resolve_versions(rows, "v2", None)
     assert (cand, prod, row["dataset"]) == (Version("v2", "/a/v2"), Version("v1", "/a/v1"), "ds-1")
-    from training.evaluate import EvaluationError
+    from training.evaluation.evaluate import EvaluationError
 
     with pytest.raises(EvaluationError, match="no model version 'v9'"):
         resolve_versions(rows, "v9", None)
@@ -66,9 +66,9 @@ def trained(tmp_path_factory, model_dir):
     call good, one on those they call bad (labels reversed); held-out good answers to other
     prompts are the evaluation split."""
     from flywheel.simulate.synthetic import synthetic_events
-    from training.config import load_stage_config
-    from training.sft import train_sft
-    from training.snapshot import load_snapshot, write_snapshot
+    from training.trainers.config import load_stage_config
+    from training.trainers.sft import train_sft
+    from training.datasets.snapshot import load_snapshot, write_snapshot
 
     tmp = tmp_path_factory.mktemp("gate")
     interactions, _feedback, truth = synthetic_events(800, seed=11, p_correct=0.5)
@@ -96,7 +96,7 @@ def trained(tmp_path_factory, model_dir):
 @pytest.fixture(scope="module")
 def gate_parts(model_dir):
     from serving.backends.local import LocalBackend
-    from training.evaluate import BackendGenerator, ReferenceScorer
+    from training.evaluation.evaluate import BackendGenerator, ReferenceScorer
 
     backend = LocalBackend(model_dir, max_batch=16)
     yield ReferenceScorer(model_dir), BackendGenerator(backend)

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import free_port
 from tests.openai_standin import StandIn
 from training.chat_client import ChatClient
-from training.judge import Judge, JudgeResult, agreement_with_humans, judge_from_settings, parse_verdict
+from training.evaluation.judge import Judge, JudgeResult, agreement_with_humans, judge_from_settings, parse_verdict
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -114,7 +114,7 @@ def test_agreement_on_peoples_own_preferences(standin):
     """The dataset's human pairs (a user's edit or chosen draft over what they moved away
     from) are judged with the person's pick at random sides: a judge that prefers what
     people prefer agrees on all, a position-biased one on none, a contrary one has kappa < 0."""
-    from training.judge import agreement_on_pairs, human_preference_pairs
+    from training.evaluation.judge import agreement_on_pairs, human_preference_pairs
 
     def rec(i, target_source, pair_source="moved-away"):
         return {"prompt": [{"role": "user", "content": f"question {i}"}],

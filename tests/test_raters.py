@@ -10,7 +10,7 @@ import pytest
 from flywheel.simulate.charts import build_prompt, dump_config, get_schema
 from flywheel.simulate.sessions import SimulationConfig
 from flywheel.simulate.synthetic import synthetic_events
-from training.raters import (
+from training.curation.raters import (
     Judgement,
     answer_groups,
     chart_truth,

@@ -14,8 +14,8 @@ from flywheel.simulate.sessions import SimulationConfig
 from flywheel.simulate.synthetic import emit_synthetic
 from streams.producer import EventProducer
 from tests.conftest import count, query, seed_candidates, wait_for
-from training import review
-from training.review import ReviewEmitter, ReviewError, ReviewFilter
+from training.curation import review
+from training.curation.review import ReviewEmitter, ReviewError, ReviewFilter
 
 
 def _send(settings, events) -> None:
@@ -38,7 +38,7 @@ def _states(plane) -> dict[str, str]:
 def test_curated_candidates_are_reviewed_through_kafka_and_the_next_stage_sees_it(settings, control_plane):
     """Synthetic traffic lands, a real curation run mines it, decisions land through the
     broker, and `approved_candidates` (what the dataset builder reads) follows them."""
-    from training.curate import curate
+    from training.curation.pipeline import curate
 
     s = settings.replace(curation={"watermark_lag_s": 0}, review={"auto_approve": False})
     emit_synthetic(s, 60, seed=3, config=SimulationConfig(users=10))

@@ -14,9 +14,9 @@ import pytest
 
 from flywheel.simulate import charts, tasks
 from flywheel.simulate.synthetic import paraphrase, synthetic_events
-from training.dedup import dedup, normalise, otsu_threshold, slot_guard
-from training.embed import Embedder, focus_texts
-from training.select import (
+from training.curation.dedup import dedup, normalise, otsu_threshold, slot_guard
+from training.curation.embed import Embedder, focus_texts
+from training.curation.select import (
     ModelScorer,
     golden_scores,
     hardness,
@@ -24,7 +24,7 @@ from training.select import (
     select_by_budget,
     split_budget,
 )
-from training.task_types import UNKNOWN, TaskClassifier, Taxonomy, TaxonomyError
+from training.curation.task_types import UNKNOWN, TaskClassifier, Taxonomy, TaxonomyError
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from streams.warehouse import apply_migrations, connect
 from tests.conftest import free_port
 from tests.openai_standin import StandIn
 from training.chat_client import ChatClient
-from training.curate import curate
-from training.task_types import Taxonomy, teacher_labels
+from training.curation.pipeline import curate
+from training.curation.task_types import Taxonomy, teacher_labels
 
 
 def _reply(messages, _i):

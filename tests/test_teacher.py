@@ -16,7 +16,7 @@ from tests.conftest import free_port
 from tests.openai_standin import StandIn
 from training.chat_client import ChatClient
 from training.errors import TeacherError
-from training.teacher import (
+from training.labeling.teacher import (
     LocalTeacher,
     OpenAITeacher,
     Target,
@@ -26,7 +26,7 @@ from training.teacher import (
     final_answer,
     make_teacher,
 )
-from training.verify import CHART_TASK, Verdict, verify
+from training.labeling.verify import CHART_TASK, Verdict, verify
 
 
 def _chart_task(seed: int = 1):

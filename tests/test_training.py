@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MODEL_CACHE, REPO, free_port, query, wait_for
-from training.config import load_stage_config, parse_overrides
+from training.trainers.config import load_stage_config, parse_overrides
 from training.errors import SnapshotError, TrainingConfigError
-from training.snapshot import load_snapshot, write_snapshot
+from training.datasets.snapshot import load_snapshot, write_snapshot
 
 CHART = '{"chartType": "CHART_COLUMN", "chartFields": {"dimensions": ["Region"], "metrics": ["Sales"]}}'
 SMALL = {"max_length": 96, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 4, "logging_steps": 1,
@@ -88,7 +88,7 @@ def test_config_overrides_and_unknown_keys():
     with pytest.raises(TrainingConfigError, match="STAGE.SECTION.KEY=VALUE"):
         parse_overrides(["max_steps=4"])
 
-    from training.config import build_args
+    from training.trainers.config import build_args
 
     args = build_args(load_stage_config("dpo"), "/tmp/unused")
     assert args.learning_rate > 1e-6 and args.bf16 is False  # CPU: bf16 off; DPO lr above TRL's default
@@ -101,7 +101,7 @@ def test_labels_mask_every_prompt_token(tmp_path, model_dir, turns):
     """On the collated tensors: every label != -100 lies inside an assistant reply (its
     content and the closing <|im_end|>), and every assistant reply that should be learned
     is there, whole; with `last`, only the final reply of a conversation."""
-    from training.sft import build_sft_trainer
+    from training.trainers.sft import build_sft_trainer
 
     snap = load_snapshot(tiny_snapshot(tmp_path / "s"))
     cfg = load_stage_config("sft", overrides={"args": {**SMALL, "per_device_train_batch_size": 8, "max_length": 256},
@@ -143,7 +143,7 @@ def test_labels_mask_every_prompt_token(tmp_path, model_dir, turns):
 @pytest.mark.slow
 def test_rows_truncated_away_are_counted_not_dropped_silently(tmp_path, model_dir):
     from training.errors import TrainingError
-    from training.sft import build_sft_trainer
+    from training.trainers.sft import build_sft_trainer
 
     folder = tiny_snapshot(tmp_path / "s")
     long_prompt = "Please chart this: " + "sales by region and month " * 40
@@ -162,8 +162,8 @@ def test_rows_truncated_away_are_counted_not_dropped_silently(tmp_path, model_di
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, model_dir):
     """One short SFT run shared by the SFT and DPO tests."""
-    from training.lora import lora_state
-    from training.sft import build_sft_trainer, run_trainer
+    from training.trainers.lora import lora_state
+    from training.trainers.sft import build_sft_trainer, run_trainer
 
     tmp = tmp_path_factory.mktemp("sft")
     snap = load_snapshot(tiny_snapshot(tmp / "s"))
@@ -178,8 +178,8 @@ def sft_run(tmp_path_factory, model_dir):
 def test_sft_changes_the_adapter_lowers_the_loss_and_logs_per_task_eval(sft_run, model_dir):
     import torch
 
-    from training.lora import lora_state
-    from training.sft import build_sft_trainer
+    from training.trainers.lora import lora_state
+    from training.trainers.sft import build_sft_trainer
 
     result, before, after = sft_run["result"], sft_run["before"], sft_run["after"]
     assert result.status == "done" and result.steps == 5 and result.resumed_from_step is None
@@ -206,7 +206,7 @@ def test_sft_changes_the_adapter_lowers_the_loss_and_logs_per_task_eval(sft_run,
 # -- DPO ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_dpo_from_the_sft_adapter_grows_the_reward_margin(sft_run, model_dir):
-    from training.dpo import train_dpo
+    from training.trainers.dpo import train_dpo
 
     cfg = load_stage_config("dpo", overrides={"args": {"max_steps": 3, "max_length": 96, "learning_rate": 5e-4,
                                                        "per_device_train_batch_size": 2,
@@ -273,7 +273,7 @@ def test_flywheel_train_killed_after_a_checkpoint_resumes_and_registers(tmp_path
 
 @pytest.mark.slow
 def test_job_runs_sft_then_dpo_and_records_the_run(tmp_path, model_dir):
-    from training.job import run_job
+    from training.trainers.job import run_job
 
     snap = tiny_snapshot(tmp_path / "s")
     sets = ["sft.args.max_steps=2", "sft.args.max_length=96", "sft.args.per_device_train_batch_size=2",
@@ -300,7 +300,7 @@ def test_job_runs_sft_then_dpo_and_records_the_run(tmp_path, model_dir):
 def test_plan_job_picks_the_production_adapter_and_passes_the_settings(tmp_path):
     from flywheel.settings import Settings
     from training.errors import JobError
-    from training.runner import plan_job
+    from training.trainers.runner import plan_job
 
     s = Settings(data_dir=str(tmp_path / "data")).replace(training={"checkpoint_steps": 7, "assistant_turns": "last"})
     tiny_snapshot(s.data_path / "datasets" / "ds-1")
@@ -311,7 +311,7 @@ def test_plan_job_picks_the_production_adapter_and_passes_the_settings(tmp_path)
     assert plan.parent_version == "v1" and str(plan.parent_adapter) == "/models/v1"
     assert plan.out_dir == s.data_path / "runs" / "r1"
     cmd = " ".join(plan.command)
-    assert "-m training.job" in cmd and "--parent /models/v1" in cmd and "--model-dir /m" in cmd
+    assert "-m training.trainers.job" in cmd and "--parent /models/v1" in cmd and "--model-dir /m" in cmd
     assert "--set sft.args.save_steps=7" in cmd and "--set sft.flywheel.assistant_turns=last" in cmd
     assert cmd.endswith("--set sft.args.max_steps=3")  # the command line's overrides win over the settings'
     assert plan_job(s, "ds-1", model_dir="/m", versions=versions, parent="v2").parent_version == "v2"

@@ -10,7 +10,7 @@ import pytest
 
 from flywheel.simulate import charts
 from flywheel.simulate.tasks import make_task
-from training.verify import CHART_TASK, chart_target, extract_json, has_verifier, verify
+from training.labeling.verify import CHART_TASK, chart_target, extract_json, has_verifier, verify
 
 
 def _requests(n: int, seed: int = 7):

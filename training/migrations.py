@@ -122,7 +122,7 @@ def m211_evaluations(conn) -> None:
         )""")
 
 def m220_teacher_calls(conn) -> None:
-    # Every teacher call, for audit (training/teacher.py): what was asked, every sample,
+    # Every teacher call, for audit (training/labeling/teacher.py): what was asked, every sample,
     # the verifiers' verdicts and which sample became the answer.
     conn.execute("""
         CREATE TABLE teacher_calls (
@@ -146,7 +146,7 @@ def m220_teacher_calls(conn) -> None:
 
 
 def m212_refresh_runs(conn) -> None:
-    # One row per flywheel turn (training/refresh.py): its steps, where it stopped and why.
+    # One row per flywheel turn (services/control/turn.py): its steps, where it stopped and why.
     conn.execute("""
         CREATE TABLE refresh_runs (
             run_id      VARCHAR PRIMARY KEY,

@@ -33,12 +33,12 @@ def _short(text, n: int = 160) -> str:
 
 
 def init_app(app: Flask, settings, plane) -> None:
-    from training import review
-    from training.curate import list_runs as curation_runs
-    from training.datasets import get_dataset, list_datasets
+    from training.curation import review
+    from training.curation.pipeline import list_runs as curation_runs
+    from training.datasets.builder import get_dataset, list_datasets
     from training.errors import DatasetError
-    from training.evaluate import list_evaluations
-    from training.refresh import list_runs as refresh_runs
+    from training.evaluation.evaluate import list_evaluations
+    from services.control.turn import list_runs as refresh_runs
     from streams.live_metrics import metrics_filters, read_windows
 
     bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",

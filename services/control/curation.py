@@ -10,7 +10,7 @@ from flask import Flask, jsonify, request
 
 from flywheel.errors import FlywheelError
 from streams.schemas import new_id
-from training.curate import CurationBusy
+from training.curation.pipeline import CurationBusy
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ class CurationNotFound(FlywheelError):
 
 
 class CurationRunner:
-    """Starts `training.curate.curate` runs on the plane's connection, one at a time."""
+    """Starts `training.curation.pipeline.curate` runs on the plane's connection, one at a time."""
 
     def __init__(self, settings, plane):
         self.settings = settings
@@ -48,7 +48,7 @@ class CurationRunner:
         self.state.update(stage=stage, done=done, total=total)
 
     def _run(self, run_id: str, full: bool) -> None:
-        from training.curate import curate
+        from training.curation.pipeline import curate
 
         try:
             with self.plane.reader() as cur:
@@ -64,7 +64,7 @@ class CurationRunner:
 
 def init_app(app: Flask, settings, plane) -> None:
     """Attach the curation routes and the runner (``app.extensions["curation"]``)."""
-    from training.curate import get_run, list_runs
+    from training.curation.pipeline import get_run, list_runs
 
     runner = CurationRunner(settings, plane)
     app.extensions["curation"] = runner

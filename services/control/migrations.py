@@ -3,6 +3,6 @@
 from serving.migrations import MIGRATIONS as SERVING
 from streams.migrations import MIGRATIONS as STREAMS
 from training.migrations import MIGRATIONS as TRAINING
-from training.review import MIGRATIONS as REVIEW
+from training.curation.review import MIGRATIONS as REVIEW
 
 ALL = [*STREAMS, *SERVING, *TRAINING, *REVIEW]

@@ -1,4 +1,4 @@
-"""The scheduled refresh in the control plane: one flywheel turn at a time (training/refresh.py)
+"""The scheduled refresh in the control plane: one flywheel turn at a time (services/control/turn.py)
 in a thread, started by the scheduler every `refresh.interval_h` hours or through
 POST /api/refresh (`flywheel refresh`)."""
 
@@ -53,7 +53,7 @@ class RefreshRunner:
         import os
 
         from flywheel.settings import settings_env
-        from training.refresh import refresh, save_run
+        from services.control.turn import refresh, save_run
 
         def save(run) -> None:
             with self.plane.reader() as cur:
@@ -73,7 +73,7 @@ class RefreshRunner:
 
 
 def init_app(app: Flask, settings, plane) -> None:
-    from training.refresh import list_runs
+    from services.control.turn import list_runs
 
     runner = plane.refresh
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 
-from training import review
+from training.curation import review
 
 
 def init_app(app: Flask, settings, plane) -> None:

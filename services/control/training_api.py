@@ -9,7 +9,7 @@ from training.errors import DatasetError
 
 
 def init_app(app: Flask, settings, plane) -> None:
-    from training.datasets import build_dataset, get_dataset, list_datasets
+    from training.datasets.builder import build_dataset, get_dataset, list_datasets
 
     @app.errorhandler(DatasetError)
     def _dataset_error(e: DatasetError):
@@ -33,7 +33,7 @@ def init_app(app: Flask, settings, plane) -> None:
 
     @app.post("/api/evaluations")
     def evaluations_record():
-        from training.evaluate import record_evaluation
+        from training.evaluation.evaluate import record_evaluation
 
         data = request.get_json(silent=True)
         if not isinstance(data, dict) or not isinstance(data.get("report"), dict) or not data.get("folder"):
@@ -43,7 +43,7 @@ def init_app(app: Flask, settings, plane) -> None:
 
     @app.get("/api/evaluations")
     def evaluations_list():
-        from training.evaluate import list_evaluations
+        from training.evaluation.evaluate import list_evaluations
 
         with plane.reader() as cur:
             return jsonify({"data": list_evaluations(cur, request.args.get("candidate"))})

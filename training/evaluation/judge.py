@@ -178,7 +178,7 @@ HUMAN_TARGETS = ("user-edit", "operator-edit", "choice")
 
 def human_preference_pairs(dpo_records: Sequence[dict]) -> list[dict]:
     """The DPO records (TRL prompt/chosen/rejected, with ``pair_source`` and
-    ``target_source`` as `training.datasets` writes them) that are a person's preference:
+    ``target_source`` as `training.datasets.builder` writes them) that are a person's preference:
     the answer they wrote or picked over the one they moved away from."""
     return [r for r in dpo_records if r.get("pair_source") == "moved-away" and r.get("target_source") in HUMAN_TARGETS]
 

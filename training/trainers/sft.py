@@ -25,10 +25,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from training.config import StageConfig, build_args, build_lora, device_plan
+from training.trainers.config import StageConfig, build_args, build_lora, device_plan
 from training.errors import TrainingError
-from training.lora import attach_adapter, load_base, save_adapter
-from training.snapshot import Snapshot
+from training.trainers.lora import attach_adapter, load_base, save_adapter
+from training.datasets.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"

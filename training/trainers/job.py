@@ -1,9 +1,9 @@
 """A training job: SFT then DPO on one dataset snapshot, in its own process.
 
-    python -m training.job --dataset DIR --out DIR [--parent ADAPTER] [--sft-config YAML]
+    python -m training.trainers.job --dataset DIR --out DIR [--parent ADAPTER] [--sft-config YAML]
                            [--dpo-config YAML] [--set sft.args.max_steps=4 ...]
 
-On a multi-GPU host the same module runs under ``accelerate launch -m training.job ...``
+On a multi-GPU host the same module runs under ``accelerate launch -m training.trainers.job ...``
 (the trainers are plain TRL ones; only the main process writes files).
 
 The output folder gets:
@@ -30,10 +30,10 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from training.config import load_stage_config, parse_overrides
+from training.trainers.config import load_stage_config, parse_overrides
 from training.errors import TrainingError
-from training.sft import ADAPTER
-from training.snapshot import load_snapshot
+from training.trainers.sft import ADAPTER
+from training.datasets.snapshot import load_snapshot
 
 RUN_FILE = "run.json"
 
@@ -73,8 +73,8 @@ def run_job(dataset: Path | str, out_dir: Path | str, *, model_dir: Path | str, 
             overrides: list[str] | tuple[str, ...] = (), skip_dpo: bool = False) -> dict:
     """Run SFT then DPO; return (and write) the run record. Raises on failure after
     recording it in run.json."""
-    from training.dpo import train_dpo
-    from training.sft import train_sft
+    from training.trainers.dpo import train_dpo
+    from training.trainers.sft import train_sft
 
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def _summary(run: dict) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.job",
+    p = argparse.ArgumentParser(prog="python -m training.trainers.job",
                                 description="Train a LoRA adapter on a dataset snapshot: SFT, then DPO when the "
                                             "snapshot has pairs. Writes OUT/run.json and OUT/adapter/.")
     p.add_argument("--dataset", required=True, help="Dataset snapshot folder (manifest.json, sft.jsonl, ...).")
@@ -176,8 +176,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", default=None, help="Parent adapter folder (PEFT) to continue; default: a fresh LoRA.")
     p.add_argument("--model-dir", default=None,
                    help="Base model in HF format. Default: the bundled model, converted in the default cache.")
-    p.add_argument("--sft-config", default=None, help="SFT YAML (default training/configs/sft.yaml).")
-    p.add_argument("--dpo-config", default=None, help="DPO YAML (default training/configs/dpo.yaml).")
+    p.add_argument("--sft-config", default=None, help="SFT YAML (default training/trainers/configs/sft.yaml).")
+    p.add_argument("--dpo-config", default=None, help="DPO YAML (default training/trainers/configs/dpo.yaml).")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.SECTION.KEY=VALUE",
                    help="Override a config value, e.g. sft.args.max_steps=4 (repeatable).")
     p.add_argument("--no-dpo", action="store_true", help="Stop after SFT.")

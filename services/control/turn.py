@@ -66,8 +66,8 @@ def refresh(conn, settings, run_id: str, *, start_rollout: Callable[[str], dict]
             save: Callable[[RefreshRun], None] | None = None, progress: Progress | None = None,
             env: dict | None = None) -> RefreshRun:
     """Run one turn; ``save`` is called after every step (to persist and show progress)."""
-    from training.curate import curate
-    from training.datasets import build_dataset
+    from training.curation.pipeline import curate
+    from training.datasets.builder import build_dataset
     from training.errors import DatasetError
 
     cfg = settings.refresh

@@ -26,8 +26,8 @@ Without ground truth a verifier cannot tell a right chart from a wrong but well-
 one; the simulator's ``charts.is_correct`` (against the truth) is stricter.
 
 Other task types get generic checks: non-empty, length bounds, no broken encoding, no
-runaway repetition, no refusal or error boilerplate (`training.clean.rule_violation`),
-English (`training.clean.detect_language`); ``reasoning/math`` also needs a number in
+runaway repetition, no refusal or error boilerplate (`training.curation.clean.rule_violation`),
+English (`training.curation.clean.detect_language`); ``reasoning/math`` also needs a number in
 the answer, ``writing/summarize`` an answer shorter than the text it summarises. A task
 type without a registered verifier gets the generic checks (`has_verifier` is False).
 """
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from flywheel.simulate import charts
-from training.clean import CleanRules, detect_language, rule_violation
+from training.curation.clean import CleanRules, detect_language, rule_violation
 
 __all__ = [
     "CHART_TASK",

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from training.config import StageConfig, build_args, build_lora, device_plan
+from training.trainers.config import StageConfig, build_args, build_lora, device_plan
 from training.errors import TrainingError
-from training.lora import attach_adapter, load_base
-from training.sft import CHECKPOINTS, StageResult, TaskLossCallback, account_truncation, run_trainer
-from training.snapshot import Snapshot
+from training.trainers.lora import attach_adapter, load_base
+from training.trainers.sft import CHECKPOINTS, StageResult, TaskLossCallback, account_truncation, run_trainer
+from training.datasets.snapshot import Snapshot
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 

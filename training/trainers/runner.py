@@ -1,6 +1,6 @@
 """Starting a training job from the `flywheel train` command (or the scheduler).
 
-The job runs in its own process (``python -m training.job``): a crash or an out-of-memory
+The job runs in its own process (``python -m training.trainers.job``): a crash or an out-of-memory
 kill cannot take the caller down, and the same command line runs under ``accelerate
 launch`` on a GPU host. This module resolves the snapshot, picks the parent adapter (the
 production version's, for incremental training), builds the command line from the
@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from training.errors import JobError, SnapshotError
-from training.job import RUN_FILE, read_run
-from training.snapshot import snapshot_dir
+from training.trainers.job import RUN_FILE, read_run
+from training.datasets.snapshot import snapshot_dir
 
 LOG_FILE = "job.log"
 
@@ -95,7 +95,7 @@ def plan_job(settings, dataset: str, *, model_dir: Path | str, versions: list[di
         parent_adapter = Path(match[0]["adapter_path"]) if match[0].get("adapter_path") else None
     elif t.incremental and not fresh:
         parent_version, parent_adapter = production_parent(versions)
-    cmd = [python, "-m", "training.job", "--dataset", str(dataset_dir), "--out", str(out_dir),
+    cmd = [python, "-m", "training.trainers.job", "--dataset", str(dataset_dir), "--out", str(out_dir),
            "--model-dir", str(model_dir)]
     if parent_adapter is not None:
         cmd += ["--parent", str(parent_adapter)]
@@ -117,7 +117,7 @@ def run_plan(plan: JobPlan, *, echo: Callable[[bytes], None] | None = None, cwd:
     """Run the job process to its end, echoing its output; return run.json. Raises
     JobError when the job fails (the tail of its log in the message)."""
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     child_env = dict(env if env is not None else os.environ)
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), child_env.get("PYTHONPATH", "")]))
     child_env.setdefault("PYTHONUNBUFFERED", "1")

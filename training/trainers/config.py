@@ -2,7 +2,7 @@
 
 Each stage (``sft``, ``dpo``) has a YAML file with three sections: ``args`` (fields of the
 TRL config class), ``lora`` (fields of ``LoraConfig``) and ``flywheel`` (our options).
-The bundled defaults are ``training/configs/{sft,dpo}.yaml``. Overrides are
+The bundled defaults are ``training/trainers/configs/{sft,dpo}.yaml``. Overrides are
 ``STAGE.SECTION.KEY=VALUE`` strings (the value parsed as YAML), e.g. ``sft.args.max_steps=4``.
 
 :func:`build_args` turns a stage config into the TRL config for this machine: on a CPU

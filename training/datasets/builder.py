@@ -1,7 +1,7 @@
 """Datasets: curated candidates -> an immutable, versioned SFT/DPO snapshot with lineage.
 
 Reads the `candidates` a curation run kept and their review state (`review_latest`), and
-writes a snapshot folder in the format `training/snapshot.py` defines (TRL `messages` for
+writes a snapshot folder in the format `training/datasets/snapshot.py` defines (TRL `messages` for
 SFT, `prompt`/`chosen`/`rejected` for DPO, a held-out `eval` split), plus the `datasets`
 and `dataset_items` rows that trace every record back to its candidate, curation run and
 source events.
@@ -43,9 +43,9 @@ from datetime import datetime
 from pathlib import Path
 
 from training.errors import DatasetError
-from training.snapshot import FILES, MANIFEST, load_snapshot, snapshot_dir, write_snapshot
+from training.datasets.snapshot import FILES, MANIFEST, load_snapshot, snapshot_dir, write_snapshot
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"
 REPLAY_TASK = "general/replay"
 EXPORT_FORMATS = ("trl", "alpaca", "sharegpt", "ms-swift")
 
@@ -115,7 +115,7 @@ def _review_state(action: str) -> str:
 # -- targets and pairs ------------------------------------------------------------------
 def _passes(task_type: str, messages: list[dict], answer: str) -> bool | None:
     """The task's verifier on an answer; None when the task type has none."""
-    from training.verify import has_verifier, verify
+    from training.labeling.verify import has_verifier, verify
 
     if not has_verifier(task_type):
         return None
@@ -251,7 +251,7 @@ def build_dataset(conn, settings, *, teacher=None, progress: Progress | None = N
     cfg = settings.datasets
     say = progress or (lambda _msg: None)
     if teacher is None and cfg.relabel:
-        from training.teacher import make_teacher
+        from training.labeling.teacher import make_teacher
 
         teacher = make_teacher(settings, conn=conn)
     states = ("approved", "edited") + (("pending",) if cfg.include_pending else ())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.config import DevicePlan
+from training.trainers.config import DevicePlan
 from training.errors import TrainingError
 
 ADAPTER_NAME = "default"

@@ -1,12 +1,12 @@
 """One curation run: mine -> clean -> raters -> task types -> dedup -> select -> review.
 
-`curate(conn, settings)` reads what landed since the last run (`training.mine`), applies
-the rules (`training.clean`), cleans the users' labels (`training.raters`), types every
-candidate (`training.task_types`), removes duplicates (`training.dedup`), selects a
-diverse set within per-type budgets (`training.select`), optionally scores golden and
+`curate(conn, settings)` reads what landed since the last run (`training.curation.mine`), applies
+the rules (`training.curation.clean`), cleans the users' labels (`training.curation.raters`), types every
+candidate (`training.curation.task_types`), removes duplicates (`training.curation.dedup`), selects a
+diverse set within per-type budgets (`training.curation.select`), optionally scores golden and
 hard examples, and writes the candidates, the funnel and the new watermark in one
 transaction: a failed run moves nothing and is recorded as failed. Review state starts
-pending; `training.review.auto_approve` then applies the configured rules.
+pending; `training.curation.review.auto_approve` then applies the configured rules.
 
 Runs inside the control plane (the DuckDB writer) or, with none running, in the CLI.
 """
@@ -23,10 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from training.clean import CleanRules, clean, tag_robust
+from training.curation.clean import CleanRules, clean, tag_robust
 from training.errors import TrainingError
-from training.funnel import STAGES, build_funnel
-from training.mine import mine, mining_window, prompt_of, save_watermark
+from training.curation.funnel import STAGES, build_funnel
+from training.curation.mine import mine, mining_window, prompt_of, save_watermark
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,9 @@ def curate(conn, settings, *, run_id: str | None = None, full: bool = False, pro
     """Run one curation (see the module docstring); returns the run id, funnel and candidates.
 
     `full` re-mines everything landed (ignoring the watermark); `embedder` defaults to
-    ``training.embed.Embedder.shared()``; `scorer` (a ``training.select.ModelScorer``) is
+    ``training.curation.embed.Embedder.shared()``; `scorer` (a ``training.curation.select.ModelScorer``) is
     built from the settings when the golden or hardness stage is on; `emit` sends the
-    auto-review decisions (default: training.review's emitter through Kafka)."""
+    auto-review decisions (default: training.curation.review's emitter through Kafka)."""
     from streams.schemas import new_id
 
     cfg = settings.curation
@@ -132,14 +132,14 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
 
     # -- embeddings + task types (every candidate is typed, dropped ones too: the funnel
     # and the review queue show types at every stage)
-    from training.task_types import TaskClassifier, Taxonomy
+    from training.curation.task_types import TaskClassifier, Taxonomy
 
     taxonomy = Taxonomy.load(cfg.taxonomy_path or None)
     texts = [c["prompt_text"] or "" for c in cands]
     vectors = np.zeros((0, 384), dtype=np.float32)
     if cands:  # an empty run (nothing landed) loads no model
         if embedder is None:
-            from training.embed import Embedder
+            from training.curation.embed import Embedder
 
             embedder = Embedder.shared()
         vectors = _encode(embedder, texts, cfg.embed_batch_size, progress)
@@ -155,7 +155,7 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
     lap("task_types")
 
     # -- dedup (kept candidates only; the best-scored member of each group stays)
-    from training.dedup import dedup
+    from training.curation.dedup import dedup
 
     earlier = _drop_seen_before(conn, cands)
     live = [i for i, c in enumerate(cands) if c["status"] == "kept"]
@@ -179,7 +179,7 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
     lap("dedup")
 
     # -- select (K-Center-Greedy within per-type budgets)
-    from training.select import select_by_budget
+    from training.curation.select import select_by_budget
 
     live = [i for i, c in enumerate(cands) if c["status"] == "kept"]
     select_report: dict = {}
@@ -240,7 +240,7 @@ def _teacher_task_types(cands: list[dict], settings) -> None:
     """Kept candidates the classifier left unknown go to the teacher for a label, when the
     teacher is an endpoint (curation.teacher_task_types); they are tagged `task-type:teacher`."""
     from training.chat_client import teacher_client
-    from training.task_types import Taxonomy, teacher_labels
+    from training.curation.task_types import Taxonomy, teacher_labels
 
     unknown = [c for c in cands if c["status"] == "kept" and c["task_type"] == "unknown"]
     client = teacher_client(settings) if unknown and settings.curation.teacher_task_types else None
@@ -259,7 +259,7 @@ def _drop(c: dict, stage: str, reason: str) -> None:
 
 def _prompt_texts(cands: list[dict]) -> None:
     """What dedup and typing read: the user turns without template boilerplate."""
-    from training.embed import focus_texts
+    from training.curation.embed import focus_texts
 
     for c, text in zip(cands, focus_texts([prompt_of(c["messages"]) for c in cands])):
         c["prompt_text"] = text
@@ -287,7 +287,7 @@ def _score(c: dict) -> float:
 def _drop_seen_before(conn, cands: list[dict]) -> int:
     """Drop kept candidates whose prompt (normalised) an earlier run already kept (the
     semantic comparison with earlier runs is `_drop_near_earlier`, after within-run dedup)."""
-    from training.dedup import normalise
+    from training.curation.dedup import normalise
 
     ids = {c["candidate_id"] for c in cands}
     seen: dict[str, tuple[str, str]] = {}
@@ -312,7 +312,7 @@ def _drop_near_earlier(conn, cands: list[dict], live: list[int], vectors: np.nda
     the ``limit`` most recent ones), unless the two are the same template with another
     slot (`dedup.slot_guard`). Within-run dedup has already run, so only its survivors
     are compared."""
-    from training.dedup import slot_guard
+    from training.curation.dedup import slot_guard
 
     if not live or limit <= 0:
         return {"earlier_runs_semantic": 0, "earlier_vectors": 0}
@@ -379,8 +379,8 @@ def _label(conn, cands: list[dict], until, cfg) -> dict:
     estimates); verifiable truth from chart verification and from users' edits. A
     candidate answered by the user's own edit is good."""
     from flywheel.simulate.charts import is_correct, parse_config
-    from training.dedup import normalise
-    from training.raters import chart_truth, clean_labels, judgements_from_feedback, rater_reliability
+    from training.curation.dedup import normalise
+    from training.curation.raters import chart_truth, clean_labels, judgements_from_feedback, rater_reliability
 
     rows = conn.execute(
         "SELECT f.request_id, f.draft, f.kind, f.value, f.user_id, json_array_length(i.drafts) AS n "
@@ -427,7 +427,7 @@ def _label(conn, cands: list[dict], until, cfg) -> dict:
 
 def _model_stages(cands: list[dict], settings, scorer, progress: Progress) -> None:
     """Golden scores (Nuggets) and hardness of the kept candidates under the served model."""
-    from training.select import ModelScorer, golden_scores, hardness
+    from training.curation.select import ModelScorer, golden_scores, hardness
 
     cfg = settings.curation
     scorer = scorer or ModelScorer(settings)
@@ -460,10 +460,10 @@ def _model_stages(cands: list[dict], settings, scorer, progress: Progress) -> No
 
 
 def _auto_review(conn, settings, run_id: str, funnel: dict, emit) -> None:
-    """Apply the review section's auto rules (training.review) to this run's pending
+    """Apply the review section's auto rules (training.curation.review) to this run's pending
     candidates; their decisions travel as review events through Kafka. The counts (or the
     error: the run itself is already written) go into the run's funnel."""
-    from training.review import auto_approve
+    from training.curation.review import auto_approve
 
     try:
         events = auto_approve(conn, settings, run_id=run_id, emit=emit)

@@ -9,10 +9,10 @@ One interface, ``Teacher.label(task_type, messages) -> TeacherAnswer``, two kind
   worked examples per task type drawn at random from a pool (``teacher_pool.yaml``;
   chart-config examples are generated from the simulator's ground truth), several
   samples per prompt at ``temperature``, decoding constrained to the task's output
-  schema where it has one (`training.constrained`: chart JSON with names from the
+  schema where it has one (`training.labeling.constrained`: chart JSON with names from the
   prompt's lists).
 
-Either way the verifiers (`training.verify`) choose the best sample (best-of-N: passing
+Either way the verifiers (`training.labeling.verify`) choose the best sample (best-of-N: passing
 first, then the higher score, then the earlier sample) after `final_answer` strips any
 step-by-step reasoning. The answer is returned even when no sample passes
 (``TeacherAnswer.passed`` says so); callers keep only what they can trust.
@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 from flywheel.simulate import charts
 from training.chat_client import ChatClient
 from training.errors import TeacherError
-from training.verify import CHART_TASK, Verdict, chart_target, prompt_schema, verify
+from training.labeling.verify import CHART_TASK, Verdict, chart_target, prompt_schema, verify
 
 __all__ = [
     "LocalTeacher",
@@ -334,14 +334,14 @@ class LocalTeacher(Teacher):
         schema = prompt_schema(messages)
         if schema is None:
             return None
-        from training.constrained import chart_schema
+        from training.labeling.constrained import chart_schema
 
         return chart_schema(schema.dimensions, schema.metrics, schema.time_field)
 
     def _sample(self, task_type, messages):
         import torch
 
-        from training.constrained import JsonSchemaProcessor
+        from training.labeling.constrained import JsonSchemaProcessor
 
         with self._lock:
             model, tok = self._load()

@@ -5,9 +5,9 @@ Per task type, paired on the same prompts:
 
 - **reference loss**: mean per-token NLL of the held-out reference answers under each
   version (the "channel loss" practitioners watch per task type); cheap, no generation;
-- **verifier pass rate** of greedy answers (training/verify.py; task types without a
+- **verifier pass rate** of greedy answers (training/labeling/verify.py; task types without a
   specific verifier get the generic ones: length, format, language);
-- **judge win rate** (position-swapped pairwise judge, training/judge.py), when a judge
+- **judge win rate** (position-swapped pairwise judge, training/evaluation/judge.py), when a judge
   endpoint is configured (`judge.base_url`);
 - **usability**: the mean of the per-answer verifier score and, when judged, the judge's
   per-item outcome (win 1, tie 0.5, loss 0).
@@ -65,7 +65,7 @@ def items_from_records(records: Sequence[dict]) -> list[EvalItem]:
 
 
 def general_items() -> list[EvalItem]:
-    from training.datasets import read_general
+    from training.datasets.builder import read_general
 
     return items_from_records(read_general("general_eval.jsonl"))
 
@@ -90,7 +90,7 @@ class ReferenceScorer:
     copy of the base; adapters switched by name)."""
 
     def __init__(self, model_dir: Path | str, batch_size: int = 4):
-        from training.select import ModelScorer
+        from training.curation.select import ModelScorer
 
         self.scorer = ModelScorer(model_dir, batch_size=batch_size)
         self.base = self.scorer.model
@@ -184,7 +184,7 @@ def _summary(c: np.ndarray, p: np.ndarray) -> dict:
 
 
 def _verify_scores(items: Sequence[EvalItem], answers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    from training.verify import verify
+    from training.labeling.verify import verify
 
     verdicts = [verify(it.task_type, it.messages, a) for it, a in zip(items, answers)]
     return (np.array([v.passed for v in verdicts], dtype=np.float64),
@@ -416,7 +416,7 @@ def run_evaluation(settings, versions: list[dict], candidate: str, *, production
     """Evaluate ``candidate`` on ``dataset``'s held-out split (default: the dataset it was
     trained on), write the report under DATA_DIR/evals/, and return it with its folder."""
     from serving.backends.local import LocalBackend
-    from training.snapshot import load_snapshot, snapshot_dir
+    from training.datasets.snapshot import load_snapshot, snapshot_dir
 
     cand, prod, row = resolve_versions(versions, candidate, production)
     dataset = dataset or row.get("dataset")
@@ -433,7 +433,7 @@ def run_evaluation(settings, versions: list[dict], candidate: str, *, production
     finally:
         backend.close()
     if judge is not None:
-        from training.judge import agreement_on_pairs, human_preference_pairs
+        from training.evaluation.judge import agreement_on_pairs, human_preference_pairs
 
         pairs = human_preference_pairs(snap.dpo)
         if pairs and settings.evaluate.judge_human_pairs > 0:
@@ -443,7 +443,7 @@ def run_evaluation(settings, versions: list[dict], candidate: str, *, production
             report.judge_agreement = agreement_on_pairs(judge, pairs, limit=settings.evaluate.judge_human_pairs)
     run = None
     if row.get("training_run"):
-        from training.job import RUN_FILE
+        from training.trainers.job import RUN_FILE
 
         run_file = Path(settings.training.runs_dir or settings.data_path / "runs") / row["training_run"] / RUN_FILE
         run = json.loads(run_file.read_text()) if run_file.is_file() else None
