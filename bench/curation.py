@@ -87,7 +87,7 @@ def main() -> None:
     t0 = time.perf_counter()
     focused = focus_texts(texts)
     focus_largest_s = time.perf_counter() - t0
-    vectors = np.empty((largest, embedder.dimensions), dtype=np.float32)
+    vectors = np.empty((largest, embedder.dim), dtype=np.float32)
     chunk_s: list[float] = []
     done = 0
     weights = Taxonomy.load().weights()

@@ -1,24 +1,30 @@
-"""Does one turn of the flywheel lift the served model? The verifier pass rate (and the
-share of exactly right configurations) on held-out chart-config requests, before and after
-one SFT+DPO round built from simulated traffic, against the few-shot best-of-N teacher,
-with the prompt tokens each needs.
+"""Does the flywheel lift the served model? Exactly right and valid chart configurations on
+held-out requests, for datasets the traffic showed (seen) and for datasets it never showed
+(unseen: the simulator's evaluation-only schemas), per intent, before and after one turn,
+and after a second turn trained incrementally on traffic served by the first turn's model.
 
-1. Simulated traffic (flywheel.simulate.synthetic): users of the analytics assistant;
-   the served model's stand-in answers a chart request correctly with probability
-   --p-correct (the real bundled model: 0%), and users fix wrong configurations (`edit`).
-2. The flywheel's own path: land into DuckDB -> curate (`training.curation.pipeline`) -> dataset
-   (`training.datasets.builder`, unreviewed candidates included: nobody reviews in a benchmark)
-   -> SFT then DPO (`training.trainers.job.run_job`, steps capped by --sft-steps/--dpo-steps).
-3. Held-out chart requests from a different seed (never in the traffic), answered greedily
-   by the base model, the SFT stage's adapter and the final one (SFT then DPO) (local
-   backend, the prompt as the app sends it), and by the local teacher (few-shot examples,
-   schema-constrained sampling, best of --teacher-samples by the verifier; 0 skips it).
-   `--reuse RUN_DIR` evaluates a run folder an earlier run printed, without retraining.
+Each turn, as the flywheel runs it (the scheduler's stages, timed):
+1. traffic: simulated sessions of the analytics assistant (flywheel.simulate.synthetic);
+   the served model's stand-in answers a chart request right with probability p (turn 1:
+   --p-correct; turn 2: the exactly-right rate turn 1's model measured on seen schemas),
+   users fix wrong configurations (`edit`) and rate;
+2. mine: land into DuckDB, curate (training.curation.pipeline; incremental across turns);
+3. dataset: training.datasets.builder (unreviewed candidates included: nobody reviews in a
+   benchmark);
+4. train: training.trainers.job.run_job with the default configs (training/trainers/configs)
+   plus --set overrides; turn 2 continues turn 1's adapter;
+5. evaluate: greedy answers of the local backend (the prompt exactly as the app sends it)
+   for the base model and each turn's adapter; the general-set reference loss (the
+   evaluation gate's forgetting check) of each adapter against the base.
 
-Figures are what they are: a 135M model, a few hundred examples and minutes of CPU.
+Printed (one JSON line, also bench/results/flywheel_lift.json): exactly-right and valid
+rates per arm for seen and unseen schemas and per intent, minutes per stage, training
+tokens (computed and supervised) per CPU-second, prompt tokens per request, the
+forgetting figures. Goal of issue 11: >= 60% exactly right and >= 95% valid on unseen
+schemas after one turn, <= 20 minutes from the start of the turn to the canary.
 
-    python bench/flywheel_lift.py [--sessions 600] [--held-out 40] [--sft-steps 150] [--dpo-steps 30]
-    python bench/flywheel_lift.py --reuse /tmp/flywheel-lift-XXXX/run --held-out 48 --teacher-samples 0
+    python bench/flywheel_lift.py [--sessions 300] [--held-out 40] [--turns 2] [--set sft.args.learning_rate=0.001]
+    python bench/flywheel_lift.py --reuse RUN_DIR [--held-out 48]      # score a finished run's adapter again
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -38,136 +46,195 @@ sys.path.insert(0, str(REPO))
 
 from flywheel.settings import Settings  # noqa: E402
 
+CHART = "data-viz/chart-config"
 
 
-def held_out(n: int, seed: int) -> list:
-    from flywheel.simulate.tasks import CHART_TASK, make_task
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    rng = random.Random(f"held-out:{seed}")
-    return [make_task(rng, CHART_TASK, messy_rate=0.0) for _ in range(n)]
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def held_out(n: int, seed: int, unseen: bool) -> list:
+    """Chart requests never in the traffic (another seed); over the traffic's datasets
+    (seen) or the evaluation-only ones (unseen), in equal shares per dataset."""
+    from flywheel.simulate import charts
+    from flywheel.simulate.tasks import make_task
+
+    schemas = charts.eval_schemas() if unseen else charts.SCHEMAS
+    rng = random.Random(f"held-out:{seed}:{'unseen' if unseen else 'seen'}")
+    return [make_task(rng, CHART, messy_rate=0.0, schema=schemas[i % len(schemas)]) for i in range(n)]
 
 
 def score(tasks, answers) -> dict:
     from training.labeling.verify import verify
 
-    passed = [verify(t.task_type, t.messages, a).passed for t, a in zip(tasks, answers)]
-    correct = [t.judge(a).correct for t, a in zip(tasks, answers)]
-    return {"verifier_pass_rate": round(sum(passed) / len(tasks), 3), "correct_rate": round(sum(correct) / len(tasks), 3)}
+    by_intent: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for t, a in zip(tasks, answers):
+        by_intent[t.intent].append((verify(t.task_type, t.messages, a).passed, t.judge(a).correct))
+    rows = [x for v in by_intent.values() for x in v]
+
+    def rates(xs):
+        return {"n": len(xs), "valid": round(sum(v for v, _ in xs) / len(xs), 3),
+                "exact": round(sum(c for _, c in xs) / len(xs), 3)}
+
+    return {**rates(rows), "per_intent": {k: rates(v) for k, v in sorted(by_intent.items())}}
 
 
-def backend_answers(backend, version: str, tasks, max_tokens: int) -> tuple[list[str], float]:
+def answers_of(backend, version: str, tasks, max_tokens: int) -> tuple[list[str], float]:
     from serving.backends.base import GenerationRequest, SamplingParams
 
-    gens = [backend.submit(GenerationRequest(messages=tuple(t.messages), params=SamplingParams(temperature=0.0,
-            max_tokens=max_tokens), version=version)) for t in tasks]
-    answers = [g.collect()[0][0] for g in gens]
-    return answers, sum(g.prompt_tokens for g in gens) / len(gens)
+    gens = [backend.submit(GenerationRequest(messages=tuple(t.messages), params=SamplingParams(
+        temperature=0.0, max_tokens=max_tokens), version=version)) for t in tasks]
+    return [g.collect()[0][0] for g in gens], sum(g.prompt_tokens for g in gens) / len(gens)
+
+
+def evaluate_arms(model_dir, arms: dict[str, Path | None], sets: dict[str, list], max_tokens: int) -> dict:
+    from serving.backends.local import LocalBackend
+
+    out: dict[str, dict] = {}
+    backend = LocalBackend(model_dir, max_batch=16)
+    try:
+        for name, adapter in arms.items():
+            version = "base" if adapter is None else name
+            if adapter is not None:
+                backend.load_adapter(version, adapter)
+            out[name] = {}
+            for set_name, tasks in sets.items():
+                got, prompt_tokens = answers_of(backend, version, tasks, max_tokens)
+                out[name][set_name] = {**score(tasks, got), "prompt_tokens_per_request": round(prompt_tokens)}
+            out[name]["example"] = {"request": sets["unseen"][0].user_text[:120], "answer": got[0][:240]}
+            say(f"{name}: seen exact {out[name]['seen']['exact']:.0%} valid {out[name]['seen']['valid']:.0%}; "
+                f"unseen exact {out[name]['unseen']['exact']:.0%} valid {out[name]['unseen']['valid']:.0%}")
+    finally:
+        backend.close()
+    return out
+
+
+def forgetting(model_dir, arms: dict[str, Path | None]) -> dict:
+    """General-set reference loss of each adapter relative to the base (the gate's check)."""
+    from training.evaluation.evaluate import ReferenceScorer, Version, general_items
+
+    items = general_items()
+    scorer = ReferenceScorer(model_dir)
+    base = float(scorer.nll(Version("base", None), items).mean())
+    out: dict = {"base_loss": round(base, 4)}
+    for name, adapter in arms.items():
+        if adapter is not None:
+            loss = float(scorer.nll(Version(name, str(adapter)), items).mean())
+            out[name] = {"general_loss": round(loss, 4), "relative": round(loss / base - 1, 4)}
+    return out
+
+
+def one_turn(turn: int, conn, settings, args, model_dir, parent: Path | None, p_correct: float, work: Path) -> dict:
+    from flywheel.simulate.synthetic import synthetic_events
+    from streams.landing import land_events
+    from training.curation.pipeline import curate
+    from training.datasets.builder import build_dataset
+    from training.trainers.job import run_job
+
+    minutes, t = {}, time.monotonic()
+    traffic = synthetic_events(args.sessions, seed=args.seed + 1000 * turn, p_correct=p_correct)
+    interactions, feedback = traffic[0], traffic[1]
+    land_events(conn, interactions, feedback)
+    minutes["traffic"] = (time.monotonic() - t) / 60
+    t = time.monotonic()
+    curate(conn, settings)
+    minutes["mine"] = (time.monotonic() - t) / 60
+    t = time.monotonic()
+    built = build_dataset(conn, settings)
+    minutes["dataset"] = (time.monotonic() - t) / 60
+    say(f"turn {turn}: dataset {built.version}: {built.counts} (chart SFT {built.task_types['sft'].get(CHART, 0)}, "
+        f"chart pairs {built.task_types['dpo'].get(CHART, 0)})")
+    overrides = list(args.set)
+    if args.sft_steps:
+        overrides.append(f"sft.args.max_steps={args.sft_steps}")
+    if args.dpo_steps is not None:
+        overrides.append(f"dpo.args.max_steps={args.dpo_steps}")
+    t, c = time.monotonic(), cpu_s()
+    run_dir = work / f"run-{turn}"
+    run = run_job(built.path, run_dir, model_dir=model_dir, parent=parent, overrides=overrides,
+                  skip_dpo=args.dpo_steps == 0)
+    train_cpu = cpu_s() - c
+    minutes["train"] = (time.monotonic() - t) / 60
+    sft = run.get("stages", {}).get("sft", {})
+    return {
+        "turn": turn, "p_correct_served": round(p_correct, 3), "dataset": built.version, "counts": built.counts,
+        "chart_sft_records": built.task_types["sft"].get(CHART, 0), "run_dir": str(run_dir),
+        "adapter": run["adapter"], "sft_steps": sft.get("steps"), "dpo": run.get("stages", {}).get("dpo", {}).get("status"),
+        "packing": sft.get("packing"), "train_cpu_s": round(train_cpu),
+        "tokens_computed_per_cpu_s": round(sum(s.get("tokens", 0) for s in run.get("stages", {}).values()) / train_cpu, 1),
+        "supervised_tokens": sft.get("supervised_tokens"),
+        "supervised_per_cpu_s": round((sft.get("supervised_tokens") or 0) / train_cpu, 1),
+        "minutes": {k: round(v, 2) for k, v in minutes.items()},
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", type=int, default=600)
-    ap.add_argument("--p-correct", type=float, default=0.1, help="the served model stand-in's chance of a good draft")
-    ap.add_argument("--held-out", type=int, default=40)
-    ap.add_argument("--sft-steps", type=int, default=150)
-    ap.add_argument("--dpo-steps", type=int, default=30)
-    ap.add_argument("--teacher-samples", type=int, default=4, help="0 skips the teacher arm")
+    ap.add_argument("--sessions", type=int, default=300, help="simulated sessions of traffic per turn")
+    ap.add_argument("--p-correct", type=float, default=0.0,
+                    help="turn 1: the served model stand-in's chance of a right chart draft (the base model: 0)")
+    ap.add_argument("--held-out", type=int, default=40, help="requests per held-out set (seen and unseen)")
+    ap.add_argument("--turns", type=int, default=2, choices=(1, 2))
+    ap.add_argument("--sft-steps", type=int, default=0, help="cap SFT steps (0: the config's epochs)")
+    ap.add_argument("--dpo-steps", type=int, default=None, help="cap DPO steps (0 skips DPO; default: the config)")
+    ap.add_argument("--set", action="append", default=[], metavar="STAGE.SECTION.KEY=VALUE",
+                    help="training config override, as `flywheel train --set` (repeatable)")
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--reuse", metavar="RUN_DIR", help="evaluate a finished run folder (printed by an earlier run) "
-                    "instead of building data and training again")
+    ap.add_argument("--reuse", metavar="RUN_DIR", help="score the adapter of a finished run folder (no training)")
     args = ap.parse_args()
 
-    from flywheel.simulate.synthetic import synthetic_events
-    from serving.backends.local import LocalBackend
     from serving.model_store import ensure_hf_model
     from services.control.migrations import ALL
-    from streams.landing import land_events
     from streams.warehouse import apply_migrations, connect
-    from training.curation.pipeline import curate
-    from training.datasets.builder import build_dataset
-    from training.trainers.job import run_job
-    from training.labeling.teacher import LocalTeacher
 
+    sets = {"seen": held_out(args.held_out, args.seed, unseen=False),
+            "unseen": held_out(args.held_out, args.seed, unseen=True)}
     t0 = time.monotonic()
-    chart = "data-viz/chart-config"
-    if args.reuse:  # evaluate a finished run again (more held-out prompts, say) without retraining
-        run_dir = Path(args.reuse)
-        run = json.loads((run_dir / "run.json").read_text())
-        manifest = json.loads((Path(run["dataset_path"]) / "manifest.json").read_text())
-        data = {"dataset": manifest.get("version"), "sft_records": manifest["counts"]["sft"],
-                "dpo_pairs": manifest["counts"]["dpo"], "reused_run": str(run_dir)}
-        steps = {stage: run.get("stages", {}).get(stage, {}).get("steps") for stage in ("sft", "dpo")}
+    turns: list[dict] = []
+    arms: dict[str, Path | None] = {"base": None}
+    if args.reuse:
+        run = json.loads((Path(args.reuse) / "run.json").read_text())
         model_dir = ensure_hf_model(Settings().model_cache_path)
-        t_data = t_train = time.monotonic()
+        arms["reused"] = Path(run["adapter"])
+        figures = evaluate_arms(model_dir, arms, sets, args.max_tokens)
     else:
         work = Path(tempfile.mkdtemp(prefix="flywheel-lift-"))
+        say(f"work folder {work}")
         settings = Settings(data_dir=str(work)).replace(
             curation={"watermark_lag_s": 0, "select_total": 5000}, review={"auto_approve": False},
             datasets={"include_pending": True})
         model_dir = ensure_hf_model(settings.model_cache_path)
-        interactions, feedback, _truth = synthetic_events(args.sessions, seed=args.seed, p_correct=args.p_correct)
         conn = connect(settings.db_path)
         apply_migrations(conn, ALL)
-        land_events(conn, interactions, feedback)
-        curate(conn, settings)
-        built = build_dataset(conn, settings, progress=lambda m: print(f"  {m}", file=sys.stderr))
+        figures = evaluate_arms(model_dir, arms, sets, args.max_tokens)
+        parent, p = None, args.p_correct
+        for turn in range(1, args.turns + 1):
+            t = time.monotonic()
+            result = one_turn(turn, conn, settings, args, model_dir, parent, p, work)
+            name = f"turn{turn}"
+            arms[name] = parent = Path(result["adapter"])
+            e = time.monotonic()
+            figures |= evaluate_arms(model_dir, {name: parent}, sets, args.max_tokens)
+            result["minutes"]["evaluate"] = round((time.monotonic() - e) / 60, 2)
+            result["minutes"]["turn_total"] = round((time.monotonic() - t) / 60, 2)
+            turns.append(result)
+            say(f"turn {turn}: {result['minutes']}")
+            p = figures[name]["seen"]["exact"]  # the next turn's traffic is served by this model
         conn.close()
-        print(f"dataset {built.version}: {built.counts} (chart SFT {built.task_types['sft'].get(chart, 0)}, "
-              f"chart pairs {built.task_types['dpo'].get(chart, 0)})", file=sys.stderr)
-        data = {"dataset": built.version, "sft_records": built.counts["sft"], "dpo_pairs": built.counts["dpo"],
-                "chart_sft_records": built.task_types["sft"].get(chart, 0)}
-        steps = {"sft": args.sft_steps, "dpo": args.dpo_steps}
-        t_data = time.monotonic()
-        run_dir = work / "run"
-        run = run_job(built.path, run_dir, model_dir=model_dir,
-                      overrides=[f"sft.args.max_steps={args.sft_steps}", f"dpo.args.max_steps={args.dpo_steps}",
-                                 "sft.args.eval_steps=100000", "sft.args.save_steps=100000",
-                                 "dpo.args.save_steps=100000"])
-        t_train = time.monotonic()
-    print(f"run folder: {run_dir}", file=sys.stderr)
-
-    tasks = held_out(args.held_out, args.seed)
-    # base, the SFT stage's adapter, and the final one (SFT then DPO) when DPO ran
-    arms = {"base": None, "after_sft": run_dir / "sft" / "adapter", "after_one_round": Path(run["adapter"])}
-    if arms["after_sft"] == arms["after_one_round"] or not (arms["after_sft"] / "adapter_config.json").is_file():
-        del arms["after_sft"]
-    answers: dict[str, tuple[list[str], float]] = {}
-    backend = LocalBackend(model_dir, max_batch=16)
-    try:
-        for name, adapter in arms.items():
-            if adapter is not None:
-                backend.load_adapter(name.replace("_", "-"), adapter)
-            answers[name] = backend_answers(backend, "base" if adapter is None else name.replace("_", "-"), tasks,
-                                            args.max_tokens)
-    finally:
-        backend.close()
-    t_eval = time.monotonic()
-
-    teacher_figures: dict = {"skipped": "--teacher-samples 0"}
-    if args.teacher_samples > 0:
-        teacher = LocalTeacher(model_dir, samples=args.teacher_samples, max_tokens=args.max_tokens)
-        teacher_answers, teacher_tokens = [], []
-        for t in tasks:
-            ans = teacher.label(chart, t.messages)
-            teacher_answers.append(ans.answer or "")
-            teacher_tokens.append(ans.tokens.get("prompt", 0) if isinstance(ans.tokens, dict) else 0)
-        teacher_figures = {**score(tasks, teacher_answers), "samples": args.teacher_samples,
-                           "prompt_tokens_per_request": round(sum(teacher_tokens) / len(tasks))}
-    t_teacher = time.monotonic()
-
-    figures = {
-        "bench": "flywheel_lift", "sessions": None if args.reuse else args.sessions, "p_correct_stand_in": args.p_correct,
-        **data, "held_out": len(tasks), "sft_steps": steps["sft"], "dpo_steps": steps["dpo"],
-        "dpo_ran": run.get("stages", {}).get("dpo", {}).get("status"),
-        **{name: {**score(tasks, got), "prompt_tokens_per_request": round(tokens)} for name, (got, tokens) in answers.items()},
-        "teacher_few_shot_best_of_n": teacher_figures,
-        "minutes": {"data": round((t_data - t0) / 60, 1), "train": round((t_train - t_data) / 60, 1),
-                    "eval": round((t_eval - t_train) / 60, 1), "teacher": round((t_teacher - t_eval) / 60, 1)},
-        "examples": [{"request": t.messages[-1]["content"].rsplit("Request:", 1)[-1][:120], "after": a[:200]}
-                     for t, a in list(zip(tasks, answers["after_one_round"][0]))[:3]],
+    out = {
+        "bench": "flywheel_lift", "sessions_per_turn": None if args.reuse else args.sessions,
+        "held_out_per_set": args.held_out, "overrides": args.set, "turns": turns,
+        "arms": figures, "forgetting": forgetting(model_dir, arms),
+        "goal": {"unseen_exact": 0.6, "unseen_valid": 0.95, "turn_minutes": 20},
+        "minutes_total": round((time.monotonic() - t0) / 60, 1),
     }
-    line = json.dumps(figures)
+    line = json.dumps(out)
     print(line)
     (BENCH / "results").mkdir(exist_ok=True)
     (BENCH / "results" / "flywheel_lift.json").write_text(line + "\n")

@@ -99,20 +99,31 @@ def phase_plain(opts: dict, queue) -> None:
                "tokens_per_cpu_s": tokens / cpu})
 
 
-def phase_ours(opts: dict, queue) -> None:
+def phase_ours(opts: dict, queue, packing: bool = False) -> None:
+    from training.datasets.snapshot import load_snapshot, write_snapshot
     from training.trainers.config import load_stage_config
     from training.trainers.sft import build_sft_trainer, run_trainer
-    from training.datasets.snapshot import load_snapshot, write_snapshot
 
     tmp = Path(opts["tmp"]) / f"ours-{time.monotonic_ns()}"
     snap = load_snapshot(write_snapshot(tmp / "snapshot", version="bench", sft=chart_records(opts["examples"])))
-    cfg = load_stage_config("sft", overrides={"args": _common_args(opts), "flywheel": {"per_task_eval": False}})
+    args = _common_args(opts)
+    if opts.get("epoch"):  # one pass over the examples, whatever the number of steps it takes
+        args.update(max_steps=-1, num_train_epochs=1)
+    flywheel = {"per_task_eval": False, "shared_prefix_packing": packing}
+    cfg = load_stage_config("sft", overrides={"args": args, "flywheel": flywheel})
     trainer, callback = build_sft_trainer(snap, tmp / "run", model_dir=opts["model_dir"], cfg=cfg)
+    supervised = sum(sum(1 for x in r["labels"] if x != -100) for r in trainer.train_dataset)
     cpu0 = _cpu_s()
     result = run_trainer(trainer, callback, tmp / "run", "sft", len(trainer.train_dataset))
     cpu = _cpu_s() - cpu0  # includes the adapter save after the loop: counted against us
     queue.put({"tokens": result.tokens, "runtime_s": result.train_runtime_s, "tokens_per_s": result.tokens_per_s,
-               "peak_mb": _peak_mb(), "tokens_per_cpu_s": result.tokens / cpu})
+               "peak_mb": _peak_mb(), "tokens_per_cpu_s": result.tokens / cpu, "steps": result.steps,
+               "supervised_tokens": supervised, "supervised_per_cpu_s": supervised / cpu,
+               "supervised_per_s": supervised / result.train_runtime_s, "final_loss": result.train_loss[-1]["loss"]})
+
+
+def phase_packed(opts: dict, queue) -> None:
+    phase_ours(opts, queue, packing=True)
 
 
 def run_phase(fn, opts: dict) -> dict:
@@ -138,6 +149,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--packing", action="store_true",
+                   help="compare shared-prefix packing with our unpacked path instead: one epoch over --examples "
+                   "each, tokens of supervision (answer tokens) per CPU-second (target of issue 11: more)")
     a = p.parse_args(argv)
     sys.path.append(str(BENCH))
     from _stack import emit
@@ -146,6 +160,8 @@ def main(argv=None) -> None:
     from serving.model_store import ensure_hf_model
 
     model_dir = str(ensure_hf_model(load_settings(None, env={}).model_cache_path))
+    if a.packing:
+        return compare_packing(a, model_dir, emit)
     runs: dict[str, list[dict]] = {"plain": [], "ours": []}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         opts = {"examples": a.examples, "steps": a.steps, "batch": a.batch, "max_length": a.max_length,
@@ -180,6 +196,36 @@ def main(argv=None) -> None:
         "ours_peak_mb": med("ours", "peak_mb"),
         "plain_s_per_step": round(med("plain", "runtime_s") / a.steps, 2),
         "ours_s_per_step": round(med("ours", "runtime_s") / a.steps, 2),
+    })
+
+
+def compare_packing(a, model_dir: str, emit) -> None:
+    runs: dict[str, list[dict]] = {"unpacked": [], "packed": []}
+    with tempfile.TemporaryDirectory(prefix="bench-packing-") as tmp:
+        opts = {"examples": a.examples, "steps": a.steps, "batch": a.batch, "max_length": a.max_length,
+                "model_dir": model_dir, "tmp": tmp, "epoch": True}
+        for r in range(a.repeats):
+            order = (("unpacked", phase_ours), ("packed", phase_packed))
+            for name, fn in order if r % 2 == 0 else order[::-1]:
+                res = run_phase(fn, opts)
+                runs[name].append(res)
+                print(f"repeat {r + 1}/{a.repeats} {name}: {res['steps']} steps, {res['tokens']} tokens computed, "
+                      f"{res['supervised_per_cpu_s']:.1f} supervised tokens/cpu-s, final loss "
+                      f"{res['final_loss']:.3f}", file=sys.stderr, flush=True)
+
+    def med(name, key):
+        return round(statistics.median(x[key] for x in runs[name]), 2)
+
+    emit({
+        "bench": "training-packing", "examples": a.examples, "batch": a.batch, "repeats": a.repeats,
+        "supervised_tokens": med("packed", "supervised_tokens"),
+        "unpacked_tokens_computed": med("unpacked", "tokens"), "packed_tokens_computed": med("packed", "tokens"),
+        "unpacked_steps": med("unpacked", "steps"), "packed_steps": med("packed", "steps"),
+        "unpacked_supervised_per_cpu_s": med("unpacked", "supervised_per_cpu_s"),
+        "packed_supervised_per_cpu_s": med("packed", "supervised_per_cpu_s"),
+        "cpu_ratio": round(med("packed", "supervised_per_cpu_s") / med("unpacked", "supervised_per_cpu_s"), 3),
+        "wall_ratio": round(med("packed", "supervised_per_s") / med("unpacked", "supervised_per_s"), 3),
+        "unpacked_peak_mb": med("unpacked", "peak_mb"), "packed_peak_mb": med("packed", "peak_mb"),
     })
 
 

@@ -118,7 +118,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="flywheel-bench-adapters-"))
     paths = {name: make_random_adapter(model_dir, tmp / name, seed=seed) for name, seed in (("a", 1), ("b", 2))}
     backend = LocalBackend(model_dir, max_batch=CLIENTS)
-    backend._eos = set()  # every request runs to max_tokens: the same work in every phase
+    backend.engine.eos = set()  # every request runs to max_tokens: the same work in every phase
     runs: dict[str, list[dict]] = {"base_unwrapped": [], **{k: [] for k in MIXES}}
     loads = []
     try:

@@ -4,6 +4,10 @@ Loaded once (``load_settings``) at the edge of a process and passed down; librar
 never reads ``os.environ``. Environment keys name a section and a field with a double
 underscore: ``FLYWHEEL_GATEWAY__PORT=9000``, ``FLYWHEEL_KAFKA__BOOTSTRAP=host:9092``.
 Top-level fields take one underscore: ``FLYWHEEL_DATA_DIR=/srv/flywheel``.
+
+Secrets (API keys, the pseudonym salt) are ``SecretStr``: printed masked (``flywheel
+config``), read with ``.get_secret_value()`` where they are used, and passed in clear only
+to child processes (:func:`settings_env`).
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from flywheel.errors import ConfigError
 
@@ -23,8 +27,33 @@ ENV_PREFIX = "FLYWHEEL_"
 DEFAULT_CONFIG_FILE = "flywheel.toml"
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ServingBackend = Literal["local", "openai", "scripted"]
+RolloutMethod = Literal["beta-binomial", "two-proportion"]
+#: PII kinds the redactor knows (streams/redact.py runs them in its own order).
+PIIKind = Literal["EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET"]
+#: What curation's language detection answers (training/curation/clean.py).
+Language = Literal["en", "zh", "mixed", "other", "und"]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpenAIEndpoint(_Section):
+    """An OpenAI-compatible endpoint: the one type the serving upstream (``model.upstream``),
+    the teacher and the judge are reached through. The teacher and judge sections are
+    endpoints with options of their own; the upstream's fields keep their ``model.upstream_*``
+    names."""
+
+    base_url: str = Field("", description="Base URL of the OpenAI-compatible endpoint, e.g. http://vllm:8000/v1.")
+    api_key: SecretStr = Field(
+        SecretStr(""), description="Bearer key of the endpoint (empty: none). Secret: printed masked.")
+    model: str = Field("", description="Model name to ask for.")
+    timeout_s: float = Field(60.0, gt=0, description="Timeout of one request.")
+    retries: int = Field(
+        3, ge=0, description="Retries of a failed request (connection, timeout, 408/409/429, 5xx) by the openai client, "
+        "which backs off exponentially or waits as the server's Retry-After says.")
 
 
 class KafkaSettings(_Section):
@@ -70,7 +99,7 @@ class GatewaySettings(_Section):
 
 
 class ModelSettings(_Section):
-    backend: str = Field(
+    backend: ServingBackend = Field(
         "local", description="Serving backend: local (transformers), openai (an OpenAI-compatible server such as vLLM) "
         "or scripted (tests, benchmarks)."
     )
@@ -82,20 +111,32 @@ class ModelSettings(_Section):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     upstream_url: str = Field("", description="openai backend: base URL of the server, e.g. http://vllm:8000/v1.")
     upstream_model: str = Field("SmolLM2-135M-Instruct", description="openai backend: the served base model's name.")
-    upstream_api_key: str = Field("", description="openai backend: bearer key for the upstream, if it needs one.")
+    upstream_api_key: SecretStr = Field(
+        SecretStr(""), description="openai backend: bearer key for the upstream, if it needs one. Secret: printed masked.")
     upstream_timeout_s: float = Field(120.0, gt=0, description="openai backend: timeout of one upstream request.")
     upstream_concurrency: int = Field(64, ge=1, description="openai backend: most requests in flight upstream.")
+
+    @property
+    def upstream(self) -> OpenAIEndpoint:
+        """The openai backend's upstream as an endpoint (the gateway does not retry it)."""
+        return OpenAIEndpoint(base_url=self.upstream_url, api_key=self.upstream_api_key, model=self.upstream_model,
+                              timeout_s=self.upstream_timeout_s, retries=0)
 
 
 class PrivacySettings(_Section):
     redact: bool = Field(True, description="Redact PII before anything is emitted.")
-    kinds: tuple[str, ...] = Field(
-        ("EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET"), description="PII kinds to redact."
+    kinds: tuple[PIIKind, ...] = Field(
+        ("EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET"), description="PII kinds to redact (any case)."
     )
     extra_patterns: dict[str, str] = Field(default_factory=dict, description="Extra placeholder name -> regex.")
-    user_salt: str = Field(
-        "flywheel-dev-salt", description="Secret salt of the pseudonymous user id (HMAC). Change it in production."
-    )
+    user_salt: SecretStr = Field(
+        SecretStr("flywheel-dev-salt"),
+        description="Secret salt of the pseudonymous user id (HMAC). Change it in production. Printed masked.")
+
+    @field_validator("kinds", mode="before")
+    @classmethod
+    def _kinds_any_case(cls, v):
+        return tuple(k.upper() if isinstance(k, str) else k for k in v) if isinstance(v, (list, tuple)) else v
 
 
 class ControlSettings(_Section):
@@ -109,7 +150,7 @@ class RolloutSettings(_Section):
     failure_threshold: int = Field(2, ge=1, description="Failed analyses that roll a candidate back.")
     min_feedback: int = Field(30, ge=1, description="Feedback events per version below which an analysis is inconclusive.")
     delta: float = Field(0.05, ge=0, le=1, description="Tolerated increase of the negative-feedback rate.")
-    method: str = Field("beta-binomial", description="Negative-feedback test: beta-binomial or two-proportion.")
+    method: RolloutMethod = Field("beta-binomial", description="Negative-feedback test: beta-binomial or two-proportion.")
     tick_s: float = Field(5, gt=0, description="How often the control plane checks whether an analysis is due.")
     source: Literal["landed", "stream"] = Field(
         "landed", description="Figures the analysis reads: landed (interactions + feedback in DuckDB) or stream "
@@ -139,12 +180,13 @@ class CurationSettings(_Section):
     max_char_run: int = Field(12, ge=2, description="A character repeated this many times in a row drops the item.")
     min_unique_word_ratio: float = Field(
         0.3, ge=0, le=1, description="Responses of 12+ words with a smaller share of distinct words are dropped (repetitive).")
-    languages: tuple[str, ...] = Field(
+    languages: tuple[Language, ...] = Field(
         ("en", "mixed", "und"), description="Languages kept (en, zh, mixed, other, und: too short to tell).")
     drop_bad_labels: bool = Field(True, description="Drop candidates whose cleaned label is bad.")
     drop_unknown_labels: bool = Field(False, description="Drop candidates whose cleaned label is unknown (no reliable vote).")
     rater_min_items: int = Field(5, ge=1, description="Comparisons a rater needs before being judged reliable/random/reverse.")
-    taxonomy_path: str = Field("", description="Task-type taxonomy YAML. Empty: the one shipped in training/.")
+    taxonomy_path: str = Field("", description="Task-type taxonomy YAML replacing the domains' task types. Empty: the "
+                               "task types of the loaded domains.")
     task_threshold: float = Field(0.5, ge=0, le=1, description="Task-type confidence below which a candidate is 'unknown'.")
     drop_unknown_task_types: bool = Field(False, description="Drop candidates whose task type is unknown.")
     teacher_task_types: bool = Field(
@@ -177,10 +219,16 @@ class TrainingSettings(_Section):
     dpo_config: str = Field("", description="DPO config YAML (DPOConfig + LoraConfig). Empty: training/trainers/configs/dpo.yaml.")
     runs_dir: str = Field("", description="Where training runs write run.json, checkpoints and adapters. Empty: DATA_DIR/runs.")
     checkpoint_steps: int = Field(50, ge=1, description="Save a checkpoint every N optimizer steps (a killed job resumes there).")
-    assistant_turns: str = Field(
-        "all", pattern="^(all|last)$", description="Multi-turn SFT loss on all assistant turns (all) or only the last one (last).")
+    assistant_turns: Literal["all", "last"] = Field(
+        "all", description="Multi-turn SFT loss on all assistant turns (all) or only the last one (last).")
     incremental: bool = Field(True, description="Continue from the production version's adapter (else a fresh LoRA on the base).")
     dpo: bool = Field(True, description="Run DPO after SFT when the dataset has preference pairs.")
+    threads: int = Field(
+        0, ge=0, description="Torch (OpenMP/MKL) threads of the training and evaluation jobs, so serving on the same "
+        "machine keeps a core. 0: the machine's cores less one (at least 1).")
+    nice: int = Field(
+        10, ge=0, le=19, description="Niceness the training and evaluation jobs run at (os.nice): the gateway's requests "
+        "come first. 0: normal priority.")
 
 
 class DatasetSettings(_Section):
@@ -214,23 +262,24 @@ class ReviewSettings(_Section):
         30.0, ge=0, description="How long `flywheel review` waits for its decisions to be acknowledged and landed.")
 
 
-class TeacherSettings(_Section):
+class TeacherSettings(OpenAIEndpoint):
+    """The teacher: its endpoint (base_url, api_key, model, timeout_s, retries: used when
+    kind = openai) and its options."""
+
     kind: Literal["local", "openai"] = Field(
         "local", description="Who relabels: local (the bundled model, few-shot, constrained, best-of-N; offline) or openai "
         "(any OpenAI-compatible endpoint, e.g. vLLM serving a large model).")
-    base_url: str = Field("", description="openai teacher: base URL of the endpoint, e.g. http://vllm:8000/v1.")
-    api_key: str = Field("", description="openai teacher: bearer key of the endpoint (empty: none).")
-    model: str = Field("", description="openai teacher: model name to ask for.")
     samples: int = Field(4, ge=1, le=16, description="Samples per prompt; the verifiers pick the best (best-of-N).")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the teacher's samples.")
     few_shot: int = Field(3, ge=0, le=8, description="local teacher: worked examples drawn at random from the pool per prompt.")
     constrained: bool = Field(
         True, description="local teacher: constrain decoding to the task's output schema where it has one (chart-config JSON "
         "with names from the prompt's lists).")
-    pool_path: str = Field("", description="local teacher: few-shot pool YAML. Empty: training/labeling/teacher_pool.yaml.")
-    timeout_s: float = Field(60.0, gt=0, description="openai teacher: timeout of one request.")
-    retries: int = Field(3, ge=0, description="openai teacher: retries of a failed request (connection, timeout, 429, 5xx).")
-    backoff_s: float = Field(0.5, ge=0, description="openai teacher: first retry delay; doubled on each retry.")
+    pool_path: str = Field("", description="local teacher: a few-shot pool YAML whose examples go in front of the "
+                           "domains' own. Empty: the domains' examples only.")
+    backoff_s: float = Field(
+        0.5, ge=0, description="No longer used (accepted so existing files load): retries back off as the openai client "
+        "does (0.5 s doubling up to 8 s) or as the server's Retry-After says.")
     concurrency: int = Field(4, ge=1, description="openai teacher: most requests in flight.")
     max_tokens: int = Field(256, ge=1, description="Longest teacher answer in tokens.")
     price_prompt_per_1k: float = Field(0.0, ge=0, description="openai teacher: cost of 1,000 prompt tokens (for the tally).")
@@ -241,12 +290,20 @@ class TeacherSettings(_Section):
         "DATA_DIR/teacher_calls.jsonl.")
 
 
-class JudgeSettings(_Section):
+class JudgeSettings(OpenAIEndpoint):
+    """The pairwise judge's endpoint; an empty base_url, api_key or model is the teacher's."""
+
     base_url: str = Field("", description="Pairwise judge: base URL of an OpenAI-compatible endpoint (empty: the teacher's).")
-    api_key: str = Field("", description="Pairwise judge: bearer key (empty: the teacher's).")
+    api_key: SecretStr = Field(SecretStr(""), description="Pairwise judge: bearer key (empty: the teacher's). Printed masked.")
     model: str = Field("", description="Pairwise judge: model name (empty: the teacher's).")
     timeout_s: float = Field(60.0, gt=0, description="Pairwise judge: timeout of one request.")
-    retries: int = Field(2, ge=0, description="Pairwise judge: retries of a failed request.")
+    retries: int = Field(2, ge=0, description="Pairwise judge: retries of a failed request (as the teacher's).")
+
+    def resolve(self, teacher: OpenAIEndpoint) -> OpenAIEndpoint:
+        """The endpoint the judge asks: its own, each empty base_url/api_key/model taken from ``teacher``."""
+        return OpenAIEndpoint(base_url=self.base_url or teacher.base_url,
+                              api_key=self.api_key if self.api_key.get_secret_value() else teacher.api_key,
+                              model=self.model or teacher.model, timeout_s=self.timeout_s, retries=self.retries)
 
 
 class EvaluateSettings(_Section):
@@ -254,8 +311,8 @@ class EvaluateSettings(_Section):
     resample_k: int = Field(4, ge=1, description="Samples per prompt and version when a task type seems to drop (pass@k).")
     resample_temperature: float = Field(0.8, gt=0, description="Sampling temperature of the resampling.")
     max_loss_increase: float = Field(
-        0.0, ge=0, description="A task type fails when the lower end of its reference-loss increase (nats/token, 95% CI) "
-        "exceeds this.")
+        0.0, description="A task type fails when the lower end of its reference-loss increase (nats/token, 95% CI) "
+        "exceeds this. Negative: each task type must lower its loss by at least that much.")
     max_pass_rate_drop: float = Field(0.0, ge=0, le=1, description="Largest allowed drop of the overall verifier pass rate.")
     max_forgetting: float = Field(
         0.05, ge=0, description="Largest allowed relative increase of the general set's reference loss (forgetting).")
@@ -266,18 +323,70 @@ class EvaluateSettings(_Section):
 
 
 class RefreshSettings(_Section):
+    cron: str = Field(
+        "", description="When the scheduler turns the flywheel (mine, dataset, train, evaluate, canary): a crontab line "
+        "in UTC, minute hour day month day-of-week, e.g. \"0 3 * * *\" (03:00 every day) or \"0 */6 * * mon-fri\" (name "
+        "the days: APScheduler counts 0 as Monday). Empty: no cron schedule. One of cron, interval_min, interval_h.")
+    interval_min: float = Field(
+        0, ge=0, description="Minutes between scheduled flywheel turns (instead of cron). 0: none; without any schedule "
+        "turns run only on request (`flywheel refresh`) or after_feedback.")
     interval_h: float = Field(
-        0, ge=0, description="Hours between scheduled flywheel turns (mine, dataset, train, evaluate, canary). 0: only on "
-        "request (`flywheel refresh`).")
+        0, ge=0, description="Deprecated (use interval_min = 60 * hours): hours between scheduled turns; still honoured, "
+        "with a warning in the control plane's log.")
+    after_feedback: int = Field(
+        0, ge=0, description="Also start a turn once this many feedback events have landed since the last turn started "
+        "(counted every check_s seconds). 0: off.")
+    check_s: float = Field(60.0, gt=0, description="How often the after_feedback count is checked (one COUNT query).")
     min_sft_records: int = Field(20, ge=1, description="A turn stops before training when the dataset has fewer SFT records.")
     train_overrides: tuple[str, ...] = Field(
         (), description="`--set` overrides for the training job, e.g. [\"sft.args.max_steps=200\"].")
     auto_rollout: bool = Field(True, description="Start a canary rollout of a candidate that passes the gate.")
 
+    @field_validator("cron")
+    @classmethod
+    def _crontab(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if v:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(v, timezone="UTC")
+            except ValueError as e:
+                raise ValueError(f"{v!r} is not a crontab line (minute hour day month day-of-week): {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> "RefreshSettings":
+        chosen = [name for name in ("cron", "interval_min", "interval_h") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ValueError(f"set one schedule, not {' and '.join(chosen)} (after_feedback combines with any)")
+        return self
+
+    @property
+    def every_min(self) -> float:
+        """The interval schedule in minutes (the deprecated interval_h converted); 0: none."""
+        return self.interval_min or self.interval_h * 60
+
+
+class DomainSettings(_Section):
+    modules: tuple[str, ...] = Field(
+        (), description="Domain plugins to load besides the installed ones (entry-point group flywheel.domains), as "
+        "\"package.module:attribute\" naming a flywheel.domains.Domain (docs/domains.md).")
+
+    @field_validator("modules")
+    @classmethod
+    def _module_paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for ref in v:
+            module, sep, attr = ref.partition(":")
+            if not sep or not module.strip() or not attr.strip():
+                raise ValueError(f"{ref!r} must be 'package.module:attribute'")
+        return v
+
 
 class Settings(_Section):
     data_dir: str = Field("./data", description="Folder of the DuckDB file, spool, keys and logs.")
-    log_level: str = Field("INFO", description="Log level of every process.")
+    log_level: LogLevel = Field(
+        "INFO", description="Log level of every process: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     kafka: KafkaSettings = KafkaSettings()
     spool: SpoolSettings = SpoolSettings()
     landing: LandingSettings = LandingSettings()
@@ -295,6 +404,12 @@ class Settings(_Section):
     review: ReviewSettings = ReviewSettings()
     teacher: TeacherSettings = TeacherSettings()
     judge: JudgeSettings = JudgeSettings()
+    domains: DomainSettings = DomainSettings()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v):
+        return v.upper() if isinstance(v, str) else v
 
     # -- derived paths -------------------------------------------------------------
     @property
@@ -359,22 +474,30 @@ def _env_overrides(env: Mapping[str, str]) -> dict:
             continue
         name = key[len(ENV_PREFIX):].lower()
         section, sep, field = name.partition("__")
-        value = _parse_env_value(raw)
         if sep:
             if section not in sections:
                 raise ConfigError(f"{key}: unknown settings section {section!r} (known: {', '.join(sorted(sections))})")
-            out.setdefault(section, {})[field] = value
+            info = type(Settings.model_fields[section].default).model_fields.get(field)
+            out.setdefault(section, {})[field] = _parse_env_value(raw, info.annotation if info else None)
         else:
-            out[name] = value
+            info = Settings.model_fields.get(name)
+            out[name] = _parse_env_value(raw, info.annotation if info else None)
     return out
 
 
-def _parse_env_value(raw: str):
-    # JSON for lists/dicts/numbers/booleans; anything else stays a string.
+def _is_text(annotation) -> bool:
+    return annotation in (str, SecretStr) or (
+        get_origin(annotation) is Literal and all(isinstance(a, str) for a in get_args(annotation)))
+
+
+def _parse_env_value(raw: str, annotation=None):
+    # JSON for lists/dicts/numbers/booleans; anything else stays a string. A text setting
+    # keeps the raw string unless it is a JSON string: a salt "12345" or a key "1e5" stays as written.
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return raw
+    return raw if _is_text(annotation) and not isinstance(value, str) else value
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -400,16 +523,24 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raise ConfigError(f"invalid settings: {problems}") from None
 
 
+def _reveal(value):
+    """``json.dumps`` default: a secret's real value (for child processes and defaults only)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The ``FLYWHEEL_*`` variables that reproduce ``settings`` exactly in a child process
-    (jobs the control plane starts see the same settings, whatever file they came from)."""
+    (jobs the control plane starts see the same settings, whatever file they came from).
+    Secrets are passed in clear: the child needs them."""
     env = {}
-    for name, value in settings.model_dump(mode="json").items():
+    for name, value in settings.model_dump().items():
         if isinstance(value, dict) and isinstance(getattr(settings, name), BaseModel):
             for key, inner in value.items():
-                env[f"{ENV_PREFIX}{name.upper()}__{key.upper()}"] = json.dumps(inner)
+                env[f"{ENV_PREFIX}{name.upper()}__{key.upper()}"] = json.dumps(inner, default=_reveal)
         else:
-            env[f"{ENV_PREFIX}{name.upper()}"] = json.dumps(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = json.dumps(value, default=_reveal)
     return env
 
 
@@ -420,9 +551,9 @@ def describe_settings() -> list[tuple[str, str, str]]:
         if isinstance(field.default, BaseModel):
             for sub, sf in type(field.default).model_fields.items():
                 default = sf.default if sf.default_factory is None else sf.default_factory()
-                rows.append((f"{name}.{sub}", json.dumps(default), sf.description or ""))
+                rows.append((f"{name}.{sub}", json.dumps(default, default=_reveal), sf.description or ""))
         else:
-            rows.append((name, json.dumps(field.default), field.description or ""))
+            rows.append((name, json.dumps(field.default, default=_reveal), field.description or ""))
     return rows
 
 

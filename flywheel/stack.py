@@ -5,6 +5,10 @@ Start order: broker → topics → control plane → stream worker → gateway. 
 reverse, and it drains: the gateway stops first and flushes its spool into Kafka, the
 stream worker publishes its last window deltas, then the control plane lands everything in
 the topics (it stops after a quiet second), then the broker stops.
+
+This module is the composition root of the local stack, not a library: it runs the other
+layers' processes, so it imports them lazily, inside `start` (flywheel/ imports nothing
+above it at load time), and nothing imports it but `flywheel up`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class Stack:
             self.console.print(text)
 
     def start(self) -> None:
-        from flywheel.cli import ensure_dev_keys
+        from services.gateway.auth import ensure_dev_keys
         from streams.broker import EmbeddedBroker
         from streams.topics import ensure_topics, topic_names
 

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
+
+from flywheel.settings import Settings
 from serving.routing import Route, RoutingError, RoutingTable
 
 STATUSES = ("candidate", "canary", "production", "retired", "rolled_back")
@@ -65,7 +68,7 @@ def check_adapter(base_model_dir: Path, adapter_dir: Path) -> None:
 
 
 class Registry:
-    def __init__(self, conn, *, models_dir: Path, base_model: str, alias: str,
+    def __init__(self, conn: duckdb.DuckDBPyConnection, *, models_dir: Path, base_model: str, alias: str,
                  base_model_dir: Callable[[], Path] | None = None,
                  check: Callable[[Path, Path], None] = check_adapter):
         self.conn = conn
@@ -76,7 +79,7 @@ class Registry:
         self._check = check
 
     @classmethod
-    def from_settings(cls, conn, settings, **kw) -> "Registry":
+    def from_settings(cls, conn: duckdb.DuckDBPyConnection, settings: Settings, **kw) -> "Registry":
         def base_dir() -> Path:
             from serving.model_store import ensure_hf_model
 

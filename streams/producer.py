@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from flywheel.settings import Settings
 from streams.spool import Spool, SpoolRecord
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class EventProducer:
             self._thread.start()
 
     @classmethod
-    def from_settings(cls, settings, *, client_id: str = "gateway", start: bool = True) -> "EventProducer":
+    def from_settings(cls, settings: Settings, *, client_id: str = "gateway", start: bool = True) -> "EventProducer":
         return cls(
             settings.bootstrap,
             settings.spool_path,

@@ -29,7 +29,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import date
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, get_args
+
+from flywheel.settings import PIIKind
 
 __all__ = [
     "KINDS",
@@ -40,7 +42,7 @@ __all__ = [
     "redact",
 ]
 
-KINDS: tuple[str, ...] = ("EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET")
+KINDS: tuple[str, ...] = get_args(PIIKind)  # one list: the settings' type (privacy.kinds)
 
 # The order in which built-in kinds run (see the module docstring).
 _ORDER: tuple[str, ...] = ("SECRET", "EMAIL", "CN_ID", "BANK_CARD", "IP", "PHONE")

@@ -7,6 +7,7 @@ import logging
 import time
 
 from flywheel.errors import BrokerError
+from flywheel.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ TOPICS = {
 }
 
 
-def topic_names(settings) -> dict[str, str]:
+def topic_names(settings: Settings) -> dict[str, str]:
     return {name: settings.topic(name) for name in TOPICS}
 
 

@@ -3,7 +3,8 @@
 ``StandIn(reply)`` serves ``POST /v1/chat/completions`` on 127.0.0.1 with werkzeug; its
 reply is a function of the request's messages (a position-biased judge answers "A" to
 everything). ``fail_next(status, times)`` answers the next requests with an error status
-(a flaky endpoint). Every request body is kept in ``requests``.
+(a flaky endpoint). Every request body is kept in ``requests``. A request with
+``stream: true`` is answered with server-sent events, as the ``openai`` backend asks.
 """
 
 from __future__ import annotations
@@ -57,4 +58,11 @@ class StandIn:
                         for i, t in enumerate(texts)],
             "usage": {"prompt_tokens": 10, "completion_tokens": 2 * n, "total_tokens": 10 + 2 * n},
         }
+        if body.get("stream"):  # as vLLM streams: one chunk per draft, then the usage chunk
+            head = {k: out[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+            chunks = [{**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": t},
+                                            "finish_reason": "stop"}]} for i, t in enumerate(texts)]
+            chunks.append({**head, "choices": [], "usage": out["usage"]})
+            sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+            return Response(sse, 200, mimetype="text/event-stream")
         return Response(json.dumps(out), 200, mimetype="application/json")

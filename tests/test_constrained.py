@@ -9,7 +9,15 @@ import random
 import pytest
 
 from flywheel.simulate import charts
-from training.labeling.constrained import JsonSchemaProcessor, chart_schema, feed_text, initial_state, is_done
+from training.labeling.constrained import (
+    JsonSchemaProcessor,
+    UnsupportedSchema,
+    chart_schema,
+    feed_text,
+    from_json_schema,
+    initial_state,
+    is_done,
+)
 from training.labeling.verify import CHART_TASK, verify
 
 
@@ -54,6 +62,21 @@ def test_a_complete_document_admits_nothing_more():
     done = feed_text(initial_state(schema), '{"chartType":"CHART_PIE","chartFields":{"dimensions":["Region"],"metrics":["Sales"]},"mainAxis":"Region"}')
     assert is_done(done)
     assert feed_text(done, " ") is None and feed_text(done, "x") is None
+
+
+def test_any_json_schema_within_the_supported_part_compiles():
+    schema = from_json_schema({
+        "type": "object",
+        "properties": {"tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 2, "uniqueItems": True},
+                       "n": {"type": "integer", "minimum": 1}, "kind": {"const": "x"}},
+        "required": ["kind"],
+    })
+    assert is_done(feed_text(initial_state(schema), '{"kind":"x","tags":["a","b"],"n":3}'))
+    assert feed_text(initial_state(schema), '{"tags":["a","a"') is None  # unique items
+    assert feed_text(initial_state(schema), '{"n":0') is None  # minimum 1
+    for unsupported in ({"type": "boolean"}, {"oneOf": [{"type": "string"}, {"type": "number"}]}, {"$ref": "#/$defs/Nope"}):
+        with pytest.raises(UnsupportedSchema):
+            from_json_schema(unsupported)
 
 
 @pytest.fixture(scope="module")

@@ -200,7 +200,7 @@ def test_second_run_through_kafka_reads_only_new_events(settings, control_plane)
         run2 = curate(cur, settings)
     assert run2.funnel["events"] == len(second.interactions) + len(second.feedback)
     assert run2.funnel["sessions"] == 25
-    assert {c["session_id"] for c in run2.candidates} == {e.session_id for e in second.interactions}
+    assert {c.session_id for c in run2.candidates} == {e.session_id for e in second.interactions}
     assert count(control_plane, "candidates", "run_id = ?", [run1.run_id]) == n1
     assert count(control_plane, "candidates") == n1 + len(run2.candidates)
     # nothing new: the third run mines nothing and still records its (empty) funnel
@@ -291,11 +291,11 @@ def test_a_later_run_drops_prompts_an_earlier_run_kept(tmp_path):
     run1 = curate(conn, settings)
     land_events(conn, *list(synthetic_events(40, seed=21, run_tag="y"))[:2])  # the same requests from other sessions
     run2 = curate(conn, settings)
-    kept1 = {normalise(c["prompt_text"]) for c in run1.kept}
-    repeated = [c for c in run2.candidates if c["stage"] == "dedup" and c["drop_reason"].startswith("exact-duplicate")
-                and f"kept by run {run1.run_id}" in c["drop_reason"]]
+    kept1 = {normalise(c.prompt_text) for c in run1.kept}
+    repeated = [c for c in run2.candidates if c.stage == "dedup" and c.drop_reason.startswith("exact-duplicate")
+                and f"kept by run {run1.run_id}" in c.drop_reason]
     assert repeated and run2.funnel["dedup"]["earlier_runs_exact"] == len(repeated)
-    assert not [c for c in run2.kept if normalise(c["prompt_text"]) in kept1]
+    assert not [c for c in run2.kept if normalise(c.prompt_text) in kept1]
     conn.close()
 
 
@@ -334,12 +334,12 @@ def test_a_later_run_drops_rewordings_of_prompts_an_earlier_run_kept(tmp_path):
     land_events(conn, again, thumbs)
     run2 = curate(conn, settings)
 
-    kept1 = {normalise(c["prompt_text"]) for c in run1.kept}
-    mine = [c for c in run2.candidates if c["session_id"] in reworded and c["stage"] != "clean"]
-    near = [c for c in mine if "near-duplicate of" in (c["drop_reason"] or "")
-            and f"kept by run {run1.run_id}" in c["drop_reason"]]
-    assert len(mine) >= 8 and all(normalise(c["prompt_text"]) not in kept1 for c in mine)  # no exact repeats
-    assert all(c["stage"] == "dedup" for c in mine), [(c["prompt_text"], c["stage"]) for c in mine]
+    kept1 = {normalise(c.prompt_text) for c in run1.kept}
+    mine = [c for c in run2.candidates if c.session_id in reworded and c.stage != "clean"]
+    near = [c for c in mine if "near-duplicate of" in (c.drop_reason or "")
+            and f"kept by run {run1.run_id}" in c.drop_reason]
+    assert len(mine) >= 8 and all(normalise(c.prompt_text) not in kept1 for c in mine)  # no exact repeats
+    assert all(c.stage == "dedup" for c in mine), [(c.prompt_text, c.stage) for c in mine]
     assert len(near) >= len(mine) - 1  # at most one went to within-run dedup instead
     assert run2.funnel["dedup"]["earlier_runs_semantic"] == len(near)
     assert run2.funnel["dedup"]["earlier_vectors"] == len(run1.kept)
@@ -359,12 +359,12 @@ def test_golden_and_hardness_stages_score_the_kept_candidates(tmp_path, model_di
     land_events(conn, *list(synthetic_events(30, seed=31, config=SimulationConfig(users=10)))[:2])
     result = curate(conn, settings, scorer=ModelScorer(model_dir, max_length=512))
     kept = result.kept
-    assert 1 <= len(kept) <= max(4, len({c["task_type"] for c in kept}))  # every type keeps >= 1
-    assert all(c["hardness"] is not None and c["hardness"] > 0 for c in kept)
-    assert all(c["golden_score"] is not None and 0 <= c["golden_score"] <= 1 for c in kept)
-    hard = [c for c in kept if "hard" in c["tags"]]
-    assert all(c["label"] == "good" for c in hard)
-    assert all(c["hardness"] is None and c["golden_score"] is None for c in result.candidates if c["status"] == "dropped")
+    assert 1 <= len(kept) <= max(4, len({c.task_type for c in kept}))  # every type keeps >= 1
+    assert all(c.hardness is not None and c.hardness > 0 for c in kept)
+    assert all(c.golden_score is not None and 0 <= c.golden_score <= 1 for c in kept)
+    hard = [c for c in kept if "hard" in c.tags]
+    assert all(c.label == "good" for c in hard)
+    assert all(c.hardness is None and c.golden_score is None for c in result.candidates if c.status == "dropped")
     stored = conn.execute("SELECT count(*) FROM candidates WHERE hardness IS NOT NULL AND golden_score IS NOT NULL").fetchone()[0]
     assert stored == len(kept)
     conn.close()
@@ -416,16 +416,16 @@ def test_mining_waits_for_feedback_that_landed_before_its_request(tmp_path):
     land_events(conn, [e for e in interactions if e is not late], feedback)
     first = mine(conn, window := mining_window(conn, 0))
     assert first.orphan_feedback == sum(f.request_id == late.request_id for f in feedback) > 0
-    assert late.request_id not in {c["request_id"] for c in first.candidates}
+    assert late.request_id not in {c.request_id for c in first.candidates}
     save_watermark(conn, window, "run-1")
     land_events(conn, [late], [])
     second = mine(conn, mining_window(conn, 0))
     assert second.orphan_feedback == 0
-    mined = [c for c in second.candidates if c["request_id"] == late.request_id]
+    mined = [c for c in second.candidates if c.request_id == late.request_id]
     assert len(mined) == 1
-    fb = mined[0]["feedback"]
-    assert fb["thumbs_up"] + fb["thumbs_down"] + len(fb["ratings"]) > 0  # the early feedback is there
-    assert {c["session_id"] for c in second.candidates} == {late.session_id}
+    fb = mined[0].feedback
+    assert fb.thumbs_up + fb.thumbs_down + len(fb.ratings) > 0  # the early feedback is there
+    assert {c.session_id for c in second.candidates} == {late.session_id}
     conn.close()
 
 

@@ -29,7 +29,7 @@ def standin():
 
 
 def _judge(server) -> Judge:
-    return Judge(ChatClient(server.url, "judge-model", retries=1, backoff_s=0.01, what="judge"))
+    return Judge(ChatClient(server.url, "judge-model", retries=1, what="judge"))
 
 
 def _shown(messages, label: str) -> str:

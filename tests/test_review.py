@@ -45,7 +45,7 @@ def test_curated_candidates_are_reviewed_through_kafka_and_the_next_stage_sees_i
     wait_for(lambda: count(control_plane, "interactions") >= 60, timeout=60, what="interactions landed")
     with control_plane.reader() as cur:
         result = curate(cur, s)
-    kept = [c["candidate_id"] for c in result.kept]
+    kept = [c.candidate_id for c in result.kept]
     assert len(kept) >= 4
     assert set(_states(control_plane).values()) == {"pending"}
     with control_plane.reader() as cur:

@@ -29,6 +29,10 @@ def test_file_then_environment(tmp_path):
     ({"FLYWHEEL_GATEWAY__PORTT": "1"}, "gateway.portt"),
     ({"FLYWHEEL_NOPE__X": "1"}, "unknown settings section 'nope'"),
     ({"FLYWHEEL_GATEWAY__THREADS": "0"}, "gateway.threads"),
+    ({"FLYWHEEL_MODEL__BACKEND": "vllm"}, "model.backend: Input should be 'local', 'openai' or 'scripted'"),
+    ({"FLYWHEEL_ROLLOUT__METHOD": "bayes"}, "rollout.method"),
+    ({"FLYWHEEL_PRIVACY__KINDS": '["EMAIL", "SSN"]'}, "privacy.kinds.1"),
+    ({"FLYWHEEL_LOG_LEVEL": "LOUD"}, "log_level"),
 ])
 def test_bad_settings_name_the_key(env, message):
     with pytest.raises(ConfigError, match=message):
@@ -100,3 +104,32 @@ def test_settings_env_reproduces_the_settings_in_a_child_process():
     env = settings_env(s)
     assert env["FLYWHEEL_KAFKA__TOPIC_PREFIX"] == '"x."' and env["FLYWHEEL_DATA_DIR"] == '"/srv/fw"'
     assert load_settings(None, env=env) == s
+
+
+def test_secrets_are_masked_when_printed_and_passed_in_clear_to_child_processes():
+    from flywheel.settings import settings_env
+
+    env = {"FLYWHEEL_TEACHER__API_KEY": "sk-teacher-secret", "FLYWHEEL_JUDGE__API_KEY": "sk-judge-secret",
+           "FLYWHEEL_MODEL__UPSTREAM_API_KEY": "sk-upstream-secret", "FLYWHEEL_PRIVACY__USER_SALT": "12345"}
+    result = CliRunner().invoke(main, ["config"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "secret" not in result.output and "12345" not in result.output and "**********" in result.output
+    s = load_settings(None, env=env)
+    assert s.privacy.user_salt.get_secret_value() == "12345"  # a number-like secret stays as written
+    assert "sk-teacher-secret" not in repr(s) and "sk-teacher-secret" not in str(s.teacher)
+    child = settings_env(s)
+    assert json.loads(child["FLYWHEEL_TEACHER__API_KEY"]) == "sk-teacher-secret"
+    assert load_settings(None, env=child) == s
+    assert load_settings(None, env=child).model.upstream_api_key.get_secret_value() == "sk-upstream-secret"
+
+
+def test_the_three_endpoints_share_one_type():
+    from flywheel.settings import OpenAIEndpoint, Settings
+
+    s = Settings().replace(teacher={"base_url": "http://t/v1", "model": "big", "api_key": "k-t"},
+                           judge={"model": "judge"}, model={"upstream_url": "http://vllm:8000/v1"})
+    assert all(isinstance(e, OpenAIEndpoint) for e in (s.teacher, s.judge, s.model.upstream))
+    judge = s.judge.resolve(s.teacher)  # empty fields are the teacher's
+    assert (judge.base_url, judge.model, judge.api_key.get_secret_value()) == ("http://t/v1", "judge", "k-t")
+    assert judge.retries == 2
+    assert (s.model.upstream.base_url, s.model.upstream.model) == ("http://vllm:8000/v1", "SmolLM2-135M-Instruct")

@@ -30,6 +30,7 @@ from flywheel.simulate.messy import MESSY_KINDS, make_messy
 from flywheel.simulate.sessions import SimulationConfig, plan_session
 from flywheel.simulate.tasks import CHART_TASK, TASK_TYPES, Judgement, make_task, pick_task_type
 from flywheel.simulate.users import FEEDBACK_KINDS, PERSONAS, Behaviour, decide, make_user
+from training.labeling.verify import verify
 
 # ----------------------------------------------------------------------------- ground truth
 
@@ -563,3 +564,45 @@ def test_run_uses_the_configured_population(tmp_path):
     assert {r["persona"] for r in records} == {"silent"} and len({r["user"] for r in records}) <= 3
     assert all(r["turn"] == 1 and r["n"] == 1 and r["expected"] is not None for r in records)
     assert {f["body"]["kind"] for f in stub.feedback} <= {"copy", "regenerate"}
+
+
+# ----------------------------------------------------------------------------- held-out datasets
+
+
+def test_held_out_schemas_have_their_own_vocabulary_and_valid_requests():
+    held_out = charts.eval_schemas()
+    assert len(held_out) >= 4 and all(s.eval_only for s in held_out) and not any(s.eval_only for s in SCHEMAS)
+    traffic_words = {n.lower() for s in SCHEMAS for n in (*s.all_dimensions, *s.metrics)}
+    rng = random.Random(12)
+    for schema in held_out:
+        assert charts.get_schema(schema.name) is schema
+        assert not {n.lower() for n in (*schema.all_dimensions, *schema.metrics)} & traffic_words, schema.name
+        intents = Counter()
+        for _ in range(150):  # every intent and follow-up of the generator works on it
+            request = generate_request(rng, schema.name)
+            intents[request.intent] += 1
+            assert request.schema is schema
+            assert validate_config(request.truth, schema) == [], (request.text, request.truth)
+            messages = [{"role": "user", "content": build_prompt(schema, request.text)}]
+            assert verify(CHART_TASK, messages, charts.dump_config(request.truth)).passed
+            follow = generate_followup(rng, request)
+            assert validate_config(follow.truth, schema) == [], (follow.text, follow.truth)
+        assert len(intents) == 8, (schema.name, intents)
+        task = make_task(rng, CHART_TASK, messy_rate=0, schema=schema)
+        assert task.schema == schema.name and '"' + schema.time_field + '"' in task.messages[0]["content"]
+
+
+def test_traffic_never_uses_the_held_out_schemas():
+    from flywheel.simulate.synthetic import synthetic_events
+
+    held_out = {s.name for s in charts.eval_schemas()}
+    markers = [f"Time field: \"{s.time_field}\"" for s in charts.eval_schemas()]
+    rng = random.Random(4)
+    assert not {generate_request(rng).schema.name for _ in range(3000)} & held_out
+    for i in range(400):
+        for turn in plan_session(11, i).turns:
+            assert turn.task.schema not in held_out
+    interactions, _, _ = synthetic_events(300, seed=5)
+    for event in interactions:
+        for m in event.messages:
+            assert not any(marker in (m.content if hasattr(m, "content") else m["content"]) for marker in markers)

@@ -262,3 +262,22 @@ def test_sigterm_publishes_what_was_counted_and_a_restart_does_not_count_it_agai
         assert workers_seen == 2
     finally:
         producer.close(drain_timeout=5)
+
+
+def test_invalid_records_in_a_batch_are_skipped_and_the_rest_of_the_batch_counts(settings, control_plane, workers,
+                                                                                 tmp_path):
+    producer = EventProducer(settings.bootstrap, tmp_path / "spool", client_id="test")
+    rng = random.Random(5)
+    try:
+        # Everything is in the topics before the worker starts, so it reads them in few batches.
+        send_traffic(producer, settings, rng, 30, T0)
+        producer.emit(settings.topic("interactions"), "s_bad", b"{not json")
+        producer.emit(settings.topic("feedback"), "req_bad", json.dumps({"request_id": "req_bad"}).encode())  # no kind
+        send_traffic(producer, settings, rng, 30, T0)
+        worker = workers(settings)
+        wait_for(lambda: count(control_plane, "interactions") == 60 and
+                 streamed(control_plane) == truth_from_landed(control_plane),
+                 timeout=60, what="the valid events' figures to land")
+        wait_for(lambda: "2 invalid skipped" in open(worker.log.name).read(), timeout=10, what="the skips logged")
+    finally:
+        producer.close(drain_timeout=5)

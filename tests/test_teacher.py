@@ -61,7 +61,7 @@ def test_corrections_outrank_the_teacher():
 
 
 def _gateway_teacher(gw, db=None, **kw) -> OpenAITeacher:
-    client = ChatClient(f"{gw.url}/v1", gw.settings.model.alias, api_key=gw.tokens["chat"], retries=2, backoff_s=0.01,
+    client = ChatClient(f"{gw.url}/v1", gw.settings.model.alias, api_key=gw.tokens["chat"], retries=2,
                         timeout_s=30, price_prompt_per_1k=1.0, price_completion_per_1k=2.0)
     return OpenAITeacher(client, audit=TeacherAudit(conn=db) if db is not None else None, **kw)
 
@@ -119,7 +119,7 @@ def test_a_teacher_that_keeps_failing_is_an_error_and_is_audited(tmp_path):
     try:
         server.fail_next(503, times=6)
         audit = tmp_path / "audit.jsonl"
-        client = ChatClient(server.url, "big-model", retries=2, backoff_s=0.01)
+        client = ChatClient(server.url, "big-model", retries=2)
         teacher = OpenAITeacher(client, audit=TeacherAudit(path=audit), samples=2)
         with pytest.raises(TeacherError, match="failed after 3 attempt"):
             teacher.label("chat/chitchat", [{"role": "user", "content": "hi"}])

@@ -1,4 +1,6 @@
-"""Tables owned by training/: curation candidates, curation runs and the mining watermark."""
+"""Tables owned by training/: curation candidates and their vectors, curation runs, the
+mining watermark, the review state view, datasets, evaluations, flywheel turns and
+teacher calls."""
 
 from __future__ import annotations
 
@@ -161,5 +163,26 @@ def m212_refresh_runs(conn) -> None:
         )""")
 
 
+def m250_candidate_review(conn) -> None:
+    # The review state of every candidate (training/curation/review.py): its latest landed
+    # decision (streams' review_latest), else pending.
+    conn.execute("""
+        CREATE VIEW candidate_review AS
+        SELECT c.candidate_id,
+               CASE l.action WHEN 'approve' THEN 'approved' WHEN 'reject' THEN 'rejected'
+                             WHEN 'edit' THEN 'edited' ELSE 'pending' END AS state,
+               l.edited_response, l.reviewer, l.decided_at, l.reason, l.source AS decision_source
+        FROM candidates c LEFT JOIN review_latest l ON l.candidate_id = c.candidate_id""")
+
+
+def m205_candidate_vectors_any_width(conn) -> None:
+    # m204 fixed the width at MiniLM's 384; the vectors are as wide as the embedder makes
+    # them (training/curation/embed.py `Embedder.dim`), and a run compares only vectors of
+    # its own width. Existing vectors keep their values.
+    conn.execute("ALTER TABLE candidate_vectors ALTER vector TYPE FLOAT[]")
+
+
+# New migrations go at the end: a database applies what it has not recorded, in this order.
 MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m204_candidate_vectors, m210_datasets,
-              m211_evaluations, m212_refresh_runs, m220_teacher_calls]
+              m211_evaluations, m212_refresh_runs, m220_teacher_calls, m250_candidate_review,
+              m205_candidate_vectors_any_width]

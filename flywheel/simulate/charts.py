@@ -1,14 +1,19 @@
-"""The verifiable task of the demo domain: chart requests and their configurations.
+"""The simulated product's datasets, and chart requests with their right configurations.
 
 An analytics assistant turns a request such as "monthly profit margin by region for the
-last half year" into a chart configuration (DESIGN.md, "The demo domain"). This module
+last half year" into a chart configuration (DESIGN.md, "The demo domain"). The domain
+itself (the configuration model, the app's prompt, validation, the verifier, scoring)
+is `flywheel.domains.chart`; this module, a client of it,
 
-- describes the datasets the simulated product offers (`SCHEMAS`),
+- describes the datasets the simulated product offers (`SCHEMAS`, the traffic's) and
+  datasets that traffic never uses (`EVAL_SCHEMAS`, `eval_schemas()`: held-out vocabularies
+  for evaluating on unseen schemas),
 - generates natural-language requests together with their ground-truth configuration
-  (`generate_request`, `generate_followup`),
-- renders the prompt the assistant app sends (`build_prompt`), and
-- verifies a model's answer (`parse_config`, `score_config`, `is_correct`), which the
-  training side reuses as the chart-config verifier.
+  (`generate_request`, `generate_followup`), and
+- regenerates the chart domain's few-shot pool (`few_shot_examples`).
+
+The domain's functions are re-exported here (`build_prompt`, `validate_config`,
+`is_correct`...) for the simulator's callers.
 
 Conventions the ground truth follows (so that one request has one right answer):
 
@@ -32,21 +37,48 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from flywheel.domains.chart import (
+    CHART_TASK,
+    CHART_TYPES,
+    CONFIG_KEYS,
+    DIMENSION_CONDITIONS,
+    FIELD_WEIGHTS,
+    GRANULARITIES,
+    METRIC_CONDITIONS,
+    PROMPT_TEMPLATE,
+    SORT_ORDERS,
+    PromptLists,
+    build_followup_prompt,
+    build_prompt,
+    compare_configs,
+    dump_config,
+    is_correct,
+    normalize_dayjs,
+    parse_config,
+    schema_from_prompt,
+    score_config,
+    validate_config,
+)
+
 __all__ = [
     "CHART_TYPES",
     "CONFIG_KEYS",
     "DIMENSION_CONDITIONS",
+    "EVAL_SCHEMAS",
     "FIELD_WEIGHTS",
     "GRANULARITIES",
     "METRIC_CONDITIONS",
     "PROMPT_TEMPLATE",
     "SCHEMAS",
+    "SORT_ORDERS",
     "ChartRequest",
     "DatasetSchema",
     "build_followup_prompt",
     "build_prompt",
     "compare_configs",
     "dump_config",
+    "eval_schemas",
+    "few_shot_examples",
     "generate_followup",
     "generate_request",
     "get_schema",
@@ -55,69 +87,28 @@ __all__ = [
     "parse_config",
     "schema_from_prompt",
     "score_config",
+    "traffic_schemas",
     "validate_config",
 ]
-
-CHART_TYPES = ("CHART_COLUMN", "CHART_LINE", "CHART_PIE", "TABLE_DETAIL")
-GRANULARITIES = ("day", "week", "month", "quarter", "year")
-DIMENSION_CONDITIONS = ("in", "not-in", "like", "not-like")
-METRIC_CONDITIONS = ("greater", "less", "interval")
-SORT_ORDERS = ("ASC", "DESC")
-CONFIG_KEYS = (
-    "chartType",
-    "chartFields",
-    "mainAxis",
-    "sort",
-    "topN",
-    "dimensionFilters",
-    "metricFilters",
-    "chartTimeFilter",
-)
-
-# Verbatim from DESIGN.md ("The demo domain"); the four lists/values are filled in.
-PROMPT_TEMPLATE = """\
-You are a data visualization assistant. Turn the user's request into a JSON chart configuration.
-Allowed keys: chartType, chartFields, mainAxis, sort, topN, dimensionFilters, metricFilters, chartTimeFilter.
-- chartType: CHART_COLUMN, CHART_LINE, CHART_PIE or TABLE_DETAIL.
-- chartFields: {"dimensions": [...], "metrics": [...]}, names taken only from the lists below.
-- mainAxis: the main axis, usually a dimension or the time field.
-- chartTimeFilter: only when the user gives a time range: {"granularity": "day"|"week"|"month"|"quarter"|"year", "dayjsScript": [start, end]}, each a dayjs expression.
-- dimensionFilters: only when the user restricts dimension values: [{"dimension": ..., "filter": {"condition": "in"|"not-in"|"like"|"not-like", "value": [...]}}].
-- metricFilters: only when the user restricts a metric's value: [{"metric": ..., "filter": {"condition": "greater"|"less"|"interval", "value": number, or "low,high" for interval}}].
-- sort: only when the user asks for an order: {"metric": ..., "sort": "ASC"|"DESC"}.
-- topN: only for the top or bottom N: {"metric": ..., "sort": "ASC"|"DESC", "number": N}.
-For a trend over time, use the time field as mainAxis and CHART_LINE.
-Dimensions: {dimensions}
-Metrics: {metrics}
-Time field: {time_field}
-Request: {request}
-JSON:"""
 
 
 # ----------------------------------------------------------------------------- schemas
 
 
 @dataclass(frozen=True)
-class DatasetSchema:
-    """One dataset of the analytics product: its time field, dimensions and metrics.
+class DatasetSchema(PromptLists):
+    """One dataset of the analytics product: its time field, dimensions and metrics (what
+    the prompt lists), and what the request generator needs to phrase requests.
 
     `values` lists sample values per dimension (for filters); `metric_kinds` says how a
     metric's thresholds are phrased (percent, money, count, score, days); `like_values`
-    gives substrings users filter names by.
+    gives substrings users filter names by. `eval_only` datasets never appear in traffic.
     """
 
-    name: str
-    time_field: str
-    dimensions: tuple[str, ...]  # without the time field
-    metrics: tuple[str, ...]
     values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     metric_kinds: Mapping[str, str] = field(default_factory=dict)
     like_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def all_dimensions(self) -> tuple[str, ...]:
-        """The dimension list shown in the prompt: the time field first."""
-        return (self.time_field, *self.dimensions)
+    eval_only: bool = False
 
     def kind(self, metric: str) -> str:
         return self.metric_kinds.get(metric, "count")
@@ -232,65 +223,125 @@ SCHEMAS: tuple[DatasetSchema, ...] = (
 )
 
 
+# Held-out datasets for evaluation on schemas the model never saw in traffic: business
+# domains of their own (vehicle fleet, hospital admissions, energy metering, e-learning)
+# with vocabularies unlike the traffic's. The traffic simulator never draws them
+# (`generate_request` without a schema uses `SCHEMAS` only); benches and evaluations ask
+# for them by name or through `eval_schemas()`.
+EVAL_SCHEMAS: tuple[DatasetSchema, ...] = (
+    DatasetSchema(
+        name="fleet",
+        time_field="Trip date",
+        dimensions=("Vehicle type", "Depot", "Driver", "Route", "Fuel type"),
+        metrics=("Trips", "Distance driven", "Fuel consumption", "Maintenance cost", "Idle hours", "Utilization rate",
+                 "Incidents"),
+        values={
+            "Vehicle type": ("Van", "Truck", "Electric van", "Pickup"),
+            "Depot": ("Leeds", "Bristol", "Glasgow", "Cardiff"),
+            "Route": ("North loop", "City centre", "Airport run", "Coastal"),
+            "Fuel type": ("Diesel", "Electric", "Hybrid"),
+        },
+        metric_kinds={
+            "Trips": "count",
+            "Distance driven": "count",
+            "Fuel consumption": "count",
+            "Maintenance cost": "money",
+            "Idle hours": "count",
+            "Utilization rate": "percent",
+            "Incidents": "count",
+        },
+        like_values={"Driver": ("Smith", "Patel", "Nguyen", "Kowalski")},
+        eval_only=True,
+    ),
+    DatasetSchema(
+        name="hospital_admissions",
+        time_field="Admission date",
+        dimensions=("Ward", "Admission type", "Diagnosis group", "Attending physician", "Insurance type"),
+        metrics=("Admissions", "Average length of stay", "Bed occupancy rate", "Readmission rate", "Treatment cost",
+                 "Patient satisfaction"),
+        values={
+            "Ward": ("Cardiology", "Oncology", "Pediatrics", "Orthopedics", "Maternity"),
+            "Admission type": ("Emergency", "Elective", "Transfer"),
+            "Diagnosis group": ("Respiratory", "Cardiac", "Trauma", "Infection"),
+            "Insurance type": ("Public", "Private", "Self-pay"),
+        },
+        metric_kinds={
+            "Admissions": "count",
+            "Average length of stay": "days",
+            "Bed occupancy rate": "percent",
+            "Readmission rate": "percent",
+            "Treatment cost": "money",
+            "Patient satisfaction": "score",
+        },
+        like_values={"Attending physician": ("Lee", "Garcia", "Okafor", "Novak")},
+        eval_only=True,
+    ),
+    DatasetSchema(
+        name="energy_metering",
+        time_field="Reading date",
+        dimensions=("Meter type", "Tariff", "Substation", "Customer class", "Building"),
+        metrics=("Consumption", "Peak demand", "Solar generation", "Energy cost", "Outage minutes", "Customer rating"),
+        values={
+            "Meter type": ("Smart", "Analog", "Prepaid"),
+            "Tariff": ("Time-of-use", "Flat", "Night saver", "Green"),
+            "Substation": ("Riverside", "Hilltop", "Harbor", "Eastgate"),
+            "Customer class": ("Residential", "Commercial", "Industrial"),
+        },
+        metric_kinds={
+            "Consumption": "count",
+            "Peak demand": "count",
+            "Solar generation": "count",
+            "Energy cost": "money",
+            "Outage minutes": "count",
+            "Customer rating": "score",
+        },
+        like_values={"Building": ("Tower", "Annex", "Plant", "Depot")},
+        eval_only=True,
+    ),
+    DatasetSchema(
+        name="elearning",
+        time_field="Enrollment date",
+        dimensions=("Course", "Instructor", "Learning track", "Learner country", "Delivery format"),
+        metrics=("Enrollments", "Completion rate", "Average quiz score", "Watch hours", "Course revenue", "Dropout rate",
+                 "Certificates issued"),
+        values={
+            "Learning track": ("Data science", "Design", "Business", "Languages"),
+            "Learner country": ("Canada", "Mexico", "Spain", "Nigeria", "Vietnam"),
+            "Delivery format": ("Self-paced", "Live cohort", "Blended"),
+            "Instructor": ("Ana Ruiz", "Tom Baker", "Mei Chen"),
+        },
+        metric_kinds={
+            "Enrollments": "count",
+            "Completion rate": "percent",
+            "Average quiz score": "score",
+            "Watch hours": "count",
+            "Course revenue": "money",
+            "Dropout rate": "percent",
+            "Certificates issued": "count",
+        },
+        like_values={"Course": ("Python", "Excel", "Spanish", "Marketing")},
+        eval_only=True,
+    ),
+)
+
+
+def traffic_schemas() -> tuple[DatasetSchema, ...]:
+    """The datasets simulated traffic draws from."""
+    return SCHEMAS
+
+
+def eval_schemas() -> tuple[DatasetSchema, ...]:
+    """The held-out datasets: never in traffic, for evaluating on unseen schemas
+    (``generate_request(rng, schema)`` draws requests over one of them)."""
+    return EVAL_SCHEMAS
+
+
 def get_schema(name: str) -> DatasetSchema:
-    """The schema called `name` (KeyError with the known names otherwise)."""
-    for schema in SCHEMAS:
+    """The schema called `name`, traffic or held-out (KeyError with the known names otherwise)."""
+    for schema in (*SCHEMAS, *EVAL_SCHEMAS):
         if schema.name == name:
             return schema
-    raise KeyError(f"unknown dataset schema {name!r}; known: {[s.name for s in SCHEMAS]}")
-
-
-# ----------------------------------------------------------------------------- prompt
-
-
-def build_prompt(schema: DatasetSchema, request: str) -> str:
-    """The prompt the assistant app sends: DESIGN.md's template with the schema's lists,
-    its time field and the user's words filled in."""
-    return (
-        PROMPT_TEMPLATE.replace("{dimensions}", json.dumps(list(schema.all_dimensions), ensure_ascii=False))
-        .replace("{metrics}", json.dumps(list(schema.metrics), ensure_ascii=False))
-        .replace("{time_field}", json.dumps(schema.time_field, ensure_ascii=False))
-        .replace("{request}", request)
-    )
-
-
-_PROMPT_LIST = re.compile(r"^(Dimensions|Metrics|Time field):[ \t]*(.+?)[ \t]*$", re.MULTILINE)
-
-
-def schema_from_prompt(text: str | None) -> DatasetSchema | None:
-    """The lists a chart prompt gives (`build_prompt`'s ``Dimensions: [...]``,
-    ``Metrics: [...]`` and ``Time field: "..."`` lines), as a `DatasetSchema` named
-    ``"prompt"``; None when `text` lacks one of the lines or a line is not valid JSON.
-    The time field joins the dimensions when the list does not already name it."""
-    found: dict[str, Any] = {}
-    for match in _PROMPT_LIST.finditer(text or ""):
-        key = match.group(1)
-        if key in found:
-            continue
-        try:
-            found[key] = json.loads(match.group(2))
-        except json.JSONDecodeError:
-            return None
-    dims, metrics, time_field = found.get("Dimensions"), found.get("Metrics"), found.get("Time field")
-    if not (
-        isinstance(dims, list) and isinstance(metrics, list) and isinstance(time_field, str)
-        and all(isinstance(x, str) for x in dims + metrics)
-    ):
-        return None
-    return DatasetSchema(
-        name="prompt", time_field=time_field, dimensions=tuple(d for d in dims if d != time_field), metrics=tuple(metrics)
-    )
-
-
-def build_followup_prompt(request: str) -> str:
-    """What the app sends for a follow-up turn ("now make it a line chart"); the earlier
-    turns travel as conversation history before it."""
-    return f"Update the chart configuration.\nRequest: {request}\nJSON:"
-
-
-def dump_config(config: Mapping[str, Any]) -> str:
-    """Compact JSON, as an `edit` feedback carries a saved configuration."""
-    return json.dumps(config, ensure_ascii=False, separators=(",", ":"))
+    raise KeyError(f"unknown dataset schema {name!r}; known: {[s.name for s in (*SCHEMAS, *EVAL_SCHEMAS)]}")
 
 
 # ----------------------------------------------------------------------------- generation
@@ -670,11 +721,12 @@ def _dress(text: str, rng: random.Random) -> str:
 
 
 def generate_request(
-    rng: random.Random, schema: DatasetSchema | None = None, intent: str | None = None
+    rng: random.Random, schema: DatasetSchema | str | None = None, intent: str | None = None
 ) -> ChartRequest:
-    """A natural-language chart request with its ground-truth configuration. Everything
-    is drawn from `rng`, so the same generator state gives the same request."""
-    schema = schema or rng.choice(SCHEMAS)
+    """A natural-language chart request with its ground-truth configuration, over `schema`
+    (a dataset or its name; default: one of the traffic's `SCHEMAS`, never a held-out one).
+    Everything is drawn from `rng`, so the same generator state gives the same request."""
+    schema = get_schema(schema) if isinstance(schema, str) else schema or rng.choice(SCHEMAS)
     if intent is None:
         names = list(_INTENTS)
         intent = rng.choices(names, weights=[_INTENTS[n][1] for n in names])[0]
@@ -758,317 +810,16 @@ def generate_followup(rng: random.Random, previous: ChartRequest) -> ChartReques
     return ChartRequest(schema=schema, text=text, truth=new, intent=f"followup:{kind}")
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def validate_config(config: Any, schema: DatasetSchema | None = None) -> list[str]:
-    """Problems with `config` as a chart configuration (empty when it is well formed).
-    With a `schema`, names must come from its lists."""
-    errors: list[str] = []
-    if not isinstance(config, dict):
-        return ["the configuration must be a JSON object"]
-    for key in config:
-        if key not in CONFIG_KEYS:
-            errors.append(f"unknown key {key!r}")
-    dims_allowed = set(schema.all_dimensions) if schema else None
-    metrics_allowed = set(schema.metrics) if schema else None
-
-    def name_ok(name: Any, allowed: set[str] | None, what: str) -> None:
-        if not isinstance(name, str) or not name:
-            errors.append(f"{what} must be a non-empty string")
-        elif allowed is not None and name not in allowed:
-            errors.append(f"{what} {name!r} is not in the schema")
-
-    if config.get("chartType") not in CHART_TYPES:
-        errors.append(f"chartType must be one of {CHART_TYPES}")
-    fields = config.get("chartFields")
-    if not isinstance(fields, dict) or not isinstance(fields.get("dimensions"), list) or not isinstance(fields.get("metrics"), list):
-        errors.append("chartFields must be {'dimensions': [...], 'metrics': [...]}")
-    else:
-        for d in fields["dimensions"]:
-            name_ok(d, dims_allowed, "dimension")
-        for m in fields["metrics"]:
-            name_ok(m, metrics_allowed, "metric")
-        if not fields["metrics"]:
-            errors.append("chartFields.metrics must not be empty")
-        if set(fields) - {"dimensions", "metrics"}:
-            errors.append("chartFields takes only dimensions and metrics")
-    name_ok(config.get("mainAxis"), dims_allowed, "mainAxis")
-    if "sort" in config:
-        s = config["sort"]
-        if not isinstance(s, dict) or set(s) != {"metric", "sort"} or s.get("sort") not in SORT_ORDERS:
-            errors.append("sort must be {'metric': ..., 'sort': 'ASC'|'DESC'}")
-        else:
-            name_ok(s["metric"], metrics_allowed, "sort.metric")
-    if "topN" in config:
-        t = config["topN"]
-        if (
-            not isinstance(t, dict)
-            or set(t) != {"metric", "sort", "number"}
-            or t.get("sort") not in SORT_ORDERS
-            or not isinstance(t.get("number"), int)
-            or isinstance(t.get("number"), bool)
-            or t["number"] < 1
-        ):
-            errors.append("topN must be {'metric': ..., 'sort': 'ASC'|'DESC', 'number': N >= 1}")
-        else:
-            name_ok(t["metric"], metrics_allowed, "topN.metric")
-    for f in _as_list(config.get("dimensionFilters", []), errors, "dimensionFilters"):
-        flt = f.get("filter") if isinstance(f, dict) else None
-        if (
-            not isinstance(f, dict)
-            or set(f) != {"dimension", "filter"}
-            or not isinstance(flt, dict)
-            or set(flt) != {"condition", "value"}
-            or flt.get("condition") not in DIMENSION_CONDITIONS
-            or not isinstance(flt.get("value"), list)
-            or not flt["value"]
-            or not all(isinstance(v, str) for v in flt["value"])
-        ):
-            errors.append("a dimension filter must be {'dimension': ..., 'filter': {'condition': in|not-in|like|not-like, 'value': [strings]}}")
-        else:
-            name_ok(f["dimension"], dims_allowed, "dimensionFilters.dimension")
-    for f in _as_list(config.get("metricFilters", []), errors, "metricFilters"):
-        flt = f.get("filter") if isinstance(f, dict) else None
-        if (
-            not isinstance(f, dict)
-            or set(f) != {"metric", "filter"}
-            or not isinstance(flt, dict)
-            or set(flt) != {"condition", "value"}
-            or flt.get("condition") not in METRIC_CONDITIONS
-        ):
-            errors.append("a metric filter must be {'metric': ..., 'filter': {'condition': greater|less|interval, 'value': ...}}")
-            continue
-        name_ok(f["metric"], metrics_allowed, "metricFilters.metric")
-        value = flt["value"]
-        if flt["condition"] == "interval":
-            if _interval(value) is None:
-                errors.append("an interval filter's value must be 'low,high' with low <= high")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            errors.append("a greater/less filter's value must be a number")
-    if "chartTimeFilter" in config:
-        t = config["chartTimeFilter"]
-        if (
-            not isinstance(t, dict)
-            or set(t) != {"granularity", "dayjsScript"}
-            or t.get("granularity") not in GRANULARITIES
-            or not isinstance(t.get("dayjsScript"), list)
-            or len(t["dayjsScript"]) != 2
-            or not all(isinstance(s, str) and s.strip().startswith("dayjs()") for s in t["dayjsScript"])
-        ):
-            errors.append("chartTimeFilter must be {'granularity': day|week|month|quarter|year, 'dayjsScript': [start, end]}")
-    return errors
-
-
-def _as_list(value: Any, errors: list[str], what: str) -> list:
-    if not isinstance(value, list):
-        errors.append(f"{what} must be a list")
-        return []
-    return value
-
-
-# ----------------------------------------------------------------------------- verification
-
-
-def parse_config(text: str | None) -> dict | None:
-    """The first JSON object in `text` that looks like a chart configuration (has one of
-    the allowed keys), else the first JSON object at all, else None. Tolerates prose and
-    code fences around the JSON and trailing commas inside it."""
-    if not text:
-        return None
-    decoder = json.JSONDecoder()
-    first: dict | None = None
-    for match in re.finditer(r"\{", text):
-        start = match.start()
-        obj = None
-        try:
-            obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            end = text.rfind("}")
-            if end > start:
-                try:
-                    obj = json.loads(re.sub(r",\s*([}\]])", r"\1", text[start : end + 1]))
-                except json.JSONDecodeError:
-                    obj = None
-        if isinstance(obj, dict):
-            if any(k in obj for k in CONFIG_KEYS):
-                return obj
-            if first is None:
-                first = obj
-    return first
-
-
-def normalize_dayjs(expression: str) -> str:
-    """A dayjs expression without whitespace and with single quotes, for comparison."""
-    return re.sub(r"\s+", "", expression).replace('"', "'").rstrip(";")
-
-
-# How much each part of a configuration weighs in `score_config`.
-FIELD_WEIGHTS: dict[str, float] = {
-    "chartType": 0.15,
-    "dimensions": 0.15,
-    "metrics": 0.15,
-    "mainAxis": 0.10,
-    "dimensionFilters": 0.10,
-    "metricFilters": 0.10,
-    "sort": 0.05,
-    "topN": 0.05,
-    "chartTimeFilter": 0.15,
-}
-
-
-def _names(value: Any) -> set[str] | None:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return None
-    return {v.strip() for v in value}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip().rstrip("%").replace(",", "").lstrip("$"))
-        except ValueError:
-            return None
-    return None
-
-
-def _interval(value: Any) -> tuple[float, float] | None:
-    if isinstance(value, str):
-        parts = value.split(",")
-    elif isinstance(value, list):
-        parts = value
-    else:
-        return None
-    if len(parts) != 2:
-        return None
-    low, high = _number(parts[0]), _number(parts[1])
-    if low is None or high is None or low > high:
-        return None
-    return (low, high)
-
-
-def _norm_dimension_filters(value: Any) -> list | None:
-    if value in (None, []):
-        return []
-    if not isinstance(value, list):
-        return None
+def few_shot_examples(n: int = 48, seed: int = 0) -> list[dict]:
+    """The chart domain's few-shot pool (``flywheel/domains/chart/examples.jsonl``, one
+    record a line): `n` requests of the traffic's ground truth with compact prompts (the
+    lists and the request, without the instructions, which the real prompt gives)."""
+    rng = random.Random(seed)
     out = []
-    for f in value:
-        if not isinstance(f, dict) or not isinstance(f.get("filter"), dict):
-            return None
-        values = _names(f["filter"].get("value"))
-        if values is None:
-            return None
-        out.append((str(f.get("dimension", "")).strip(), str(f["filter"].get("condition", "")).strip().lower(), tuple(sorted(values))))
-    return sorted(out)
-
-
-def _norm_metric_filters(value: Any) -> list | None:
-    if value in (None, []):
-        return []
-    if not isinstance(value, list):
-        return None
-    out = []
-    for f in value:
-        if not isinstance(f, dict) or not isinstance(f.get("filter"), dict):
-            return None
-        condition = str(f["filter"].get("condition", "")).strip().lower()
-        raw = f["filter"].get("value")
-        v = _interval(raw) if condition == "interval" else _number(raw)
-        if v is None:
-            return None
-        out.append((str(f.get("metric", "")).strip(), condition, v))
-    return sorted(out, key=repr)
-
-
-def _norm_sort(value: Any) -> tuple | None | bool:
-    if value in (None, {}):
-        return None
-    if not isinstance(value, dict):
-        return False
-    return (str(value.get("metric", "")).strip(), str(value.get("sort", "")).strip().upper())
-
-
-def _norm_top_n(value: Any) -> tuple | None | bool:
-    if value in (None, {}):
-        return None
-    if not isinstance(value, dict):
-        return False
-    number = _number(value.get("number"))
-    return (
-        str(value.get("metric", "")).strip(),
-        str(value.get("sort", "")).strip().upper(),
-        int(number) if number is not None and number == int(number) else None,
-    )
-
-
-def _norm_time(value: Any) -> tuple | None | bool:
-    if value in (None, {}):
-        return None
-    if not isinstance(value, dict):
-        return False
-    script = value.get("dayjsScript")
-    if isinstance(script, list) and all(isinstance(s, str) for s in script):
-        script = tuple(normalize_dayjs(s) for s in script)
-    else:
-        script = False
-    return (str(value.get("granularity", "")).strip().lower(), script)
-
-
-def _jaccard(a: set[str] | None, b: set[str] | None) -> float:
-    if a is None or b is None:
-        return 0.0
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
-
-
-def compare_configs(predicted: Mapping[str, Any] | None, truth: Mapping[str, Any]) -> dict[str, float]:
-    """Per-field agreement of `predicted` with `truth`, each in [0, 1] (see
-    `FIELD_WEIGHTS` for the fields). Sets are compared as sets (Jaccard), filters as
-    sets of (field, condition, values), the time filter as half granularity, half the
-    dayjs pair after `normalize_dayjs`. Absent, null and empty filters are the same.
-    Names are compared exactly after trimming whitespace; unknown keys are ignored."""
-    if not isinstance(predicted, Mapping):
-        return {k: 0.0 for k in FIELD_WEIGHTS}
-    p_fields = predicted.get("chartFields") if isinstance(predicted.get("chartFields"), Mapping) else {}
-    t_fields = truth["chartFields"]
-    out = {
-        "chartType": float(str(predicted.get("chartType", "")).strip().upper() == truth["chartType"]),
-        "dimensions": _jaccard(_names(p_fields.get("dimensions", [])), _names(t_fields["dimensions"])),
-        "metrics": _jaccard(_names(p_fields.get("metrics", [])), _names(t_fields["metrics"])),
-        "mainAxis": float(isinstance(predicted.get("mainAxis"), str) and predicted["mainAxis"].strip() == truth["mainAxis"]),
-        "dimensionFilters": float(
-            _norm_dimension_filters(predicted.get("dimensionFilters")) == _norm_dimension_filters(truth.get("dimensionFilters"))
-        ),
-        "metricFilters": float(_norm_metric_filters(predicted.get("metricFilters")) == _norm_metric_filters(truth.get("metricFilters"))),
-        "sort": float(_norm_sort(predicted.get("sort")) == _norm_sort(truth.get("sort"))),
-        "topN": float(_norm_top_n(predicted.get("topN")) == _norm_top_n(truth.get("topN"))),
-    }
-    p_time, t_time = _norm_time(predicted.get("chartTimeFilter")), _norm_time(truth.get("chartTimeFilter"))
-    if p_time is None or t_time is None or p_time is False:
-        out["chartTimeFilter"] = float(p_time == t_time)
-    else:
-        out["chartTimeFilter"] = 0.5 * (p_time[0] == t_time[0]) + 0.5 * (p_time[1] == t_time[1])
+    for _ in range(n):
+        request = generate_request(rng)
+        schema = request.schema
+        user = (f"Dimensions: {json.dumps(list(schema.all_dimensions))}\nMetrics: {json.dumps(list(schema.metrics))}\n"
+                f"Time field: {json.dumps(schema.time_field)}\nRequest: {request.text}\nJSON:")
+        out.append({"task_type": CHART_TASK, "user": user, "assistant": dump_config(request.truth)})
     return out
-
-
-def score_config(predicted: Mapping[str, Any] | None, truth: Mapping[str, Any]) -> float:
-    """Partial credit in [0, 1]: the `FIELD_WEIGHTS`-weighted agreement of `predicted`
-    with `truth`; 0.0 when nothing could be parsed, 1.0 exactly when `is_correct`."""
-    parts = compare_configs(predicted, truth)
-    score = sum(FIELD_WEIGHTS[k] * v for k, v in parts.items())
-    return 1.0 if all(v == 1.0 for v in parts.values()) else min(score, 0.99)
-
-
-def is_correct(predicted: Mapping[str, Any] | None, truth: Mapping[str, Any]) -> bool:
-    """True when `predicted` would draw the same chart as `truth`: chart type, dimension
-    and metric sets, main axis, filters, sort, topN and the time filter (granularity and
-    the dayjs pair, whitespace-insensitive) all agree."""
-    return all(v == 1.0 for v in compare_configs(predicted, truth).values())

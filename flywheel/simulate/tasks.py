@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from flywheel.domains.chart import CHART_TASK
 from flywheel.simulate import charts
 from flywheel.simulate.messy import make_messy
 
@@ -29,7 +30,6 @@ __all__ = [
     "sanity_score",
 ]
 
-CHART_TASK = "data-viz/chart-config"
 TASK_TYPES = (
     CHART_TASK,
     "writing/summarize",
@@ -278,10 +278,13 @@ def _math_problem(rng: random.Random) -> tuple[str, float]:
 
 
 def make_task(
-    rng: random.Random, task_type: str | None = None, *, mix: Mapping[str, float] | None = None, messy_rate: float = 0.15
+    rng: random.Random, task_type: str | None = None, *, mix: Mapping[str, float] | None = None, messy_rate: float = 0.15,
+    schema: "charts.DatasetSchema | str | None" = None,
 ) -> Task:
     """A task of `task_type` (or one drawn from `mix`); with probability `messy_rate`
-    the user's words are roughened (see `messy`), the expected answer staying the same."""
+    the user's words are roughened (see `messy`), the expected answer staying the same.
+    A chart task is over `schema` when given (e.g. a held-out one, `charts.eval_schemas()`),
+    else over one of the traffic's datasets."""
     task_type = task_type or pick_task_type(rng, mix)
     messy = rng.random() < messy_rate
 
@@ -292,7 +295,7 @@ def make_task(
         return result.text, result.flags
 
     if task_type == CHART_TASK:
-        request = charts.generate_request(rng)
+        request = charts.generate_request(rng, schema)
         words, flags = roughen(request.text)
         return Task(
             task_type,

@@ -38,12 +38,14 @@ def init_app(app: Flask, settings, plane) -> None:
     from training.datasets.builder import get_dataset, list_datasets
     from training.errors import DatasetError
     from training.evaluation.evaluate import list_evaluations
+    from services.control.turn import format_duration
     from services.control.turn import list_runs as refresh_runs
     from streams.live_metrics import metrics_filters, read_windows
 
     bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                    static_folder="static", static_url_path="/static")
     bp.add_app_template_filter(_short, "short")
+    bp.add_app_template_filter(format_duration, "duration")
     bp.add_app_template_filter(lambda w: f"{float(w):g}%", "pct")
     bp.add_app_template_filter(lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str), "pretty")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flask import Flask, jsonify, request
 
+from flywheel.settings import Settings
 from serving.registry import RegistryError
 from services import console
 from services.control import curation, refresh, review_api, training_api
@@ -15,7 +16,7 @@ from services.control.status import landed_status
 from streams.live_metrics import metrics_filters, read_windows
 
 
-def create_api(settings, plane) -> Flask:
+def create_api(settings: Settings, plane) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False
     app.extensions["flywheel"] = plane

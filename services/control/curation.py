@@ -9,6 +9,7 @@ import threading
 from flask import Flask, jsonify, request
 
 from flywheel.errors import FlywheelError
+from flywheel.settings import Settings
 from streams.schemas import new_id
 from training.curation.pipeline import CurationBusy
 
@@ -22,7 +23,7 @@ class CurationNotFound(FlywheelError):
 class CurationRunner:
     """Starts `training.curation.pipeline.curate` runs on the plane's connection, one at a time."""
 
-    def __init__(self, settings, plane):
+    def __init__(self, settings: Settings, plane):
         self.settings = settings
         self.plane = plane
         self._lock = threading.Lock()
@@ -62,7 +63,7 @@ class CurationRunner:
         return dict(self.state) if self.state.get("run_id") == run_id else None
 
 
-def init_app(app: Flask, settings, plane) -> None:
+def init_app(app: Flask, settings: Settings, plane) -> None:
     """Attach the curation routes and the runner (``app.extensions["curation"]``)."""
     from training.curation.pipeline import get_run, list_runs
 

@@ -3,6 +3,5 @@
 from serving.migrations import MIGRATIONS as SERVING
 from streams.migrations import MIGRATIONS as STREAMS
 from training.migrations import MIGRATIONS as TRAINING
-from training.curation.review import MIGRATIONS as REVIEW
 
-ALL = [*STREAMS, *SERVING, *TRAINING, *REVIEW]
+ALL = [*STREAMS, *SERVING, *TRAINING]

@@ -7,8 +7,10 @@ import logging
 import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
+import duckdb
 from werkzeug.serving import make_server
 
+from flywheel.settings import Settings
 from serving.registry import Registry
 from services.control.api import create_api
 from services.control.migrations import ALL
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class ControlPlane:
-    def __init__(self, settings, *, serve_api: bool = True):
+    def __init__(self, settings: Settings, *, serve_api: bool = True):
         self.settings = settings
         # Topics with explicit partition counts (production Kafka runs without auto-creation).
         ensure_topics(settings.bootstrap, list(topic_names(settings).values()), settings.kafka.partitions, timeout=60)
@@ -42,9 +44,8 @@ class ControlPlane:
         self.scheduler.add_job(self._tick, "interval", seconds=settings.rollout.tick_s, max_instances=1,
                                coalesce=True, id="rollouts")
         self.refresh = RefreshRunner(settings, self)
-        if settings.refresh.interval_h > 0:
-            self.scheduler.add_job(self.refresh.scheduled, "interval", hours=settings.refresh.interval_h, max_instances=1,
-                                   coalesce=True, id="refresh")
+        self.refresh.reconcile()  # a turn a killed control plane left `running` is failed now, saying so
+        self.refresh.install(self.scheduler)  # refresh.cron / refresh.interval_min / refresh.after_feedback
         self._landing_thread = threading.Thread(target=self._land, name="landing", daemon=True)
         self._api_server = None
         self.api_extensions: dict = {}
@@ -67,7 +68,7 @@ class ControlPlane:
             log.exception("landing stopped on an error")
             self.failed = e
 
-    def registry(self, cur) -> Registry:
+    def registry(self, cur: duckdb.DuckDBPyConnection) -> Registry:
         return Registry.from_settings(cur, self.settings)
 
     @contextlib.contextmanager

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 
+from flywheel.settings import Settings
 from training.curation import review
 
 
-def init_app(app: Flask, settings, plane) -> None:
+def init_app(app: Flask, settings: Settings, plane) -> None:
     @app.errorhandler(review.ReviewError)
     def _review_error(e: review.ReviewError):
         return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), e.status

@@ -16,7 +16,10 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
-from serving.registry import RegistryError
+import duckdb
+
+from flywheel.settings import Settings
+from serving.registry import Registry, RegistryError
 from serving.rollout import analyse, controller
 from serving.rollout.analysis import AnalysisPolicy
 from serving.rollout.controller import Decision, RolloutError, RolloutPolicy, RolloutState
@@ -29,11 +32,12 @@ MANUAL = {"pause": controller.pause, "resume": controller.resume, "promote": con
           "rollback": controller.rollback}
 
 
-def policy_of(settings) -> RolloutPolicy:
-    r = settings.rollout
-    return RolloutPolicy(steps=tuple(r.steps), analysis_interval_s=r.analysis_interval_s,
-                         failure_threshold=r.failure_threshold,
-                         analysis=AnalysisPolicy(min_feedback=r.min_feedback, delta=r.delta, method=r.method))
+def policy_of(settings: Settings) -> RolloutPolicy:
+    rollout = settings.rollout
+    return RolloutPolicy(steps=tuple(rollout.steps), analysis_interval_s=rollout.analysis_interval_s,
+                         failure_threshold=rollout.failure_threshold,
+                         analysis=AnalysisPolicy(min_feedback=rollout.min_feedback, delta=rollout.delta,
+                                                 method=rollout.method))
 
 
 def state_to_json(state: RolloutState) -> str:
@@ -52,7 +56,7 @@ def state_from_json(text: str) -> RolloutState:
 
 
 class RolloutManager:
-    def __init__(self, settings, plane, producer):
+    def __init__(self, settings: Settings, plane, producer):
         self.settings = settings
         self.plane = plane
         self.producer = producer
@@ -62,11 +66,11 @@ class RolloutManager:
         self._lock = threading.Lock()
 
     # -- persistence ---------------------------------------------------------------------
-    def _load(self, cur, alias: str) -> RolloutState | None:
+    def _load(self, cur: duckdb.DuckDBPyConnection, alias: str) -> RolloutState | None:
         row = cur.execute("SELECT state FROM rollouts WHERE alias = ?", [alias]).fetchone()
         return state_from_json(row[0]) if row else None
 
-    def _save(self, cur, state: RolloutState) -> None:
+    def _save(self, cur: duckdb.DuckDBPyConnection, state: RolloutState) -> None:
         cur.execute("INSERT OR REPLACE INTO rollouts (alias, state, status, updated_at) VALUES (?, ?, ?, now())",
                     [state.alias, state_to_json(state), state.status])
 
@@ -125,13 +129,14 @@ class RolloutManager:
                 decisions.append(decision)
         return decisions
 
-    def _require(self, cur, alias: str) -> RolloutState:
+    def _require(self, cur: duckdb.DuckDBPyConnection, alias: str) -> RolloutState:
         state = self._load(cur, alias)
         if state is None:
             raise RegistryError(f"no rollout on {alias!r}; start one with `flywheel rollout start`", 404)
         return state
 
-    def _apply(self, cur, registry, before: RolloutState | None, state: RolloutState, decision: Decision) -> None:
+    def _apply(self, cur: duckdb.DuckDBPyConnection, registry: Registry, before: RolloutState | None,
+               state: RolloutState, decision: Decision) -> None:
         """Statuses, routing, persisted state, and the deployment event, in that order."""
         if decision.action == "start":
             registry.set_status(state.candidate, "canary")

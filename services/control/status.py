@@ -13,10 +13,13 @@ import urllib.error
 import urllib.request
 from datetime import datetime
 
+import duckdb
+
+from flywheel.settings import Settings
 from streams.warehouse import connect, table_counts
 
 
-def landed_status(conn) -> dict:
+def landed_status(conn: duckdb.DuckDBPyConnection) -> dict:
     counts = table_counts(conn)
     offsets = {f"{t}:{p}": o for t, p, o in conn.execute(
         "SELECT topic, partition, next_offset FROM landing_offsets ORDER BY 1, 2").fetchall()}
@@ -44,7 +47,7 @@ def _get_json(url: str, timeout: float = 2.0) -> dict | None:
         return None
 
 
-def collect_status(settings) -> dict:
+def collect_status(settings: Settings) -> dict:
     """Ask the running control plane and gateway; read DuckDB directly if no control plane runs."""
     control = _get_json(f"{settings.control_url}/api/status")
     source = "control-plane"

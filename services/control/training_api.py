@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 
+from flywheel.settings import Settings
 from training.errors import DatasetError
 
 
-def init_app(app: Flask, settings, plane) -> None:
+def init_app(app: Flask, settings: Settings, plane) -> None:
     from training.datasets.builder import build_dataset, get_dataset, list_datasets
 
     @app.errorhandler(DatasetError)

@@ -15,6 +15,10 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flywheel.settings import Settings
 
 # What each role may call.
 ROLES = {"chat": {"chat", "feedback", "models"}, "ingest": {"events", "models"}, "admin": {"chat", "feedback", "events", "models"}}
@@ -80,3 +84,34 @@ class KeyStore:
 
 def allowed(key: ApiKey, action: str) -> bool:
     return action in ROLES.get(key.role, set())
+
+
+# -- keys for the local stack ------------------------------------------------------------
+DEV_KEYS_FILE = "dev_api_keys.json"
+
+
+def dev_keys_path(data_path: Path) -> Path:
+    """Where `flywheel up` keeps the plain local keys: DATA_DIR/dev_api_keys.json."""
+    return Path(data_path) / DEV_KEYS_FILE
+
+
+def ensure_dev_keys(settings: Settings) -> dict[str, str]:
+    """For the local stack: a chat and an ingest key, created once, their plain values kept
+    in DATA_DIR/dev_api_keys.json for the simulator and for you. The file is created with
+    mode 600, so the keys are never readable by others, not even for a moment."""
+    path = dev_keys_path(settings.data_path)
+    if path.exists():
+        return json.loads(path.read_text())
+    store = KeyStore.load(settings.keys_path)
+    plain = {role: store.create(role, name="dev") for role in ("chat", "ingest")}
+    store.save(settings.keys_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(json.dumps(plain, indent=2))
+    return plain
+
+
+def dev_key(settings: Settings, role: str) -> str | None:
+    """The local stack's plain key for ``role``, if `flywheel up` made one."""
+    path = dev_keys_path(settings.data_path)
+    return json.loads(path.read_text()).get(role) if path.exists() else None

@@ -5,6 +5,9 @@ from __future__ import annotations
 from flask import jsonify
 from pydantic import ValidationError
 
+from serving.backends.base import BackendError, PromptTooLong
+from services.gateway.protocol import ErrorInfo, ErrorResponse
+
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
@@ -17,7 +20,8 @@ class APIError(Exception):
         self.code = code
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        info = ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=info).model_dump(mode="json")
 
     def response(self):
         resp = jsonify(self.body())
@@ -68,3 +72,13 @@ def not_found(message: str, code: str = "not_found", param: str | None = None) -
 def backend_error(status: int, message: str) -> APIError:
     return APIError(status, message, type="server_error" if status == 502 else "service_unavailable",
                     code="backend_error" if status == 502 else "backend_unavailable")
+
+
+def from_backend(e: BackendError) -> APIError:
+    """A backend failure as the client sees it: a prompt too long is the client's 400,
+    the rest keep the backend's 502/503."""
+    if isinstance(e, PromptTooLong):
+        return APIError(400, str(e), param="messages", code="context_length_exceeded")
+    if e.status == 400:
+        return APIError(400, f"The model backend refused the request: {e}", param=e.param, code="invalid_request")
+    return backend_error(e.status if e.status in (502, 503) else 502, f"The model backend failed: {e}")

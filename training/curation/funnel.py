@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Iterable
 
+from training.curation.candidate import Candidate
+
 __all__ = ["STAGES", "build_funnel", "reason_kind"]
 
 STAGES = ("mine", "clean", "raters", "task_types", "dedup", "select")
@@ -21,7 +23,7 @@ def reason_kind(reason: str | None) -> str:
     return head.split(" of ", 1)[0].split(" (", 1)[0].strip()
 
 
-def build_funnel(candidates: Iterable[dict], stages: Iterable[str] = STAGES, **extra) -> dict:
+def build_funnel(candidates: Iterable[Candidate], stages: Iterable[str] = STAGES, **extra) -> dict:
     """``{"stages": [{stage, in, out, dropped: {kind: n}}...], "by_task_type": {type: {stage:
     remaining}}, "dropped_by_task_type": {type: {"stage/kind": n}}, "examples": {stage:
     {kind: a reason}}, **extra}``. A candidate dropped at
@@ -35,13 +37,14 @@ def build_funnel(candidates: Iterable[dict], stages: Iterable[str] = STAGES, **e
     by_type: dict[str, list[int]] = defaultdict(lambda: [0] * len(stages))
     why_by_type: dict[str, Counter] = defaultdict(Counter)
     for c in candidates:
-        last = order.get(c["stage"], len(stages)) if c["status"] == "dropped" else len(stages)
-        if c["status"] == "dropped":
-            kind = reason_kind(c.get("drop_reason"))
-            dropped_at[c["stage"]][kind] += 1
-            examples[c["stage"]].setdefault(kind, c.get("drop_reason") or "")
-            why_by_type[c.get("task_type") or "unclassified"][f"{c['stage']}/{kind}"] += 1
-        row = by_type[c.get("task_type") or "unclassified"]
+        dropped = c.status == "dropped"
+        last = order.get(c.stage, len(stages)) if dropped else len(stages)
+        if dropped:
+            kind = reason_kind(c.drop_reason)
+            dropped_at[c.stage][kind] += 1
+            examples[c.stage].setdefault(kind, c.drop_reason or "")
+            why_by_type[c.task_type or "unclassified"][f"{c.stage}/{kind}"] += 1
+        row = by_type[c.task_type or "unclassified"]
         for i in range(min(last, len(stages))):
             remaining[i] += 1
             row[i] += 1

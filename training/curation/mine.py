@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from training.curation.candidate import Candidate, Feedback
+
 __all__ = ["MineResult", "Window", "mine", "mining_window", "prompt_of", "save_watermark"]
 
 WATERMARK = "landed"
@@ -43,7 +45,7 @@ class Window:
 @dataclass
 class MineResult:
     window: Window
-    candidates: list[dict]
+    candidates: list[Candidate]
     sessions: int
     events: int  # interactions + feedback landed in the window
     # feedback whose request has not landed (yet): not mined now; its session is mined
@@ -162,8 +164,7 @@ def prompt_of(messages: list[dict]) -> str:
 
 def mine(conn, window: Window) -> MineResult:
     """Assemble the candidates of every session with events in `window` (see the module
-    docstring). Each candidate is a dict with the `candidates` columns filled that mining
-    knows (messages, response, feedback, lineage...)."""
+    docstring), with what mining knows filled in (messages, response, feedback, lineage...)."""
     conn.execute("SET enable_progress_bar = false")  # the caller shows progress; DuckDB's bar would garble it
     params = {"start": window.start or datetime(1970, 1, 1).astimezone(), "end": window.end}
     events, orphans = conn.execute(_EVENTS_SQL, params).fetchone()
@@ -174,47 +175,46 @@ def mine(conn, window: Window) -> MineResult:
     for row in cur.fetchall():
         r = dict(zip(columns, row))
         sessions.add(r["session_id"])
-        ratings = list(r.pop("ratings") or [])
-        feedback = {
-            "thumbs_up": r.pop("thumbs_up"), "thumbs_down": r.pop("thumbs_down"), "ratings": ratings,
-            "mean_rating": round(sum(ratings) / len(ratings), 3) if ratings else None,
-            "choices": list(r.pop("choices") or []), "edits": r.pop("edits"),
-            "regenerations": int(r.pop("regenerations")), "copies": r.pop("copies"),
-        }
-        messages = json.loads(r["messages"])
-        robustness = json.loads(r.pop("sender_robustness") or "[]")
-        candidates.append({
-            **r,
-            "messages": messages,
-            "feedback": feedback,
-            "source_event_ids": list(r.pop("interaction_ids")) + list(r.pop("feedback_ids")),
-            "request_ids": list(r.pop("request_ids")),
-            "tags": [f"messy:{x}" for x in robustness] if isinstance(robustness, list) else [],
-            "status": "kept", "stage": None, "drop_reason": None,
-            "label": None, "label_confidence": None, "task_type": None, "task_confidence": None,
-            "language": None, "dedup_group": None, "golden_score": None, "hardness": None,
-        })
+        ratings = list(r["ratings"] or [])
+        feedback = Feedback(
+            thumbs_up=r["thumbs_up"], thumbs_down=r["thumbs_down"], ratings=ratings,
+            mean_rating=round(sum(ratings) / len(ratings), 3) if ratings else None,
+            choices=list(r["choices"] or []), edits=r["edits"], regenerations=int(r["regenerations"]),
+            copies=r["copies"],
+        )
+        robustness = json.loads(r["sender_robustness"] or "[]")
+        candidates.append(Candidate(
+            candidate_id=r["candidate_id"], created_at=r["created_at"], session_id=r["session_id"],
+            request_id=r["request_id"], user_id=r["user_id"], app=r["app"], model_version=r["model_version"],
+            kind=r["kind"], turn=r["turn"], messages=json.loads(r["messages"]), response=r["response"],
+            response_source=r["response_source"], response_draft=r["response_draft"],
+            rejected_response=r["rejected_response"], feedback=feedback,
+            source_event_ids=list(r["interaction_ids"]) + list(r["feedback_ids"]),
+            tags=[f"messy:{x}" for x in robustness] if isinstance(robustness, list) else [],
+            request_ids=list(r["request_ids"]), request_status=r["request_status"], request_error=r["request_error"],
+            n_drafts=r["n_drafts"], sender_task_type=r["sender_task_type"],
+        ))
     _corrected_history(candidates)
     return MineResult(window=window, candidates=candidates, sessions=len(sessions), events=events,
                       orphan_feedback=orphans)
 
 
-def _corrected_history(candidates: list[dict]) -> None:
+def _corrected_history(candidates: list[Candidate]) -> None:
     """In multi-turn candidates, an earlier answer the user corrected (an `edit`) replaces
     the draft in the history: the user went on from the corrected configuration, and
     the model should learn the follow-up from a right history, not a wrong one."""
-    edited = {(c["session_id"], c["turn"]): c["response"] for c in candidates if c["response_source"] == "edit"}
+    edited = {(c.session_id, c.turn): c.response for c in candidates if c.response_source == "edit"}
     if not edited:
         return
     for c in candidates:
-        if c["turn"] < 2:
+        if c.turn < 2:
             continue
         k = 0
-        for m in c["messages"]:
+        for m in c.messages:
             if m.get("role") == "assistant":
                 k += 1
-                fix = edited.get((c["session_id"], k))
+                fix = edited.get((c.session_id, k))
                 if fix is not None and m.get("content") != fix:
                     m["content"] = fix
-                    if "history-corrected" not in c["tags"]:
-                        c["tags"].append("history-corrected")
+                    if "history-corrected" not in c.tags:
+                        c.tags.append("history-corrected")

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from training.curation.candidate import COLUMNS, JSON_COLUMNS, Candidate
 from training.curation.clean import CleanRules, clean, tag_robust
 from training.errors import TrainingError
 from training.curation.funnel import STAGES, build_funnel
@@ -45,24 +46,16 @@ class CurationBusy(TrainingError):
 
     status = 409
 
-_COLUMNS = (
-    "candidate_id", "run_id", "created_at", "session_id", "request_id", "user_id", "app", "model_version", "kind",
-    "turn", "messages", "prompt_text", "response", "response_source", "response_draft", "rejected_response",
-    "feedback", "label", "label_confidence", "task_type", "task_confidence", "language", "tags", "status", "stage",
-    "drop_reason", "dedup_group", "golden_score", "hardness", "source_event_ids",
-)
-_JSON_COLUMNS = ("messages", "feedback", "tags", "source_event_ids")
-
 
 @dataclass
 class CurationResult:
     run_id: str
     funnel: dict
-    candidates: list[dict]
+    candidates: list[Candidate]
 
     @property
-    def kept(self) -> list[dict]:
-        return [c for c in self.candidates if c["status"] == "kept"]
+    def kept(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.kept]
 
 
 def _noop(stage: str, done: int, total: int) -> None:
@@ -132,11 +125,12 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
 
     # -- embeddings + task types (every candidate is typed, dropped ones too: the funnel
     # and the review queue show types at every stage)
+    from flywheel.domains import domains_for
     from training.curation.task_types import TaskClassifier, Taxonomy
 
-    taxonomy = Taxonomy.load(cfg.taxonomy_path or None)
-    texts = [c["prompt_text"] or "" for c in cands]
-    vectors = np.zeros((0, 384), dtype=np.float32)
+    taxonomy = Taxonomy.load(cfg.taxonomy_path or None, domains=domains_for(settings))
+    texts = [c.prompt_text or "" for c in cands]
+    vectors = np.zeros((0, 0), dtype=np.float32)  # replaced below; an empty run needs no width
     if cands:  # an empty run (nothing landed) loads no model
         if embedder is None:
             from training.curation.embed import Embedder
@@ -146,11 +140,11 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
         lap("embed")
         classifier = TaskClassifier(taxonomy, embedder, threshold=cfg.task_threshold)
         for c, k in zip(cands, classifier.classify(texts, embeddings=vectors)):
-            c["task_type"], c["task_confidence"] = k.task_type, round(float(k.confidence), 4)
+            c.task_type, c.task_confidence = k.task_type, round(float(k.confidence), 4)
         _teacher_task_types(cands, settings)
         for c in cands:
-            if cfg.drop_unknown_task_types and c["status"] == "kept" and c["task_type"] == "unknown":
-                _drop(c, "task_types", f"unknown-task-type: confidence {c['task_confidence']:.2f} < {cfg.task_threshold}")
+            if cfg.drop_unknown_task_types and c.kept and c.task_type == "unknown":
+                c.drop("task_types", f"unknown-task-type: confidence {c.task_confidence:.2f} < {cfg.task_threshold}")
     progress("task_types", len(cands), len(cands))
     lap("task_types")
 
@@ -158,7 +152,7 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
     from training.curation.dedup import dedup
 
     earlier = _drop_seen_before(conn, cands)
-    live = [i for i, c in enumerate(cands) if c["status"] == "kept"]
+    live = [i for i, c in enumerate(cands) if c.kept]
     dedup_report: dict = {"earlier_runs_exact": earlier}
     if live:
         progress("dedup", 0, len(live))
@@ -167,12 +161,12 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
         for j, i in enumerate(live):
             c = cands[i]
             # the group is named after its kept member, so it means the same in every run
-            c["dedup_group"] = int(cands[live[int(result.group[j])]]["candidate_id"][:15], 16)
+            c.dedup_group = int(cands[live[int(result.group[j])]].candidate_id[:15], 16)
             reason = result.reason[j]
             if reason is not None:
-                _drop(c, "dedup", _with_candidate_ids(reason, live, cands))
+                c.drop("dedup", _with_candidate_ids(reason, live, cands))
         dedup_report.update({"threshold": float(result.threshold), **_jsonable(result.report)})
-        survivors = [i for i in live if cands[i]["status"] == "kept"]
+        survivors = [i for i in live if cands[i].kept]
         dedup_report.update(_drop_near_earlier(conn, cands, survivors, vectors, float(result.threshold),
                                                cfg.dedup_earlier_limit))
         progress("dedup", len(live), len(live))
@@ -181,20 +175,20 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
     # -- select (K-Center-Greedy within per-type budgets)
     from training.curation.select import select_by_budget
 
-    live = [i for i, c in enumerate(cands) if c["status"] == "kept"]
+    live = [i for i, c in enumerate(cands) if c.kept]
     select_report: dict = {}
     if live:
         progress("select", 0, len(live))
         budgets = {**taxonomy.weights(), **cfg.budgets}
-        types = [cands[i]["task_type"] or "unknown" for i in live]
+        types = [cands[i].task_type or "unknown" for i in live]
         chosen = select_by_budget(vectors[live], types, budgets, min(cfg.select_total, len(live)))
         keep = set(int(k) for k in chosen.keep)
         for j, i in enumerate(live):
             if j not in keep:
                 t = types[j]
                 quota = chosen.per_type.get(t, {})
-                _drop(cands[i], "select", f"not-selected: {t} quota {quota.get('quota', '?')} of "
-                      f"{quota.get('available', '?')} (K-Center-Greedy keeps the most distinct)")
+                cands[i].drop("select", f"not-selected: {t} quota {quota.get('quota', '?')} of "
+                              f"{quota.get('available', '?')} (K-Center-Greedy keeps the most distinct)")
         select_report = {"total": cfg.select_total, "budgets": budgets, "per_type": _jsonable(chosen.per_type)}
         progress("select", len(live), len(live))
     lap("select")
@@ -236,60 +230,59 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
 # ----------------------------------------------------------------------------- stages
 
 
-def _teacher_task_types(cands: list[dict], settings) -> None:
+def _teacher_task_types(cands: list[Candidate], settings) -> None:
     """Kept candidates the classifier left unknown go to the teacher for a label, when the
     teacher is an endpoint (curation.teacher_task_types); they are tagged `task-type:teacher`."""
     from training.chat_client import teacher_client
     from training.curation.task_types import Taxonomy, teacher_labels
 
-    unknown = [c for c in cands if c["status"] == "kept" and c["task_type"] == "unknown"]
+    unknown = [c for c in cands if c.kept and c.task_type == "unknown"]
     client = teacher_client(settings) if unknown and settings.curation.teacher_task_types else None
     if client is None:
         return
-    taxonomy = Taxonomy.load(settings.curation.taxonomy_path or None)
-    for c, label in zip(unknown, teacher_labels(client, taxonomy, [c["prompt_text"] or "" for c in unknown])):
+    from flywheel.domains import domains_for
+
+    taxonomy = Taxonomy.load(settings.curation.taxonomy_path or None, domains=domains_for(settings))
+    for c, label in zip(unknown, teacher_labels(client, taxonomy, [c.prompt_text or "" for c in unknown])):
         if label is not None:
-            c["task_type"] = label
-            c["tags"] = sorted(set(c["tags"]) | {"task-type:teacher"})
+            c.task_type = label
+            c.add_tags("task-type:teacher")
 
 
-def _drop(c: dict, stage: str, reason: str) -> None:
-    c.update(status="dropped", stage=stage, drop_reason=reason)
-
-
-def _prompt_texts(cands: list[dict]) -> None:
+def _prompt_texts(cands: list[Candidate]) -> None:
     """What dedup and typing read: the user turns without template boilerplate."""
     from training.curation.embed import focus_texts
 
-    for c, text in zip(cands, focus_texts([prompt_of(c["messages"]) for c in cands])):
-        c["prompt_text"] = text
+    for c, text in zip(cands, focus_texts([prompt_of(c.messages) for c in cands])):
+        c.prompt_text = text
 
 
 def _encode(embedder, texts: list[str], batch_size: int, progress: Progress) -> np.ndarray:
+    """The texts' vectors, (len(texts), the embedder's width), encoded in chunks."""
     chunk = max(batch_size * 16, 256)
     parts = []
     for i in range(0, len(texts), chunk):
         parts.append(embedder.encode(texts[i : i + chunk], batch_size=batch_size))
         progress("embed", min(i + chunk, len(texts)), len(texts))
-    return np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
+    return np.concatenate(parts) if parts else embedder.encode([])
 
 
-def _score(c: dict) -> float:
+def _score(c: Candidate) -> float:
     """How good a member of a duplicate group is: the cleaned label first, then the
     strength of the signal (a user's correction, copies, ratings)."""
-    label = {"good": 1.0, "unknown": 0.0, "bad": -1.0}.get(c.get("label") or "unknown", 0.0)
-    fb = c["feedback"]
-    rating = (fb.get("mean_rating") or 3.0) - 3.0
-    return (label * (c.get("label_confidence") or 0.5) + (c.get("response_source") == "edit")
-            + 0.05 * min(fb.get("copies", 0), 4) + 0.1 * rating)
+    label = {"good": 1.0, "unknown": 0.0, "bad": -1.0}.get(c.label or "unknown", 0.0)
+    fb = c.feedback
+    rating = (fb.mean_rating or 3.0) - 3.0
+    return (label * (c.label_confidence or 0.5) + (c.response_source == "edit")
+            + 0.05 * min(fb.copies, 4) + 0.1 * rating)
 
 
-def _drop_seen_before(conn, cands: list[dict]) -> int:
+def _drop_seen_before(conn, cands: list[Candidate]) -> int:
     """Drop kept candidates whose prompt (normalised) an earlier run already kept (the
     semantic comparison with earlier runs is `_drop_near_earlier`, after within-run dedup)."""
     from training.curation.dedup import normalise
 
-    ids = {c["candidate_id"] for c in cands}
+    ids = {c.candidate_id for c in cands}
     seen: dict[str, tuple[str, str]] = {}
     for cid, run, text in conn.execute(
             "SELECT candidate_id, run_id, prompt_text FROM candidates WHERE status = 'kept'").fetchall():
@@ -297,21 +290,21 @@ def _drop_seen_before(conn, cands: list[dict]) -> int:
             seen.setdefault(normalise(text), (cid, run))
     n = 0
     for c in cands:
-        if c["status"] == "kept" and c["prompt_text"]:
-            hit = seen.get(normalise(c["prompt_text"]))
+        if c.kept and c.prompt_text:
+            hit = seen.get(normalise(c.prompt_text))
             if hit is not None:
-                _drop(c, "dedup", f"exact-duplicate of {hit[0][:12]} (kept by run {hit[1]})")
+                c.drop("dedup", f"exact-duplicate of {hit[0][:12]} (kept by run {hit[1]})")
                 n += 1
     return n
 
 
-def _drop_near_earlier(conn, cands: list[dict], live: list[int], vectors: np.ndarray, threshold: float,
+def _drop_near_earlier(conn, cands: list[Candidate], live: list[int], vectors: np.ndarray, threshold: float,
                        limit: int, max_block_cells: int = 32 << 20) -> dict:
     """Semantic dedup across runs: drop a kept candidate whose prompt is within ``threshold``
     cosine of a prompt an earlier run kept (its vector stored in ``candidate_vectors``;
-    the ``limit`` most recent ones), unless the two are the same template with another
-    slot (`dedup.slot_guard`). Within-run dedup has already run, so only its survivors
-    are compared."""
+    the ``limit`` most recent ones of the width of ``vectors``, i.e. of this embedder),
+    unless the two are the same template with another slot (`dedup.slot_guard`).
+    Within-run dedup has already run, so only its survivors are compared."""
     from training.curation.dedup import slot_guard
 
     if not live or limit <= 0:
@@ -319,7 +312,8 @@ def _drop_near_earlier(conn, cands: list[dict], live: list[int], vectors: np.nda
     table = conn.sql(
         "SELECT v.candidate_id, v.run_id, c.prompt_text, v.vector FROM candidate_vectors v "
         "JOIN candidates c USING (candidate_id) WHERE c.status = 'kept' AND NOT list_contains(?, v.candidate_id) "
-        "ORDER BY c.created_at DESC LIMIT ?", params=[[cands[i]["candidate_id"] for i in live], limit]).to_arrow_table()
+        "AND len(v.vector) = ? ORDER BY c.created_at DESC LIMIT ?",
+        params=[[cands[i].candidate_id for i in live], int(vectors.shape[1]), limit]).to_arrow_table()
     if table.num_rows == 0:
         return {"earlier_runs_semantic": 0, "earlier_vectors": 0}
     earlier = table.column("vector").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
@@ -337,48 +331,49 @@ def _drop_near_earlier(conn, cands: list[dict], live: list[int], vectors: np.nda
         for r, cs in hits.items():
             c_new = cands[live[start + r]]
             for c in sorted(cs, key=lambda c: -sim[r, c]):
-                if not slot_guard(c_new["prompt_text"] or "", texts[c] or ""):
-                    _drop(c_new, "dedup", f"near-duplicate of {ids[c][:12]} (kept by run {runs[c]}, "
-                          f"cosine {sim[r, c]:.3f} >= {threshold:.3f})")
+                if not slot_guard(c_new.prompt_text or "", texts[c] or ""):
+                    c_new.drop("dedup", f"near-duplicate of {ids[c][:12]} (kept by run {runs[c]}, "
+                               f"cosine {sim[r, c]:.3f} >= {threshold:.3f})")
                     dropped += 1
                     break
     return {"earlier_runs_semantic": dropped, "earlier_vectors": int(table.num_rows)}
 
 
-def _write_vectors(conn, cands: list[dict], vectors: np.ndarray, run_id: str) -> None:
-    """The prompt vectors of the candidates this run kept (for `_drop_near_earlier` later)."""
+def _write_vectors(conn, cands: list[Candidate], vectors: np.ndarray, run_id: str) -> None:
+    """The prompt vectors of the candidates this run kept (for `_drop_near_earlier` later),
+    as wide as the embedder makes them."""
     import pyarrow as pa
 
-    kept = [i for i, c in enumerate(cands) if c["status"] == "kept"]
+    kept = [i for i, c in enumerate(cands) if c.kept]
     if not kept:
         return
     x = np.ascontiguousarray(vectors[kept], dtype=np.float32)
-    data = pa.table({"candidate_id": [cands[i]["candidate_id"] for i in kept], "run_id": [run_id] * len(kept),
+    data = pa.table({"candidate_id": [cands[i].candidate_id for i in kept], "run_id": [run_id] * len(kept),
                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])})
     conn.register("_vectors", data)
     try:
         conn.execute("INSERT OR REPLACE INTO candidate_vectors SELECT candidate_id, run_id, "
-                     f"CAST(vector AS FLOAT[{x.shape[1]}]) FROM _vectors")
+                     "CAST(vector AS FLOAT[]) FROM _vectors")
     finally:
         conn.unregister("_vectors")
 
 
-def _with_candidate_ids(reason: str, live: list[int], cands: list[dict]) -> str:
+def _with_candidate_ids(reason: str, live: list[int], cands: list[Candidate]) -> str:
     """dedup names group members by their index in its input; say the candidate id instead."""
     import re
 
     def sub(m: re.Match) -> str:
         j = int(m.group(1))
-        return f"of {cands[live[j]]['candidate_id'][:12]}" if 0 <= j < len(live) else m.group(0)
+        return f"of {cands[live[j]].candidate_id[:12]}" if 0 <= j < len(live) else m.group(0)
 
     return re.sub(r"of (\d+)", sub, reason, count=1)
 
 
-def _label(conn, cands: list[dict], until, cfg) -> dict:
+def _label(conn, cands: list[Candidate], until, cfg) -> dict:
     """Clean labels from every user's feedback landed so far (more history, better rater
     estimates); verifiable truth from chart verification and from users' edits. A
     candidate answered by the user's own edit is good."""
-    from flywheel.simulate.charts import is_correct, parse_config
+    from flywheel.domains.chart import is_correct, parse_config
     from training.curation.dedup import normalise
     from training.curation.raters import chart_truth, clean_labels, judgements_from_feedback, rater_reliability
 
@@ -389,35 +384,33 @@ def _label(conn, cands: list[dict], until, cfg) -> dict:
     feedback = [{"request_id": r[0], "draft": r[1], "kind": r[2], "value": r[3], "user_id": r[4]} for r in rows]
     drafts = {r[0]: r[5] for r in rows}
     judgements = judgements_from_feedback(feedback, drafts)
-    live = [c for c in cands if c["status"] == "kept"]
-    truth = chart_truth({f"{c['request_id']}:{c['response_draft']}": (c["messages"], c["response"])
-                         for c in live if c["response_source"] != "edit"})
+    live = [c for c in cands if c.kept]
+    truth = chart_truth({_item(c): (c.messages, c.response) for c in live if c.response_source != "edit"})
     for c in live:
-        if c["response_source"] == "edit" and c.get("rejected_response") is not None:
-            edit = parse_config(c["response"])
+        if c.response_source == "edit" and c.rejected_response is not None:
+            edit = parse_config(c.response)
             if edit is not None:
-                truth[f"{c['request_id']}:{c['response_draft']}"] = 1 if is_correct(parse_config(c["rejected_response"]), edit) else -1
+                truth[_item(c)] = 1 if is_correct(parse_config(c.rejected_response), edit) else -1
     # Equivalent items pool their votes: the same answer to the same prompt (users asking
     # the same thing and getting the same draft), else each item stands alone.
-    groups = {f"{c['request_id']}:{c['response_draft']}": "same:" + "|".join((
-        normalise(c["prompt_text"] or ""), normalise(c["response"] or ""))) for c in live
-        if c["response_source"] != "edit" and c["response"]}
+    groups = {_item(c): "same:" + "|".join((normalise(c.prompt_text or ""), normalise(c.response or "")))
+              for c in live if c.response_source != "edit" and c.response}
     report = rater_reliability(judgements, truth, min_items=cfg.rater_min_items, groups=groups)
     labels = clean_labels(judgements, report, truth=truth, groups=groups)
     counts: dict[str, int] = {}
     for c in cands:
-        if c["response_source"] == "edit":
-            c["label"], c["label_confidence"] = "good", 1.0
+        if c.response_source == "edit":
+            c.label, c.label_confidence = "good", 1.0
         else:
-            cl = labels.get(f"{c['request_id']}:{c['response_draft']}")
-            c["label"], c["label_confidence"] = (cl.label, float(cl.confidence)) if cl else ("unknown", 0.5)
-        if c["status"] != "kept":
+            cl = labels.get(_item(c))
+            c.label, c.label_confidence = (cl.label, float(cl.confidence)) if cl else ("unknown", 0.5)
+        if not c.kept:
             continue
-        counts[c["label"]] = counts.get(c["label"], 0) + 1
-        if c["label"] == "bad" and cfg.drop_bad_labels:
-            _drop(c, "raters", f"label-bad: cleaned label bad (confidence {c['label_confidence']:.2f})")
-        elif c["label"] == "unknown" and cfg.drop_unknown_labels:
-            _drop(c, "raters", "label-unknown: no reliable vote on this answer")
+        counts[c.label] = counts.get(c.label, 0) + 1
+        if c.label == "bad" and cfg.drop_bad_labels:
+            c.drop("raters", f"label-bad: cleaned label bad (confidence {c.label_confidence:.2f})")
+        elif c.label == "unknown" and cfg.drop_unknown_labels:
+            c.drop("raters", "label-unknown: no reliable vote on this answer")
     statuses: dict[str, int] = {}
     for stats in report.raters.values():
         statuses[stats.status] = statuses.get(stats.status, 0) + 1
@@ -425,37 +418,42 @@ def _label(conn, cands: list[dict], until, cfg) -> dict:
             "flagged": {r: s.status for r, s in report.raters.items() if s.status in ("random", "reverse")}}
 
 
-def _model_stages(cands: list[dict], settings, scorer, progress: Progress) -> None:
+def _item(c: Candidate) -> str:
+    """The raters' name for the answer a candidate carries (`raters.judgements_from_feedback`)."""
+    return f"{c.request_id}:{c.response_draft}"
+
+
+def _model_stages(cands: list[Candidate], settings, scorer, progress: Progress) -> None:
     """Golden scores (Nuggets) and hardness of the kept candidates under the served model."""
     from training.curation.select import ModelScorer, golden_scores, hardness
 
     cfg = settings.curation
     scorer = scorer or ModelScorer(settings)
-    kept = [c for c in cands if c["status"] == "kept"]
-    pairs = [(c["messages"], c["response"]) for c in kept]
+    kept = [c for c in cands if c.kept]
+    pairs = [(c.messages, c.response) for c in kept]
     if cfg.hardness and kept:
         progress("hardness", 0, len(kept))
         losses = np.asarray(hardness(pairs, scorer), dtype=float)
         for c, loss in zip(kept, losses):
-            c["hardness"] = round(float(loss), 4)
+            c.hardness = round(float(loss), 4)
         if len(kept):
             cut = np.quantile(losses, 1 - cfg.hard_share) if cfg.hard_share > 0 else np.inf
             for c, loss in zip(kept, losses):
-                if loss >= cut and c["label"] == "good":
-                    c["tags"] = sorted(set(c["tags"]) | {"hard"})
+                if loss >= cut and c.label == "good":
+                    c.add_tags("hard")
         progress("hardness", len(kept), len(kept))
     if cfg.golden and kept:
         progress("golden", 0, len(kept))
-        by_type: dict[str, list[dict]] = {}
+        by_type: dict[str, list[Candidate]] = {}
         for c in kept:
-            by_type.setdefault(c["task_type"] or "unknown", []).append(c)
+            by_type.setdefault(c.task_type or "unknown", []).append(c)
         for items in by_type.values():
             # Anchors: the most trusted answers of the type (edits first, then confident labels).
-            ranked = sorted(items, key=lambda c: (c["response_source"] == "edit", c.get("label_confidence") or 0), reverse=True)
-            anchors = [(c["messages"], c["response"]) for c in ranked[: cfg.golden_anchors]]
-            scores = golden_scores([(c["messages"], c["response"]) for c in items], anchors, scorer)
+            ranked = sorted(items, key=lambda c: (c.response_source == "edit", c.label_confidence or 0), reverse=True)
+            anchors = [(c.messages, c.response) for c in ranked[: cfg.golden_anchors]]
+            scores = golden_scores([(c.messages, c.response) for c in items], anchors, scorer)
             for c, s in zip(items, scores):
-                c["golden_score"] = round(float(s), 4)
+                c.golden_score = round(float(s), 4)
         progress("golden", len(kept), len(kept))
 
 
@@ -484,19 +482,18 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _write_candidates(conn, cands: list[dict], run_id: str) -> None:
+def _write_candidates(conn, cands: list[Candidate], run_id: str) -> None:
     import pyarrow as pa
 
     if not cands:
         return
-    data: dict[str, list] = {col: [] for col in _COLUMNS}
+    data: dict[str, list] = {col: [] for col in COLUMNS}
     for c in cands:
-        c["run_id"] = run_id
-        for col in _COLUMNS:
-            v = c.get(col)
-            data[col].append(json.dumps(v, ensure_ascii=False) if col in _JSON_COLUMNS else v)
-    cols = ", ".join(_COLUMNS)
-    select = ", ".join(f"CAST({c} AS JSON)" if c in _JSON_COLUMNS else c for c in _COLUMNS)
+        c.run_id = run_id
+        for col, value in c.to_row().items():
+            data[col].append(value)
+    cols = ", ".join(COLUMNS)
+    select = ", ".join(f"CAST({c} AS JSON)" if c in JSON_COLUMNS else c for c in COLUMNS)
     conn.register("_curated", pa.table(data))
     try:
         conn.execute(f"INSERT OR REPLACE INTO candidates ({cols}, updated_at) SELECT {select}, now() FROM _curated")

@@ -194,8 +194,8 @@ _LIST_LINE = re.compile(r"^(Dimensions|Metrics|Time field):\s*(.+)$", re.MULTILI
 
 def _lists_from_messages(messages: Sequence[Mapping]):
     """The dimension and metric lists a chart-config prompt gives (the latest user turn that
-    has them), as a DatasetSchema, or None."""
-    from flywheel.simulate.charts import DatasetSchema
+    has them), as the chart domain's PromptLists, or None."""
+    from flywheel.domains.chart import PromptLists
 
     for m in reversed(messages):
         if m.get("role") != "user":
@@ -210,9 +210,9 @@ def _lists_from_messages(messages: Sequence[Mapping]):
                 return None
             if not (isinstance(dims, list) and isinstance(metrics, list)):
                 return None
-            return DatasetSchema(name="from-prompt", time_field=str(time_field),
-                                 dimensions=tuple(str(d) for d in dims if d != time_field),
-                                 metrics=tuple(str(x) for x in metrics))
+            return PromptLists(name="from-prompt", time_field=str(time_field),
+                               dimensions=tuple(str(d) for d in dims if d != time_field),
+                               metrics=tuple(str(x) for x in metrics))
     return None
 
 
@@ -245,7 +245,7 @@ def chart_truth(items: Mapping[str, tuple[Sequence[Mapping], str]]) -> dict[str,
     over the prompt's own dimension and metric lists is bad (-1). A valid one may still be
     the wrong chart (production has no true configuration), so it gets no truth. Items
     whose prompt carries no lists are skipped."""
-    from flywheel.simulate.charts import parse_config, validate_config
+    from flywheel.domains.chart import parse_config, validate_config
 
     truth: dict[str, int] = {}
     for item, (messages, answer) in items.items():

@@ -4,8 +4,9 @@ A decision is a ``review`` event (`streams.schemas.Review`) produced to the ``re
 topic and landed by the control plane into ``review_decisions`` (the control plane stays
 the only DuckDB writer). A candidate's state is its latest decision: approve -> approved,
 reject -> rejected, edit -> edited (with the corrected response), reset -> pending; no
-decision -> pending. The view ``candidate_review`` (a migration of this module) gives it
-per candidate; `approved_candidates` is what the dataset builder reads.
+decision -> pending. The view ``candidate_review`` (migration ``m250_candidate_review`` in
+`training.migrations`) gives it per candidate; `approved_candidates` is what the dataset
+builder reads.
 
 Auto rules (the ``review`` settings section) let the scheduled refresh run without a
 person: after each curation run, pending candidates with a confident good label (or the
@@ -13,7 +14,8 @@ user's own edit as answer) are approved and confident bad ones rejected, as ``au
 decisions. They never touch a candidate a person has decided.
 
 Everything reading here takes a DuckDB connection (read-only is enough); producing goes
-through `ReviewEmitter` (an `EventProducer` with its own spool under the data dir).
+through `ReviewEmitter` (`streams.emitter.TopicEmitter` on the ``reviews`` topic, with its
+own spool under the data dir).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
+from streams.emitter import EmitterBusy, TopicEmitter
 from streams.schemas import Review, new_id
 from training.errors import TrainingError
 
@@ -72,23 +74,6 @@ class ReviewError(TrainingError):
 
 class CandidateNotFound(ReviewError):
     status = 404
-
-
-# ----------------------------------------------------------------------------- schema
-
-
-def m250_candidate_review(conn) -> None:
-    # The review state of every candidate: its latest landed decision, else pending.
-    conn.execute("""
-        CREATE VIEW candidate_review AS
-        SELECT c.candidate_id,
-               CASE l.action WHEN 'approve' THEN 'approved' WHEN 'reject' THEN 'rejected'
-                             WHEN 'edit' THEN 'edited' ELSE 'pending' END AS state,
-               l.edited_response, l.reviewer, l.decided_at, l.reason, l.source AS decision_source
-        FROM candidates c LEFT JOIN review_latest l ON l.candidate_id = c.candidate_id""")
-
-
-MIGRATIONS = [m250_candidate_review]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -384,64 +369,20 @@ def auto_approve(conn, rules, *, run_id: str | None = None, emit: Callable[[list
 # ----------------------------------------------------------------------------- producing
 
 
-class ReviewEmitter:
-    """Produces review events to the ``reviews`` topic (key: candidate id) through an
-    `EventProducer` whose spool is ``DATA_DIR/spool-review``. A file lock keeps one process
-    at a time on that spool; what a broker outage leaves there is sent by the next user."""
+class ReviewEmitter(TopicEmitter):
+    """Produces review events to the ``reviews`` topic (key: candidate id), spooling under
+    ``DATA_DIR/spool-review`` (see `streams.emitter.TopicEmitter`); a spool held by another
+    process for longer than ``lock_timeout`` is a `ReviewError`."""
 
     def __init__(self, settings, lock_timeout: float = 60.0):
-        self.settings = settings
-        self.spool_dir = settings.data_path / "spool-review"
-        self.lock_timeout = lock_timeout
-        self._lock_file: IO | None = None
-        self.producer = None
+        super().__init__(settings, "reviews", lambda e: e.candidate_id, name="review", lock_timeout=lock_timeout)
 
     def __enter__(self) -> "ReviewEmitter":
-        import fcntl
-
-        from streams.producer import EventProducer
-
-        self.spool_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.spool_dir.parent / "spool-review.lock", "w")
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    self._lock_file.close()
-                    raise ReviewError(f"another process holds {self.spool_dir} for more than {self.lock_timeout:.0f}s; "
-                                      "try again") from None
-                time.sleep(0.1)
-        s = self.settings
-        self.producer = EventProducer(s.bootstrap, self.spool_dir, max_bytes=s.spool.max_bytes,
-                                      segment_bytes=s.spool.segment_bytes, fsync=s.spool.fsync,
-                                      send_batch=s.spool.send_batch, client_id=f"{s.kafka.client_id}-review")
-        return self
-
-    def emit(self, events: list[Review]) -> None:
-        topic = self.settings.topic("reviews")
-        for i in range(0, len(events), 5000):
-            self.producer.emit_many([(topic, e.candidate_id, e) for e in events[i:i + 5000]])
-
-    def flush(self, timeout: float) -> bool:
-        return self.producer.flush(timeout)
-
-    @property
-    def depth(self) -> int:
-        return self.producer.spool.depth
-
-    def __exit__(self, *exc) -> None:
-        import fcntl
-
         try:
-            if self.producer is not None:
-                self.producer.close(drain_timeout=2.0)
-        finally:
-            if self._lock_file is not None:
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-                self._lock_file.close()
+            super().__enter__()
+        except EmitterBusy as e:
+            raise ReviewError(str(e)) from None
+        return self
 
 
 # ----------------------------------------------------------------------------- files

@@ -1,6 +1,7 @@
 """Task types: a two-level taxonomy (``group/name``) and a nearest-seeds classifier.
 
-The taxonomy lives in a YAML file (default: ``task_types.yaml`` next to this module):
+The taxonomy is the task types of the loaded domains (`flywheel.domains`: each domain
+declares its types), or a YAML file that replaces them (``curation.taxonomy_path``):
 each type has a description, seed examples (what users type) and a relative selection
 weight (hard types get more of the selection budget). A text is classified by its
 similarity to each type's seeds in MiniLM space: a type's score is the mean of its
@@ -16,12 +17,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import yaml
 
+from flywheel.domains import DomainError, Domains, TaskType, active_domains
+from flywheel.domains.files import read_task_types, task_types_from_data
 from training.errors import TrainingError
 
 __all__ = [
-    "DEFAULT_TAXONOMY",
     "UNKNOWN",
     "Classification",
     "TaskClassifier",
@@ -30,26 +31,12 @@ __all__ = [
     "TaxonomyError",
 ]
 
-DEFAULT_TAXONOMY = Path(__file__).with_name("task_types.yaml")
 UNKNOWN = "unknown"
 
 
 class TaxonomyError(TrainingError):
-    """The task-type YAML is missing, malformed, or a type lacks a description or seeds."""
-
-
-@dataclass(frozen=True)
-class TaskType:
-    """One type of the taxonomy: ``name`` is ``group/type``."""
-
-    name: str
-    description: str
-    seeds: tuple[str, ...]
-    weight: float = 1.0
-
-    @property
-    def group(self) -> str:
-        return self.name.split("/", 1)[0]
+    """The task types cannot be loaded: a taxonomy YAML is missing or malformed, a type lacks a
+    description or seeds, or a domain plugin is broken."""
 
 
 @dataclass(frozen=True)
@@ -58,46 +45,27 @@ class Taxonomy:
     source: str = ""
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Taxonomy":
-        """Read a taxonomy YAML (default: the one shipped with the package)."""
-        path = Path(path) if path is not None else DEFAULT_TAXONOMY
+    def load(cls, path: str | Path | None = None, *, domains: Domains | None = None) -> "Taxonomy":
+        """The task types of `domains` (default: this process's, `active_domains`), or,
+        with `path`, those of a taxonomy YAML that replaces them."""
+        if path is None:
+            try:
+                loaded = domains or active_domains()
+            except DomainError as exc:
+                raise TaxonomyError(str(exc)) from exc
+            return cls(loaded.task_types(), source="domains: " + ", ".join(loaded.names))
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise TaxonomyError(f"cannot read the task-type taxonomy {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise TaxonomyError(f"{path} is not valid YAML: {exc}") from exc
-        return cls.from_dict(data, source=str(path))
+            return cls(read_task_types(path), str(path))
+        except DomainError as exc:
+            raise TaxonomyError(str(exc)) from exc
 
     @classmethod
     def from_dict(cls, data, source: str = "<dict>") -> "Taxonomy":
         """Build from ``{"groups": {group: {"types": {name: {description, seeds, weight}}}}}``."""
-        if not isinstance(data, dict) or not isinstance(data.get("groups"), dict) or not data["groups"]:
-            raise TaxonomyError(f"{source}: expected a mapping with a non-empty 'groups' mapping")
-        types = []
-        for group, gdata in data["groups"].items():
-            if not isinstance(gdata, dict) or not isinstance(gdata.get("types"), dict) or not gdata["types"]:
-                raise TaxonomyError(f"{source}: group {group!r} needs a non-empty 'types' mapping")
-            for name, tdata in gdata["types"].items():
-                full = f"{group}/{name}"
-                if "/" in str(group) or "/" in str(name):
-                    raise TaxonomyError(f"{source}: {full!r}: group and type names cannot contain '/'")
-                if not isinstance(tdata, dict):
-                    raise TaxonomyError(f"{source}: {full} must be a mapping with description and seeds")
-                description = str(tdata.get("description") or "").strip()
-                seeds = tuple(str(s).strip() for s in (tdata.get("seeds") or []) if str(s).strip())
-                if not description:
-                    raise TaxonomyError(f"{source}: {full} has no description")
-                if len(seeds) < 2:
-                    raise TaxonomyError(f"{source}: {full} needs at least 2 seed examples (has {len(seeds)})")
-                try:
-                    weight = float(tdata.get("weight", 1.0))
-                except (TypeError, ValueError):
-                    raise TaxonomyError(f"{source}: {full}: weight must be a number") from None
-                if weight <= 0:
-                    raise TaxonomyError(f"{source}: {full}: weight must be positive")
-                types.append(TaskType(full, description, seeds, weight))
-        return cls(tuple(types), source)
+        try:
+            return cls(task_types_from_data(data, source), source)
+        except DomainError as exc:
+            raise TaxonomyError(str(exc)) from exc
 
     @property
     def names(self) -> list[str]:

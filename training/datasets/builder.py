@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from training.curation.candidate import Candidate
 from training.errors import DatasetError
 from training.datasets.snapshot import FILES, MANIFEST, load_snapshot, snapshot_dir, write_snapshot
 
@@ -68,44 +69,41 @@ class BuildResult:
 
 @dataclass
 class _Item:
-    """One kept candidate on its way into the dataset."""
+    """One candidate with its latest review, on its way into the dataset."""
 
-    row: dict
+    candidate: Candidate
+    review_action: str = "pending"  # the latest review decision's action
+    edited_response: str | None = None  # the operator's answer, with review action `edit`
     target: str | None = None
     target_source: str | None = None
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (answer, why)
 
     @property
     def cid(self) -> str:
-        return self.row["candidate_id"]
+        return self.candidate.candidate_id
 
     @property
     def task_type(self) -> str:
-        return self.row["task_type"] or "unknown"
+        return self.candidate.task_type or "unknown"
 
 
 # -- reading ---------------------------------------------------------------------------
 _CANDIDATES_SQL = """
-SELECT c.candidate_id, c.run_id, c.messages, c.response, c.response_source, c.rejected_response, c.label,
-       c.label_confidence, c.task_type, c.tags, c.dedup_group, c.source_event_ids, c.status,
-       coalesce(r.action, 'pending') AS review_action, r.edited_response, r.event_id AS review_event_id
+SELECT c.*, coalesce(r.action, 'pending') AS review_action, r.edited_response
 FROM candidates c LEFT JOIN review_latest r USING (candidate_id)
 WHERE {where}
 ORDER BY c.candidate_id
 """
 
 
-def _load(conn, where: str = "true") -> list[dict]:
+def _load(conn, where: str = "true") -> list[_Item]:
     cur = conn.execute(_CANDIDATES_SQL.format(where=where))
     cols = [d[0] for d in cur.description]
-    rows = []
+    items = []
     for values in cur.fetchall():
         row = dict(zip(cols, values))
-        for key in ("messages", "tags", "source_event_ids"):
-            if isinstance(row[key], str):
-                row[key] = json.loads(row[key])
-        rows.append(row)
-    return rows
+        items.append(_Item(Candidate.from_row(row), row["review_action"], row["edited_response"]))
+    return items
 
 
 def _review_state(action: str) -> str:
@@ -123,15 +121,15 @@ def _passes(task_type: str, messages: list[dict], answer: str) -> bool | None:
 
 
 def _choose_target(item: _Item, teacher, excluded: Counter) -> None:
-    row = item.row
-    messages, response, label = row["messages"], row["response"], row["label"]
+    c = item.candidate
+    messages, response, label = c.messages, c.response, c.label
     candidates: list[tuple[str, str]] = []
-    if row["review_action"] == "edit" and row["edited_response"]:
-        candidates.append((row["edited_response"], "operator-edit"))
-    if row["response_source"] == "edit" and response:
+    if item.review_action == "edit" and item.edited_response:
+        candidates.append((item.edited_response, "operator-edit"))
+    if c.response_source == "edit" and response:
         candidates.append((response, "user-edit"))
     if response and label == "good":
-        candidates.append((response, row["response_source"] or "draft"))
+        candidates.append((response, c.response_source or "draft"))
     elif response and label in (None, "unknown") and _passes(item.task_type, messages, response):
         candidates.append((response, "verified-draft"))
     for answer, source in candidates:
@@ -140,7 +138,7 @@ def _choose_target(item: _Item, teacher, excluded: Counter) -> None:
             continue
         item.target, item.target_source = answer, source
         break
-    if item.target is None and teacher is not None and row["label"] == "bad":
+    if item.target is None and teacher is not None and label == "bad":
         answer = teacher.label(item.task_type, messages)
         if answer is not None and answer.answer and answer.passed:  # the teacher's best sample passed the verifiers
             item.target, item.target_source = answer.answer, "teacher"
@@ -150,32 +148,32 @@ def _choose_target(item: _Item, teacher, excluded: Counter) -> None:
         excluded["no trustworthy target (bad or unknown answer, no correction)"] += 1
         return
     # What the user moved away from, and the served answer when something better replaced it.
-    for answer, why in ((row["rejected_response"], "moved-away"), (response, "replaced")):
+    for answer, why in ((c.rejected_response, "moved-away"), (response, "replaced")):
         if answer and answer.strip() and answer != item.target and (why != "replaced" or item.target_source in (
                 "operator-edit", "user-edit", "teacher")):
             item.rejected.append((answer, why))
 
 
-def _group_pairs(items: list[_Item], bad_rows: list[dict]) -> None:
+def _group_pairs(items: list[_Item], bad: list[Candidate]) -> None:
     """A bad answer to a near-identical prompt (same dedup group) as another rejected."""
     bad_by_group: dict = defaultdict(list)
-    for row in bad_rows:
-        if row["dedup_group"] is not None and row["response"]:
-            bad_by_group[row["dedup_group"]].append(row)
+    for c in bad:
+        if c.dedup_group is not None and c.response:
+            bad_by_group[c.dedup_group].append(c)
     for item in items:
-        if item.target is None or item.row["dedup_group"] is None:
+        if item.target is None or item.candidate.dedup_group is None:
             continue
         have = {a for a, _ in item.rejected}
-        for row in bad_by_group.get(item.row["dedup_group"], []):
-            if row["candidate_id"] != item.cid and row["response"] not in have and row["response"] != item.target:
-                item.rejected.append((row["response"], f"bad answer in dedup group ({row['candidate_id'][:10]})"))
-                have.add(row["response"])
+        for c in bad_by_group.get(item.candidate.dedup_group, []):
+            if c.candidate_id != item.cid and c.response not in have and c.response != item.target:
+                item.rejected.append((c.response, f"bad answer in dedup group ({c.candidate_id[:10]})"))
+                have.add(c.response)
                 break
 
 
 # -- splits --------------------------------------------------------------------------------
 def _split_key(item: _Item) -> float:
-    group = item.row["dedup_group"]
+    group = item.candidate.dedup_group
     key = f"group:{group}" if group is not None else f"cand:{item.cid}"
     return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16 ** 12
 
@@ -196,8 +194,8 @@ def _eval_ids(items: list[_Item], share: float, min_per_type: int) -> set[str]:
 
 # -- records ---------------------------------------------------------------------------------
 def _lineage(item: _Item) -> dict:
-    return {"candidate_id": item.cid, "curation_run": item.row["run_id"],
-            "source_ids": list(item.row["source_event_ids"] or []), "target_source": item.target_source}
+    return {"candidate_id": item.cid, "curation_run": item.candidate.run_id,
+            "source_ids": list(item.candidate.source_event_ids), "target_source": item.target_source}
 
 
 def _records(items: list[_Item], eval_ids: set[str], cfg) -> tuple[list[dict], list[dict], list[dict]]:
@@ -205,12 +203,12 @@ def _records(items: list[_Item], eval_ids: set[str], cfg) -> tuple[list[dict], l
     for item in items:
         if item.target is None:
             continue
-        messages = list(item.row["messages"])
+        messages = list(item.candidate.messages)
         conversation = messages + [{"role": "assistant", "content": item.target}]
         if item.cid in eval_ids:
             evals.append({"messages": conversation, "task_type": item.task_type, **_lineage(item)})
             continue
-        hard = "hard" in (item.row["tags"] or [])
+        hard = "hard" in item.candidate.tags
         sft.append({"messages": conversation, "task_type": item.task_type,
                     "weight": cfg.hard_weight if hard else 1.0, **_lineage(item)})
         for answer, why in item.rejected:
@@ -255,22 +253,22 @@ def build_dataset(conn, settings, *, teacher=None, progress: Progress | None = N
 
         teacher = make_teacher(settings, conn=conn)
     states = ("approved", "edited") + (("pending",) if cfg.include_pending else ())
-    rows = _load(conn)
-    kept = [r for r in rows if r["status"] == "kept"]
+    loaded = _load(conn)
+    kept = [i for i in loaded if i.candidate.kept]
     excluded: Counter = Counter()
     items: list[_Item] = []
-    for row in kept:
-        state = _review_state(row["review_action"])
+    for item in kept:
+        state = _review_state(item.review_action)
         if state not in states:
             excluded[f"review state {state}"] += 1
             continue
-        items.append(_Item(row))
+        items.append(item)
     say(f"{len(kept)} kept candidates, {len(items)} eligible after review")
     for n, item in enumerate(items, 1):
         _choose_target(item, teacher, excluded)
         if n % 500 == 0:
             say(f"targets: {n}/{len(items)}")
-    bad = [r for r in rows if r["label"] == "bad" and r["review_action"] != "approve"]
+    bad = [i.candidate for i in loaded if i.candidate.label == "bad" and i.review_action != "approve"]
     _group_pairs(items, bad)
     with_target = [i for i in items if i.target is not None]
     eval_ids = _eval_ids(with_target, cfg.eval_share, cfg.eval_min_per_type)
@@ -286,7 +284,7 @@ def build_dataset(conn, settings, *, teacher=None, progress: Progress | None = N
     if created:
         tmp = folder.with_name(folder.name + ".tmp")
         write_snapshot(tmp, version=version, sft=sft_all, dpo=dpo, eval=evals,
-                       curation_runs=sorted({i.row["run_id"] for i in with_target}),
+                       curation_runs=sorted({i.candidate.run_id for i in with_target}),
                        excluded=dict(excluded), settings=cfg.model_dump())
         tmp.rename(folder)  # readers never see a half-written version
         say(f"wrote {folder}")

@@ -214,7 +214,7 @@ def evaluate(candidate: Version, production: Version, items: Sequence[EvalItem],
     if judge is not None:
         say("pairwise judge, both orders")
         for i, it in enumerate(items):
-            winner = judge.judge_pair(it.messages, ans_c[i], ans_p[i], reference=it.reference).winner
+            winner = judge.judge_pair(it.messages, ans_c[i], ans_p[i], reference=it.reference, task_type=it.task_type).winner
             judged[i] = {"a": 1.0, "b": 0.0}.get(winner, 0.5)
     use_c = np.where(np.isnan(judged), score_c, (score_c + judged) / 2)
     use_p = np.where(np.isnan(judged), score_p, (score_p + (1 - judged)) / 2)

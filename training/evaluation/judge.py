@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
+from flywheel.domains import Domains, active_domains, domains_for
+from flywheel.settings import Settings
 from training.chat_client import ChatClient
 
 __all__ = ["HUMAN_TARGETS", "Judge", "JudgeResult", "agreement_on_pairs", "agreement_with_humans", "human_preference_pairs",
@@ -31,14 +33,24 @@ __all__ = ["HUMAN_TARGETS", "Judge", "JudgeResult", "agreement_on_pairs", "agree
 
 Winner = Literal["a", "b", "tie"]
 
-JUDGE_SYSTEM = (
-    "You are an impartial judge. Compare two answers to the same conversation and decide which one better does what "
-    "the user asked: correct, complete, following the requested format, concise. Ignore the order in which the "
-    "answers are shown and their length. Reply with exactly one of: A, B, tie."
-)
+#: What makes an answer better when the task type's domain gives no rubric of its own.
+DEFAULT_RUBRIC = "correct, complete, following the requested format, concise"
 
 
-def _render(prompt_messages: Sequence[dict], first: str, second: str, reference: str | None) -> list[dict]:
+def judge_system(rubric: str = DEFAULT_RUBRIC) -> str:
+    """The judge's instructions with a domain's rubric (`flywheel.domains.Domain.rubric`)."""
+    return (
+        "You are an impartial judge. Compare two answers to the same conversation and decide which one better does what "
+        f"the user asked: {rubric}. Ignore the order in which the answers are shown and their length. Reply with exactly "
+        "one of: A, B, tie."
+    )
+
+
+JUDGE_SYSTEM = judge_system()
+
+
+def _render(prompt_messages: Sequence[dict], first: str, second: str, reference: str | None,
+            system: str = JUDGE_SYSTEM) -> list[dict]:
     conversation = "\n".join(f"[{m.get('role', 'user')}] {m.get('content', '')}" for m in prompt_messages)
     parts = [f"## Conversation\n{conversation}"]
     if reference:
@@ -46,7 +58,7 @@ def _render(prompt_messages: Sequence[dict], first: str, second: str, reference:
     parts.append(f"## Answer A\n{first}")
     parts.append(f"## Answer B\n{second}")
     parts.append("Which answer is better? Reply with exactly one of: A, B, tie.")
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 _TIE = re.compile(r"\b(tie|draw|equal(?:ly)?|both|neither|same)\b", re.IGNORECASE)
@@ -110,35 +122,42 @@ def _to_caller(verdict: str | None, swapped: bool) -> str | None:
 class Judge:
     """Ask a model which of two answers is better, twice with the positions swapped."""
 
-    def __init__(self, client: ChatClient, *, max_tokens: int = 16, concurrency: int = 4):
+    def __init__(self, client: ChatClient, *, max_tokens: int = 16, concurrency: int = 4, domains: Domains | None = None):
         self.client = client
         self.max_tokens = max_tokens
         self.concurrency = concurrency
+        self._domains = domains
+
+    def system(self, task_type: str | None = None) -> str:
+        """The judge's instructions for `task_type`: with its domain's rubric, else the default."""
+        rubric = (self._domains or active_domains()).rubric(task_type) if task_type else None
+        return judge_system(rubric or DEFAULT_RUBRIC)
 
     def judge_pair(self, prompt_messages: Sequence[dict], answer_a: str, answer_b: str,
-                   reference: str | None = None) -> JudgeResult:
+                   reference: str | None = None, task_type: str | None = None) -> JudgeResult:
         """The better of `answer_a` and `answer_b` to `prompt_messages` ("tie" when the two
-        orders disagree or the judge says so)."""
-        first = self.client.chat(_render(prompt_messages, answer_a, answer_b, reference), max_tokens=self.max_tokens).texts[0]
-        second = self.client.chat(_render(prompt_messages, answer_b, answer_a, reference), max_tokens=self.max_tokens).texts[0]
+        orders disagree or the judge says so), by the rubric of `task_type`'s domain."""
+        system = self.system(task_type)
+        first = self.client.chat(_render(prompt_messages, answer_a, answer_b, reference, system),
+                                 max_tokens=self.max_tokens).texts[0]
+        second = self.client.chat(_render(prompt_messages, answer_b, answer_a, reference, system),
+                                  max_tokens=self.max_tokens).texts[0]
         v1, v2 = _to_caller(parse_verdict(first), False), _to_caller(parse_verdict(second), True)
         winner: Winner = v1 if v1 == v2 and v1 in ("a", "b") else "tie"
         return JudgeResult(winner, (first, second), (v1, v2))
 
-    def judge_many(self, items: Iterable[tuple[Sequence[dict], str, str, str | None]]) -> list[JudgeResult]:
-        """`judge_pair` over ``(messages, a, b, reference)`` items, in parallel, in order."""
+    def judge_many(self, items: Iterable[tuple]) -> list[JudgeResult]:
+        """`judge_pair` over ``(messages, a, b, reference[, task_type])`` items, in parallel, in order."""
         items = list(items)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda it: self.judge_pair(*it), items))
 
 
-def judge_from_settings(settings) -> Judge:
+def judge_from_settings(settings: Settings) -> Judge:
     """A `Judge` on ``settings.judge`` (falling back to the teacher's endpoint per field)."""
-    j, t = settings.judge, settings.teacher
-    client = ChatClient(j.base_url or t.base_url, j.model or t.model, api_key=j.api_key or t.api_key,
-                        timeout_s=j.timeout_s, retries=j.retries, backoff_s=t.backoff_s, concurrency=t.concurrency,
-                        what="judge")
-    return Judge(client, concurrency=t.concurrency)
+    teacher = settings.teacher
+    client = ChatClient.from_endpoint(settings.judge.resolve(teacher), what="judge", concurrency=teacher.concurrency)
+    return Judge(client, concurrency=teacher.concurrency, domains=domains_for(settings))
 
 
 def agreement_with_humans(results: Sequence[JudgeResult | str], human_labels: Sequence[str | None]) -> dict:

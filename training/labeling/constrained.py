@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
-__all__ = ["Arr", "JsonSchemaProcessor", "Num", "Obj", "Str", "Union", "chart_schema", "feed", "feed_text", "initial_state"]
+__all__ = ["Arr", "JsonSchemaProcessor", "Num", "Obj", "Str", "Union", "UnsupportedSchema", "chart_schema", "feed", "feed_text",
+           "from_json_schema", "initial_state"]
 
 
 # ----------------------------------------------------------------------------- schema nodes
@@ -79,55 +80,122 @@ class Union:
     string_when: tuple[str, ...] = ()
 
 
-_INTERVAL_CHARS = frozenset("0123456789.,-")
-_DAYJS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789().,' -")
+class UnsupportedSchema(ValueError):
+    """A JSON Schema uses something the automaton cannot follow."""
+
+
+def from_json_schema(schema: Mapping[str, Any]):
+    """The automaton's schema for a JSON Schema (a pydantic model's ``model_json_schema()``).
+
+    Understood: objects (``properties``, ``required``), arrays (``items``, ``minItems``,
+    ``maxItems``, ``uniqueItems`` of enum values), strings (``enum``/``const``, ``maxLength``), integers
+    (``minimum`` >= 1 means positive) and numbers, ``$ref`` into ``$defs``, and a
+    ``oneOf`` of objects with a ``discriminator`` (merged into one object whose
+    discriminator comes first and whose differing property is a string or a number,
+    depending on the discriminator's value). The ``x-decoding`` mapping of a node tightens
+    it for decoding: ``minItems``/``maxItems``/``uniqueItems``/``maxLength``, ``ordered``
+    (keys in the order of ``properties``), ``maxDigits``, a string's ``prefix`` and
+    ``charset``, ``interval`` ("low,high"), ``record`` (remember the value under a name)
+    and ``among`` (one of the values recorded under a name)."""
+    defs = schema.get("$defs", {})
+    counter = [0]
+
+    def resolve(node: Mapping[str, Any]) -> Mapping[str, Any]:
+        seen = 0
+        while "$ref" in node:
+            ref = node["$ref"]
+            if not ref.startswith("#/$defs/") or ref[len("#/$defs/"):] not in defs:
+                raise UnsupportedSchema(f"cannot resolve {ref!r}")
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            node = {**defs[ref[len("#/$defs/"):]], **extra}
+            seen += 1
+            if seen > 32:
+                raise UnsupportedSchema(f"recursive reference {ref!r}")
+        return node
+
+    def spec(node: Mapping[str, Any]) -> dict:
+        return {**node, **(node.get("x-decoding") or {})}
+
+    def enum_of(s: Mapping[str, Any]) -> tuple | None:
+        if "const" in s:
+            return (s["const"],)
+        return tuple(s["enum"]) if "enum" in s else None
+
+    def compile_(node: Mapping[str, Any], exclude: str | None = None):
+        node = resolve(node)
+        if "oneOf" in node or "anyOf" in node:
+            return tagged(node)
+        s = spec(node)
+        enum = enum_of(s)
+        kind = s.get("type")
+        if enum is not None or kind == "string":
+            if enum is not None and not all(isinstance(v, str) for v in enum):
+                raise UnsupportedSchema(f"only string enums are supported, not {enum!r}")
+            return Str(enum=enum, prefix=s.get("prefix", ""), max_len=int(s.get("maxLength", 64)), record=s.get("record"),
+                       dynamic=s.get("among"), charset=frozenset(s["charset"]) if "charset" in s else None,
+                       exclude=exclude, interval=bool(s.get("interval")))
+        if kind in ("integer", "number"):
+            minimum = s.get("minimum")
+            return Num(integer=kind == "integer", positive=kind == "integer" and minimum is not None and minimum >= 1,
+                       max_len=int(s.get("maxDigits", 12)))
+        if kind == "array":
+            items = resolve(s.get("items") or {})
+            item_exclude = None
+            if s.get("uniqueItems") and enum_of(spec(items)) is not None:  # repeats are refused among enum values
+                item_spec = spec(items)
+                item_exclude = item_spec.get("record")
+                if item_exclude is None:  # remember the values under a name of its own, to refuse repeats
+                    counter[0] += 1
+                    item_exclude = f"_unique{counter[0]}"
+                    items = {**items, "x-decoding": {**(items.get("x-decoding") or {}), "record": item_exclude}}
+            return Arr(compile_(items, item_exclude), int(s.get("minItems", 0)),
+                       int(s["maxItems"]) if "maxItems" in s else None)
+        if kind == "object":
+            props = s.get("properties") or {}
+            if not props:
+                raise UnsupportedSchema("an object needs its properties listed")
+            return Obj({k: compile_(v) for k, v in props.items()}, frozenset(s.get("required", ())),
+                       ordered=bool(s.get("ordered")))
+        raise UnsupportedSchema(f"unsupported schema node {dict(node)!r}")
+
+    def tagged(node: Mapping[str, Any]):
+        tag = (node.get("discriminator") or {}).get("propertyName")
+        variants = [spec(resolve(v)) for v in node.get("oneOf") or node.get("anyOf")]
+        if not tag or not all(v.get("type") == "object" and tag in (v.get("properties") or {}) for v in variants):
+            raise UnsupportedSchema("a oneOf/anyOf is supported only between objects with a discriminator")
+        values: list[str] = []
+        per_variant: list[tuple] = []
+        for v in variants:
+            enum = enum_of(spec(resolve(v["properties"][tag])))
+            if not enum:
+                raise UnsupportedSchema(f"discriminator {tag!r} needs a const or enum in every variant")
+            per_variant.append(enum)
+            values += [x for x in enum if x not in values]
+        props: dict[str, Any] = {tag: Str(enum=tuple(values), record=tag)}
+        names = [k for v in variants for k in v["properties"] if k != tag]
+        for key in dict.fromkeys(names):
+            options = [(compile_(v["properties"][key]), enum) for v, enum in zip(variants, per_variant) if key in v["properties"]]
+            strings = [(n, e) for n, e in options if isinstance(n, Str)]
+            numbers = [n for n, _ in options if isinstance(n, Num)]
+            if len(options) == 1:
+                props[key] = options[0][0]
+            elif len(strings) == 1 and numbers and len(strings) + len(numbers) == len(options):
+                props[key] = Union(strings[0][0], numbers[0], by=tag, string_when=tuple(strings[0][1]))
+            else:
+                raise UnsupportedSchema(f"the variants' {key!r} must be one string and numbers, or the same in all")
+        required = frozenset().union(*(frozenset(v.get("required", ())) for v in variants))
+        return Obj(props, required, ordered=True)  # the discriminator first: it decides the rest
+
+    return compile_(schema)
 
 
 def chart_schema(dimensions: Sequence[str], metrics: Sequence[str], time_field: str | None = None) -> Obj:
-    """DESIGN.md's chart configuration with names from the given lists."""
-    from flywheel.simulate.charts import CHART_TYPES, DIMENSION_CONDITIONS, GRANULARITIES, METRIC_CONDITIONS
+    """The chart configuration's schema (`ChartConfig`, through its JSON Schema) with names
+    from the given lists."""
+    from flywheel.domains.chart import PromptLists, output_schema
 
-    dims = tuple(dict.fromkeys(([time_field] if time_field else []) + list(dimensions)))
-    mets = tuple(dict.fromkeys(metrics))
-    dim, met, order = Str(enum=dims), Str(enum=mets), Str(enum=("ASC", "DESC"))
-    return Obj(
-        {
-            "chartType": Str(enum=CHART_TYPES),
-            "chartFields": Obj(
-                {"dimensions": Arr(Str(enum=dims, record="dims", exclude="dims"), 1, 3),
-                 "metrics": Arr(Str(enum=mets, record="metrics", exclude="metrics"), 1, 3)},
-                frozenset({"dimensions", "metrics"}),
-            ),
-            "mainAxis": Str(enum=dims, dynamic="dims"),
-            "sort": Obj({"metric": met, "sort": order}, frozenset({"metric", "sort"})),
-            "topN": Obj({"metric": met, "sort": order, "number": Num(integer=True, positive=True, max_len=3)},
-                        frozenset({"metric", "sort", "number"})),
-            "dimensionFilters": Arr(
-                Obj(
-                    {"dimension": dim, "filter": Obj({"condition": Str(enum=DIMENSION_CONDITIONS), "value": Arr(Str(max_len=40), 1, 5)},
-                                                     frozenset({"condition", "value"}), ordered=True)},
-                    frozenset({"dimension", "filter"}),
-                ),
-                1, 3,
-            ),
-            "metricFilters": Arr(
-                Obj(
-                    {"metric": met, "filter": Obj({"condition": Str(enum=METRIC_CONDITIONS, record="condition"), "value": Union(
-                        Str(max_len=24, interval=True, charset=_INTERVAL_CHARS), Num(), by="condition",
-                        string_when=("interval",))},
-                        frozenset({"condition", "value"}), ordered=True)},
-                    frozenset({"metric", "filter"}),
-                ),
-                1, 3,
-            ),
-            "chartTimeFilter": Obj(
-                {"granularity": Str(enum=GRANULARITIES), "dayjsScript": Arr(Str(prefix="dayjs()", max_len=64, charset=_DAYJS_CHARS), 2, 2)},
-                frozenset({"granularity", "dayjsScript"}),
-            ),
-        },
-        frozenset({"chartType", "chartFields", "mainAxis"}),
-        ordered=True,  # DESIGN.md's order: the chosen dimensions are known when mainAxis comes
-    )
+    lists = PromptLists("prompt", time_field or "", tuple(dimensions), tuple(metrics))
+    return from_json_schema(output_schema(lists))
 
 
 # ----------------------------------------------------------------------------- automaton

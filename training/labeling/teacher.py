@@ -6,11 +6,10 @@ One interface, ``Teacher.label(task_type, messages) -> TeacherAnswer``, two kind
   model, a hosted API); several samples in one request (``n``), retries with backoff,
   a timeout, a concurrency limit and a token/cost tally (`training.chat_client`);
 - ``local`` (`LocalTeacher`, the offline default): the bundled base model with a few
-  worked examples per task type drawn at random from a pool (``teacher_pool.yaml``;
-  chart-config examples are generated from the simulator's ground truth), several
-  samples per prompt at ``temperature``, decoding constrained to the task's output
-  schema where it has one (`training.labeling.constrained`: chart JSON with names from the
-  prompt's lists).
+  worked examples per task type drawn at random from a pool (the loaded domains' examples,
+  `flywheel.domains`), several samples per prompt at ``temperature``, decoding
+  constrained to the task's output JSON Schema where its domain gives one
+  (`training.labeling.constrained`: chart JSON with names from the prompt's lists).
 
 Either way the verifiers (`training.labeling.verify`) choose the best sample (best-of-N: passing
 first, then the higher score, then the earlier sample) after `final_answer` strips any
@@ -26,6 +25,7 @@ when the caller holds the DuckDB connection (the control plane), else as JSONL l
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import threading
@@ -37,10 +37,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from flywheel.simulate import charts
+from flywheel.domains import DomainError, Domains, active_domains, domains_for
+from flywheel.domains.files import read_examples
 from training.chat_client import ChatClient
 from training.errors import TeacherError
-from training.labeling.verify import CHART_TASK, Verdict, chart_target, prompt_schema, verify
+from training.labeling.verify import Verdict, verify
 
 __all__ = [
     "LocalTeacher",
@@ -55,7 +56,7 @@ __all__ = [
     "make_teacher",
 ]
 
-DEFAULT_POOL = Path(__file__).with_name("teacher_pool.yaml")
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- answers
@@ -82,19 +83,17 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _FINAL = re.compile(r"(?:final answer|the answer is)\s*[:：]?\s*", re.IGNORECASE)
 
 
-def final_answer(text: str | None, task_type: str | None = None) -> str:
+def final_answer(text: str | None, task_type: str | None = None, *, domains: Domains | None = None) -> str:
     """The part of a teacher's reply that becomes a training target: ``<think>`` blocks
-    dropped, the text after the last "Final answer:" when there is one; for chart-config
-    the bare compact JSON of the configuration when one is found."""
+    dropped, the text after the last "Final answer:" when there is one; the task type's
+    target form when its domain gives one and it is found (for chart-config the bare
+    compact JSON of the configuration)."""
     text = _THINK.sub("", text or "").strip()
     marks = list(_FINAL.finditer(text))
     if marks and text[marks[-1].end():].strip():
         text = text[marks[-1].end():].strip()
-    if task_type == CHART_TASK:
-        target = chart_target(text)
-        if target is not None:
-            return target
-    return text
+    target = (domains or active_domains()).target(task_type, text)
+    return target if target is not None else text
 
 
 def choose_best(verdicts: Sequence[Verdict]) -> int | None:
@@ -167,9 +166,15 @@ class Teacher:
     model = ""
 
     def __init__(self, *, samples: int = 4, temperature: float = 0.7, max_tokens: int = 256,
-                 audit: TeacherAudit | None = None):
+                 audit: TeacherAudit | None = None, domains: Domains | None = None):
         self.samples, self.temperature, self.max_tokens = samples, temperature, max_tokens
         self.audit = audit
+        self._domains = domains
+
+    @property
+    def domains(self) -> Domains:
+        """The domains whose verifiers, target forms and schemas this teacher uses."""
+        return self._domains or active_domains()
 
     @property
     def source(self) -> str:
@@ -192,8 +197,8 @@ class Teacher:
             if self.audit:
                 self.audit.record(call)
             raise
-        finals = [final_answer(t, task_type) for t in texts]
-        verdicts = [verify(task_type, messages, f) for f in finals]
+        finals = [final_answer(t, task_type, domains=self.domains) for t in texts]
+        verdicts = [verify(task_type, messages, f, domains=self.domains) for f in finals]
         chosen = choose_best(verdicts)
         answer = TeacherAnswer(
             answer=finals[chosen] if chosen is not None else None, samples=texts, verdicts=verdicts, chosen_index=chosen,
@@ -262,33 +267,23 @@ class OpenAITeacher(Teacher):
             return list(pool.map(one, items))
 
 
-def _chart_example(rng: random.Random) -> dict:
-    request = charts.generate_request(rng)
-    schema = request.schema
-    user = (f"Dimensions: {json.dumps(list(schema.all_dimensions))}\nMetrics: {json.dumps(list(schema.metrics))}\n"
-            f"Time field: {json.dumps(schema.time_field)}\nRequest: {request.text}\nJSON:")
-    return {"user": user, "assistant": charts.dump_config(request.truth)}
-
-
-def load_pool(path: str | Path | None = None, *, chart_examples: int = 48, seed: int = 0) -> dict[str, list[dict]]:
-    """The few-shot pool: the YAML's examples per task type, plus `chart_examples`
-    chart-config examples generated from the simulator's ground truth (compact prompts:
-    the lists and the request, without the instructions, which the real prompt gives)."""
-    import yaml
-
-    path = Path(path) if path else DEFAULT_POOL
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise TeacherError(f"cannot read the teacher's few-shot pool {path}: {exc} (set teacher.pool_path)") from exc
+def load_pool(path: str | Path | None = None, *, seed: int = 0, domains: Domains | None = None) -> dict[str, list[dict]]:
+    """The few-shot pool, ``{task_type: [{"user", "assistant"}]}``: the examples of the
+    loaded domains (for chart-config, configurations of the simulator's ground truth with
+    compact prompts: the lists and the request, without the instructions, which the real
+    prompt gives), with the examples of the YAML file `path` (``teacher.pool_path``) in
+    front of them. `seed` is kept for callers; the pool itself is fixed."""
+    del seed
     pool: dict[str, list[dict]] = {}
-    for task_type, examples in data.items():
-        for ex in examples or []:
-            if not isinstance(ex, dict) or not isinstance(ex.get("user"), str) or not isinstance(ex.get("assistant"), str):
-                raise TeacherError(f"{path}: every example of {task_type!r} needs 'user' and 'assistant' strings, got {ex!r}")
-        pool[task_type] = list(examples or [])
-    rng = random.Random(seed)
-    pool.setdefault(CHART_TASK, []).extend(_chart_example(rng) for _ in range(chart_examples))
+    if path:
+        try:
+            extra = read_examples(path)
+        except DomainError as exc:
+            raise TeacherError(f"{exc} (set teacher.pool_path)") from exc
+        for task_type, examples in extra.items():
+            pool[task_type] = [{"user": ex.user, "assistant": ex.assistant} for ex in examples]
+    for task_type, examples in (domains or active_domains()).examples().items():
+        pool.setdefault(task_type, []).extend({"user": ex.user, "assistant": ex.assistant} for ex in examples)
     return pool
 
 
@@ -303,7 +298,7 @@ class LocalTeacher(Teacher):
         super().__init__(**kw)
         self.model_dir = Path(model_dir)
         self.few_shot, self.constrained = few_shot, constrained
-        self.pool = pool if pool is not None else load_pool(seed=seed)
+        self.pool = pool if pool is not None else load_pool(seed=seed, domains=self._domains)
         self.rng = random.Random(seed)
         self.seed = seed
         self.calls = 0
@@ -329,14 +324,19 @@ class LocalTeacher(Teacher):
         return out + list(messages)
 
     def _schema(self, task_type: str, messages: list[dict]):
-        if not self.constrained or task_type != CHART_TASK:
+        """The decoder's schema: the task's output JSON Schema for this prompt, if any."""
+        if not self.constrained:
             return None
-        schema = prompt_schema(messages)
-        if schema is None:
+        json_schema = self.domains.output_schema(task_type, messages)
+        if json_schema is None:
             return None
-        from training.labeling.constrained import chart_schema
+        from training.labeling.constrained import UnsupportedSchema, from_json_schema
 
-        return chart_schema(schema.dimensions, schema.metrics, schema.time_field)
+        try:
+            return from_json_schema(json_schema)
+        except UnsupportedSchema as exc:
+            log.warning("decoding %s unconstrained: its output schema is beyond the decoder (%s)", task_type, exc)
+            return None
 
     def _sample(self, task_type, messages):
         import torch
@@ -390,7 +390,8 @@ def make_teacher(settings, *, conn=None, model_dir: str | Path | None = None, au
     t = settings.teacher
     path = audit_path or t.audit_file or (Path(settings.data_dir).expanduser() / "teacher_calls.jsonl")
     audit = TeacherAudit(conn=conn) if conn is not None else TeacherAudit(path=path)
-    common = dict(samples=t.samples, temperature=t.temperature, max_tokens=t.max_tokens, audit=audit)
+    common = dict(samples=t.samples, temperature=t.temperature, max_tokens=t.max_tokens, audit=audit,
+                  domains=domains_for(settings))
     if t.kind == "openai":
         from training.chat_client import teacher_client
 
@@ -402,5 +403,5 @@ def make_teacher(settings, *, conn=None, model_dir: str | Path | None = None, au
         from serving.model_store import ensure_hf_model
 
         model_dir = ensure_hf_model(settings.model_cache_path)
-    return LocalTeacher(model_dir, few_shot=t.few_shot, constrained=t.constrained, pool=load_pool(t.pool_path or None),
-                        **common)
+    return LocalTeacher(model_dir, few_shot=t.few_shot, constrained=t.constrained,
+                        pool=load_pool(t.pool_path or None, domains=common["domains"]), **common)

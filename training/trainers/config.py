@@ -5,6 +5,13 @@ TRL config class), ``lora`` (fields of ``LoraConfig``) and ``flywheel`` (our opt
 The bundled defaults are ``training/trainers/configs/{sft,dpo}.yaml``. Overrides are
 ``STAGE.SECTION.KEY=VALUE`` strings (the value parsed as YAML), e.g. ``sft.args.max_steps=4``.
 
+Every value, from the file or an override, is checked against its field's type (the
+``SFTConfig``/``DPOConfig``/``LoraConfig`` dataclass field, or :data:`OPTIONS`) and coerced
+to it: PyYAML reads ``1e-3`` (a float without a dot) as a string, which would otherwise
+reach torch's optimizer and fail there, after the model is loaded. An unknown key or a
+value that cannot be coerced is a :class:`TrainingConfigError` naming it, raised before any
+job starts (:func:`check_overrides`).
+
 :func:`build_args` turns a stage config into the TRL config for this machine: on a CPU
 ``bf16`` is forced off (TRL defaults it on) and ``use_cpu`` on; with CUDA, bf16 where the
 card supports it, and QLoRA (4-bit NF4 base weights) when ``flywheel.qlora`` is set and
@@ -14,12 +21,17 @@ bitsandbytes is installed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
-from collections.abc import Iterable, Mapping
+import types
+import typing
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, Union
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from training.errors import TrainingConfigError
 
@@ -27,7 +39,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 STAGES = ("sft", "dpo")
 SECTIONS = ("args", "lora", "flywheel")
 OPTIONS = {
-    "sft": {"assistant_turns": ("all", "last"), "per_task_eval": bool, "qlora": bool},
+    "sft": {"assistant_turns": ("all", "last"), "per_task_eval": bool, "qlora": bool,
+            "shared_prefix_packing": bool, "pack_max_length": int, "pack_max_examples": int},
     "dpo": {"qlora": bool},
 }
 
@@ -59,6 +72,66 @@ def _field_names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+
+
+def _relaxed(hint):
+    """``hint`` with a Literal that documents a pattern (PEFT's ``'pissa_niter_[number of
+    iters]'``) widened to ``str``: it is not a closed set of values."""
+    origin = typing.get_origin(hint)
+    if origin is Literal and any(isinstance(a, str) and "[" in a for a in typing.get_args(hint)):
+        return str
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_relaxed(a) for a in typing.get_args(hint))]
+    return hint
+
+
+@functools.cache
+def _adapter(hint) -> TypeAdapter | None:
+    """A validator for a field's type, or None for a type pydantic cannot check (a class of
+    the library's own, left to the library)."""
+    hint = _relaxed(hint)
+    if hint is Any:
+        return None
+    try:
+        return TypeAdapter(hint, config=ConfigDict(coerce_numbers_to_str=True))
+    except Exception:  # noqa: BLE001 - a BaseModel/dataclass type (config not allowed) or an unknown class
+        try:
+            return TypeAdapter(hint)
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def _type_name(hint) -> str:
+    if isinstance(hint, tuple):
+        return " or ".join(map(repr, hint))
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def coerce_value(value, hint):
+    """``value`` as the type ``hint`` wants it: unchanged when it already fits; else converted
+    (``"1e-3"`` -> ``0.001``, ``"4"`` -> ``4``). Raises ValueError when it cannot be."""
+    adapter = _adapter(Literal[hint] if isinstance(hint, tuple) else hint)
+    if adapter is None:
+        return value
+    try:
+        adapter.validate_python(value, strict=True)
+        return value
+    except ValidationError:
+        pass
+    try:
+        out = adapter.validate_python(value)
+    except ValidationError as e:
+        raise ValueError(e.errors()[0]["msg"]) from None
+    # keep plain YAML values (the config goes into run.json); a library object stays the library's to build
+    return out if isinstance(out, (str, int, float, bool, list, dict, type(None))) else value
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, list[tuple[str, str, object]]]:
     """``["sft.args.max_steps=4", ...]`` -> ``{"sft": [("args", "max_steps", 4)], ...}``."""
     out: dict[str, list] = {s: [] for s in STAGES}
@@ -79,7 +152,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, list[tuple[str, str, obje
 
 def load_stage_config(stage: str, path: Path | str | None = None,
                       overrides: Iterable[tuple[str, str, object]] | Mapping | None = None) -> StageConfig:
-    """Read a stage's YAML (default: the bundled one), apply overrides, check every key."""
+    """Read a stage's YAML (default: the bundled one), apply overrides, check every key and
+    coerce every value to its field's type."""
     if stage not in STAGES:
         raise TrainingConfigError(f"unknown training stage {stage!r} (one of {', '.join(STAGES)})")
     path = Path(path).expanduser() if path else default_config_path(stage)
@@ -95,14 +169,28 @@ def load_stage_config(stage: str, path: Path | str | None = None,
     sections = {s: dict(data.get(s) or {}) for s in SECTIONS}
     if isinstance(overrides, Mapping):
         overrides = [(sec, k, v) for sec, kv in overrides.items() for k, v in kv.items()]
+    overridden = set()
     for section, key, value in overrides or ():
         sections[section][key] = value
+        overridden.add((section, key))
     cfg = StageConfig(stage, sections["args"], sections["lora"], sections["flywheel"], str(path))
-    validate(cfg)
-    return cfg
+    return validate(cfg, overridden)
 
 
-def validate(cfg: StageConfig) -> None:
+def check_overrides(overrides: Iterable[str], sft_config: Path | str | None = None,
+                    dpo_config: Path | str | None = None) -> dict[str, StageConfig]:
+    """Both stages' configs with ``--set`` overrides applied, every key and value checked:
+    what a job would train with. Call it before starting one (``flywheel train``, a
+    flywheel turn): a bad override fails here, not in the job after the model is loaded."""
+    parsed = parse_overrides(overrides)
+    return {"sft": load_stage_config("sft", sft_config, parsed["sft"]),
+            "dpo": load_stage_config("dpo", dpo_config, parsed["dpo"])}
+
+
+def validate(cfg: StageConfig, overridden: Collection[tuple[str, str]] = ()) -> StageConfig:
+    """Check every key of ``cfg`` and coerce each value to its field's type; returns the
+    checked config. ``overridden``: the (section, key) pairs that came from overrides (for
+    the messages)."""
     from peft import LoraConfig
 
     where = f"{cfg.stage} config ({cfg.source})"
@@ -114,14 +202,22 @@ def validate(cfg: StageConfig) -> None:
     if unknown:
         raise TrainingConfigError(f"{where}: lora {', '.join(sorted(unknown))} are not LoraConfig fields")
     known = OPTIONS[cfg.stage]
-    for key, value in cfg.flywheel.items():
+    for key in cfg.flywheel:
         if key not in known:
             raise TrainingConfigError(f"{where}: flywheel.{key} is not an option (known: {', '.join(known)})")
-        allowed = known[key]
-        ok = isinstance(value, allowed) if isinstance(allowed, type) else value in allowed
-        if not ok:
-            expected = allowed.__name__ if isinstance(allowed, type) else " or ".join(map(repr, allowed))
-            raise TrainingConfigError(f"{where}: flywheel.{key} must be {expected}, got {value!r}")
+    types_of = {"args": _field_types(_trl_class(cfg.stage)), "lora": _field_types(LoraConfig), "flywheel": known}
+    checked = {}
+    for section in SECTIONS:
+        checked[section] = {}
+        for key, value in getattr(cfg, section).items():
+            hint = types_of[section][key]
+            try:
+                checked[section][key] = coerce_value(value, hint)
+            except ValueError as e:
+                source = " (from an override)" if (section, key) in overridden else ""
+                raise TrainingConfigError(f"{where}: {section}.{key} must be {_type_name(hint)}, got {value!r}"
+                                          f"{source}: {e}") from None
+    return dataclasses.replace(cfg, **checked)
 
 
 @dataclass(frozen=True)

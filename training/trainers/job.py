@@ -30,7 +30,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from training.trainers.config import load_stage_config, parse_overrides
+from training.trainers.config import check_overrides
 from training.errors import TrainingError
 from training.trainers.sft import ADAPTER
 from training.datasets.snapshot import load_snapshot
@@ -79,9 +79,8 @@ def run_job(dataset: Path | str, out_dir: Path | str, *, model_dir: Path | str, 
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     snapshot = load_snapshot(dataset)
-    parsed = parse_overrides(overrides)
-    sft_cfg = load_stage_config("sft", sft_config, parsed["sft"])
-    dpo_cfg = load_stage_config("dpo", dpo_config, parsed["dpo"])
+    configs = check_overrides(overrides, sft_config, dpo_config)
+    sft_cfg, dpo_cfg = configs["sft"], configs["dpo"]
     previous = read_run(out_dir) or {}
     if previous.get("dataset") not in (None, snapshot.version):
         raise TrainingError(f"{out_dir} holds a run on dataset {previous['dataset']!r}, not {snapshot.version!r}: "
@@ -181,11 +180,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.SECTION.KEY=VALUE",
                    help="Override a config value, e.g. sft.args.max_steps=4 (repeatable).")
     p.add_argument("--no-dpo", action="store_true", help="Stop after SFT.")
+    p.add_argument("--threads", type=int, default=None,
+                   help="Torch/OpenMP threads of this job (training.threads; 0: the cores less one); default: torch's "
+                        "own (every core).")
+    p.add_argument("--nice", type=int, default=0, help="Run at this niceness (training.nice); default: unchanged.")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.threads is not None or args.nice:  # first, before any torch work: serving on this machine keeps its share
+        from training.job_limits import job_threads, limit_this_process, thread_env
+
+        threads = job_threads(args.threads) if args.threads is not None else None
+        if threads is not None:
+            os.environ.update(thread_env(threads))  # for pools that start later (tokenizers)
+        limit_this_process(threads, args.nice)
     model_dir = args.model_dir
     if model_dir is None:
         from serving.model_store import ensure_hf_model

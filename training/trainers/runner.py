@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flywheel.settings import Settings
 from training.errors import JobError, SnapshotError
+from training.trainers.config import check_overrides
 from training.trainers.job import RUN_FILE, read_run
 from training.datasets.snapshot import snapshot_dir
 
@@ -41,7 +43,7 @@ class JobPlan:
         return self.out_dir / LOG_FILE
 
 
-def resolve_dataset(settings, dataset: str) -> Path:
+def resolve_dataset(settings: Settings, dataset: str) -> Path:
     """A snapshot version under DATA_DIR/datasets, or a path to a snapshot folder."""
     candidate = snapshot_dir(settings.data_path, dataset)
     if candidate.is_dir():
@@ -77,12 +79,13 @@ def candidate_name(run_id: str) -> str:
     return f"ft-{run_id}"[:64]
 
 
-def plan_job(settings, dataset: str, *, model_dir: Path | str, versions: list[dict],
+def plan_job(settings: Settings, dataset: str, *, model_dir: Path | str, versions: list[dict],
              parent: str | None = None, fresh: bool = False, run_id: str | None = None,
              overrides: tuple[str, ...] = (), python: str = sys.executable) -> JobPlan:
     """Decide what to run. ``parent`` names a version to continue (default: production's,
-    when ``training.incremental``); ``fresh`` starts a new LoRA on the base."""
-    t = settings.training
+    when ``training.incremental``); ``fresh`` starts a new LoRA on the base. The configs and
+    overrides are checked here (TrainingConfigError), before any job starts."""
+    cfg = settings.training
     dataset_dir = resolve_dataset(settings, dataset)
     run_id = run_id or new_run_id(dataset_dir.name)
     out_dir = settings.runs_path / run_id
@@ -93,20 +96,22 @@ def plan_job(settings, dataset: str, *, model_dir: Path | str, versions: list[di
             raise JobError(f"no model version {parent!r} to continue; see `flywheel models list`")
         parent_version = parent
         parent_adapter = Path(match[0]["adapter_path"]) if match[0].get("adapter_path") else None
-    elif t.incremental and not fresh:
+    elif cfg.incremental and not fresh:
         parent_version, parent_adapter = production_parent(versions)
     cmd = [python, "-m", "training.trainers.job", "--dataset", str(dataset_dir), "--out", str(out_dir),
            "--model-dir", str(model_dir)]
     if parent_adapter is not None:
         cmd += ["--parent", str(parent_adapter)]
-    if t.sft_config:
-        cmd += ["--sft-config", t.sft_config]
-    if t.dpo_config:
-        cmd += ["--dpo-config", t.dpo_config]
-    if not t.dpo:
+    if cfg.sft_config:
+        cmd += ["--sft-config", cfg.sft_config]
+    if cfg.dpo_config:
+        cmd += ["--dpo-config", cfg.dpo_config]
+    if not cfg.dpo:
         cmd.append("--no-dpo")
-    settings_overrides = [f"sft.args.save_steps={t.checkpoint_steps}", f"dpo.args.save_steps={t.checkpoint_steps}",
-                          f"sft.flywheel.assistant_turns={t.assistant_turns}"]
+    cmd += ["--threads", str(cfg.threads), "--nice", str(cfg.nice)]  # serving on this machine keeps a core
+    settings_overrides = [f"sft.args.save_steps={cfg.checkpoint_steps}", f"dpo.args.save_steps={cfg.checkpoint_steps}",
+                          f"sft.flywheel.assistant_turns={cfg.assistant_turns}"]
+    check_overrides((*settings_overrides, *overrides), cfg.sft_config or None, cfg.dpo_config or None)
     for item in (*settings_overrides, *overrides):
         cmd += ["--set", item]
     return JobPlan(run_id, dataset_dir.name, dataset_dir, out_dir, parent_version, parent_adapter, cmd)

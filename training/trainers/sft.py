@@ -12,6 +12,10 @@
   every ``eval_steps`` and at the end, gathered by :class:`TaskLossCallback`.
 - Checkpoints every ``save_steps`` under ``<out>/checkpoints``; a stage started again on
   the same folder resumes from the last one.
+- ``flywheel.shared_prefix_packing``: examples that start with the same prompt tokens share
+  one copy of them in a training row (``packing.py``); the loss is unchanged, the compute of
+  the shared prefix is paid once. A step then holds ``per_device_train_batch_size`` packed
+  rows of up to ``pack_max_examples`` examples each.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class StageResult:
     tokens_per_s: float = 0.0
     device: dict = field(default_factory=dict)
     dropped: dict = field(default_factory=dict)  # why rows left before training, with counts
+    packing: dict | None = None  # shared-prefix packing: examples, rows, tokens before/after
+    supervised_tokens: int = 0   # answer tokens the loss was on (a resumed run: since the resume)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,7 +132,6 @@ def build_sft_trainer(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Pat
     """An ``SFTTrainer`` ready to train (model, adapter, datasets, callbacks), and the
     :class:`TaskLossCallback` that gathers its loss channels."""
     from datasets import Dataset
-    from trl import SFTTrainer
 
     out_dir = Path(out_dir)
     plan = device_plan(cfg)
@@ -144,12 +149,65 @@ def build_sft_trainer(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Pat
     model, tokenizer = load_base(model_dir, plan)
     model = attach_adapter(model, build_lora(cfg), parent)
     callback = TaskLossCallback({ch: task_of.get(ch, ch) for ch in eval_sets})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_sets or None,
-                         processing_class=tokenizer, callbacks=[callback, *extra_callbacks])
+    packing = cfg.flywheel.get("shared_prefix_packing", False)
+    trainer = flywheel_trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=eval_sets or None,
+                                       processing_class=tokenizer, callbacks=[callback, *extra_callbacks])
     trainer.flywheel_plan = plan
     trainer.flywheel_dropped = account_truncation(trainer, len(train), {ch: len(d) for ch, d in eval_sets.items()},
                                                   cfg.args.get("max_length"), "sft")
+    trainer.flywheel_packing = None
+    if packing:
+        trainer.flywheel_packing = pack_train_dataset(trainer, tokenizer, cfg)
     return trainer, callback
+
+
+def pack_train_dataset(trainer, tokenizer, cfg: StageConfig) -> dict:
+    """Replace the trainer's tokenized training set (TRL built input_ids and labels) by
+    shared-prefix packed rows, and its collator by the one that builds their attention."""
+    from datasets import Dataset
+
+    from training.trainers.packing import SharedPrefixCollator, pack_shared_prefix
+
+    examples = [{"input_ids": r["input_ids"], "labels": r["labels"]}
+                for r in trainer.train_dataset.select_columns(["input_ids", "labels"])]
+    rows, stats = pack_shared_prefix(
+        examples, max_length=int(cfg.flywheel.get("pack_max_length", 2048)),
+        max_examples=int(cfg.flywheel.get("pack_max_examples", 8)))
+    trainer.train_dataset = Dataset.from_list(rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trainer.data_collator = SharedPrefixCollator(pad, dtype=next(trainer.model.parameters()).dtype)
+    log.info("shared-prefix packing: %d examples in %d rows, %d -> %d tokens (%.0f%% saved)", stats.examples,
+             stats.rows, stats.tokens_before, stats.tokens_after, 100 * stats.saved)
+    return stats.to_dict()
+
+
+def flywheel_trainer_class():
+    """TRL's ``SFTTrainer`` that also counts the tokens of supervision it trained on (answer
+    tokens: the figure that matters when prompts are long and shared), and counts computed
+    tokens right under shared-prefix packing's 4D attention mask (Trainer and TRL sum the
+    mask, which is a padding mask only in 2D)."""
+    from trl import SFTTrainer
+
+    from training.trainers.packing import IGNORE, real_tokens
+
+    class FlywheelSFTTrainer(SFTTrainer):
+        flywheel_supervised_tokens = 0
+
+        def _track_num_input_tokens(self, inputs):
+            if self.args.include_num_input_tokens_seen != "no":
+                self.state.num_input_tokens_seen += real_tokens(inputs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            before = self._total_train_tokens
+            tokens = real_tokens(inputs)
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+            if self.model.training:
+                self._total_train_tokens = before + tokens
+                self.flywheel_supervised_tokens += int((inputs["labels"] != IGNORE).sum())
+            return out
+
+    return FlywheelSFTTrainer
 
 
 def account_truncation(trainer, train_rows: int, eval_rows: dict[str, int], max_length, stage: str) -> dict:
@@ -203,7 +261,9 @@ def run_trainer(trainer, callback: TaskLossCallback, out_dir: Path, stage: str, 
         metrics={k: v for k, v in output.metrics.items() if isinstance(v, (int, float))},
         adapter=str(adapter), examples=examples, tokens=tokens, train_runtime_s=round(train_runtime, 3),
         tokens_per_s=round(tokens / train_runtime, 2) if train_runtime > 0 else 0.0,
-        device=getattr(trainer, "flywheel_plan").to_dict(), dropped=getattr(trainer, "flywheel_dropped", {}))
+        device=getattr(trainer, "flywheel_plan").to_dict(), dropped=getattr(trainer, "flywheel_dropped", {}),
+        packing=getattr(trainer, "flywheel_packing", None),
+        supervised_tokens=int(getattr(trainer, "flywheel_supervised_tokens", 0)))
 
 
 def train_sft(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Path | str, cfg: StageConfig,

@@ -14,17 +14,10 @@ import urllib.parse
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-
-
-def _cli():
-    from flywheel import cli  # registered at the end of flywheel.cli, which is loaded by then
-
-    return cli
+from flywheel.cli._common import console, control, open_db, settings_of
 
 
 class _Reader:
@@ -33,26 +26,18 @@ class _Reader:
 
     def __init__(self, s):
         self.s = s
-        self.remote = _cli()._control(s, "GET", "/healthz") is not None
+        self.remote = control(s, "GET", "/healthz") is not None
 
     def _get(self, path: str, params: dict | None = None):
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        data = _cli()._control(self.s, "GET", f"{path}{query}")
+        data = control(self.s, "GET", f"{path}{query}")
         if data is None:
             raise click.ClickException(f"the control plane at {self.s.control_url} stopped answering; try again")
         return data
 
     def _local(self, fn):
-        from streams.warehouse import connect
-
-        if not self.s.db_path.exists():
-            raise click.ClickException(f"no database at {self.s.db_path} yet: start the stack (`flywheel up`) and run "
-                                       "`flywheel mine`")
-        try:
-            conn = connect(self.s.db_path, read_only=True)
-        except Exception as e:  # noqa: BLE001 - typically: locked by a control plane we cannot reach
-            raise click.ClickException(f"cannot open {self.s.db_path} ({e}); is a control plane running elsewhere?") from None
-        with conn:
+        with open_db(self.s, read_only=True,
+                     missing=" yet: start the stack (`flywheel up`) and run `flywheel mine`") as conn:
             return fn(conn)
 
     def list(self, flt, full: bool = False) -> tuple[list[dict], dict]:
@@ -135,7 +120,7 @@ def review() -> None:
 @click.pass_context
 def review_list(ctx, task_type, state, run_id, label, status, limit, as_json) -> None:
     """List candidates with their review state, oldest first (default limit 50)."""
-    reader = _Reader(_cli()._settings(ctx))
+    reader = _Reader(settings_of(ctx))
     rows, counts = reader.list(_make_filter(task_type, state, run_id, label, status, limit or 50))
     if as_json:
         for r in rows:
@@ -161,7 +146,7 @@ def review_list(ctx, task_type, state, run_id, label, status, limit, as_json) ->
 def review_show(ctx, candidate_id: str, as_json: bool) -> None:
     """One candidate in full: conversation, response, feedback, labels and every decision.
     CANDIDATE_ID may be a unique prefix."""
-    reader = _Reader(_cli()._settings(ctx))
+    reader = _Reader(settings_of(ctx))
     rec = reader.get(reader.resolve([candidate_id])[0])
     if as_json:
         click.echo(json.dumps(rec, ensure_ascii=False, indent=2, default=str))
@@ -235,7 +220,7 @@ def _decide_command(action: str, verb: str, help_text: str):
     def command(ctx, candidate_ids, task_type, state, run_id, label, status, limit, all_, reason, reviewer, dry_run):
         from training.curation.review import make_reviews
 
-        s = _cli()._settings(ctx)
+        s = settings_of(ctx)
         reader = _Reader(s)
         filtered = any(v is not None for v in (task_type, state, run_id, label, limit)) or status != "kept"
         if candidate_ids:
@@ -281,7 +266,7 @@ def review_edit(ctx, candidate_id: str, text: str | None, path: str | None, reas
     if path is not None:
         with open_text(path) as f:
             text = f.read()
-    s = _cli()._settings(ctx)
+    s = settings_of(ctx)
     reader = _Reader(s)
     ids = reader.resolve([candidate_id])
     events = make_reviews(ids, "edit", reviewer=reviewer or getpass.getuser(), reason=reason, edited_response=text,
@@ -299,7 +284,7 @@ def review_export(ctx, task_type, state, run_id, label, status, limit, output) -
     reject, edit with `edited_response`, reset) and load it with `flywheel review import`."""
     from training.curation.review import export_jsonl, open_text
 
-    reader = _Reader(_cli()._settings(ctx))
+    reader = _Reader(settings_of(ctx))
     rows, _ = reader.list(_make_filter(task_type, state, run_id, label, status, limit), full=True)
     with open_text(output, "w") as f:
         n = export_jsonl(rows, f)
@@ -318,7 +303,7 @@ def review_import(ctx, path: str, reviewer, dry_run: bool) -> None:
     lines. Lines without an action are skipped and counted."""
     from training.curation.review import open_text, read_import
 
-    s = _cli()._settings(ctx)
+    s = settings_of(ctx)
     reader = _Reader(s)
     with open_text(path) as f:
         result = read_import(f, reviewer=reviewer or getpass.getuser(), known_ids=reader.all_ids())
@@ -337,7 +322,7 @@ def review_auto(ctx, run_id: str | None, dry_run: bool) -> None:
     curation does after each run when review.auto_approve is on."""
     from training.curation.review import auto_decisions
 
-    s = _cli()._settings(ctx)
+    s = settings_of(ctx)
     reader = _Reader(s)
     if not s.review.auto_approve:
         raise click.ClickException("review.auto_approve is off; turn it on (FLYWHEEL_REVIEW__AUTO_APPROVE=true) to use "

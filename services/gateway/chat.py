@@ -1,0 +1,224 @@
+"""Serving a chat completion: check the request against the gateway's limits, resolve the
+alias to a model version, submit to the backend, build the answer (or stream it) and emit
+the interaction event.
+
+Both answers are built from the same backend iterator, so they cannot disagree. The event
+is emitted once the answer is complete, failed, or abandoned by the client; every text in
+it is redacted and the user pseudonymised first. Emitting only appends to the local spool
+(see streams.producer), so a down broker never slows a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from serving.backends.base import BackendError, Generation, GenerationRequest, ResponseFormat, SamplingParams
+from services.gateway.context import Caller, RequestContext
+from services.gateway.errors import APIError, from_backend, not_found
+from services.gateway.gateway import Gateway
+from services.gateway.protocol import (
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    DeltaMessage,
+    UsageInfo,
+)
+from streams.schemas import Interaction, new_id, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatStream:
+    """A streamed answer: ``events`` yields its server-sent events, ``data: [DONE]`` last.
+    Nothing runs until it is iterated; closing it early counts as a client disconnect."""
+
+    ctx: RequestContext
+    events: Iterator[str]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One accepted chat request on its way through the backend."""
+
+    gw: Gateway
+    ctx: RequestContext
+    request: GenerationRequest
+    params: dict  # as recorded on the interaction
+
+    def emit(self, gen: Generation | None, drafts: list[tuple[str, str]] | None = None,
+             error: Exception | None = None) -> None:
+        emit_interaction(self.gw, self.ctx, self.request.messages, self.params, gen, drafts=drafts, error=error)
+
+
+def create_chat_completion(gw: Gateway, req: ChatCompletionRequest, caller: Caller) -> ChatCompletion | ChatStream:
+    """Serve ``req``: the finished answer, or a :class:`ChatStream` when ``req.stream``.
+    Raises :class:`APIError` for what the client must change or the backend's failure."""
+    call = _accept(gw, req, caller)
+    try:
+        gen = gw.backend.submit(call.request)
+    except BackendError as e:
+        call.emit(None, error=e)
+        raise from_backend(e) from None
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return ChatStream(call.ctx, _stream(call, gen, include_usage))
+    try:
+        drafts = gen.collect()
+    except BackendError as e:
+        call.emit(gen, error=e)
+        raise from_backend(e) from None
+    call.emit(gen, drafts=drafts)
+    usage = _usage(gen)
+    gw.metrics.tokens.labels("completion").inc(usage.completion_tokens)
+    ctx = call.ctx
+    return ChatCompletion(
+        id=ctx.request_id,
+        created=ctx.created,
+        model=ctx.alias,
+        system_fingerprint=ctx.system_fingerprint,
+        choices=[ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=text), finish_reason=reason)
+                 for i, (text, reason) in enumerate(drafts)],
+        usage=usage,
+    )
+
+
+def _accept(gw: Gateway, req: ChatCompletionRequest, caller: Caller) -> _Call:
+    """Check ``req`` against what this gateway implements and allows, and route it."""
+    limits = gw.settings.gateway
+    bad = req.unsupported()
+    if bad:
+        raise APIError(400, f"'{bad}' is not supported by this gateway.", param=bad, code="unsupported_parameter")
+    table = gw.router.table  # one table for the whole request, even if a new one arrives
+    if req.model not in table.routes:
+        raise not_found(f"The model '{req.model}' does not exist. Available: {', '.join(table.routes)}.",
+                        code="model_not_found", param="model")
+    if req.n > limits.max_n:
+        raise APIError(400, f"Invalid value for 'n': at most {limits.max_n}.", param="n", code="invalid_value")
+    max_tokens = req.max_completion_tokens or req.max_tokens or gw.settings.model.default_max_tokens
+    if max_tokens > limits.max_tokens_limit:
+        raise APIError(400, f"Invalid value for 'max_tokens': at most {limits.max_tokens_limit}.",
+                       param="max_tokens", code="invalid_value")
+    meta = req.metadata or {}
+    session_id = caller.session_id or meta.get("session_id") or new_id("sess-")
+    user_id = gw.pseudonym(req.user)
+    version = table.choose(req.model, user_id or session_id)  # sticky per user, else per session
+    ctx = RequestContext(
+        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        session_id=session_id,
+        app=caller.app or meta.get("app") or limits.app,
+        user_id=user_id,
+        key_id=caller.key_id,
+        key_role=caller.key_role,
+        alias=req.model,
+        version=version,
+        system_fingerprint=f"{gw.backend.name}:{version}",
+        task_type=meta.get("task_type"),
+        created=int(time.time()),
+        created_at=utcnow(),
+    )
+    response_format = req.response_format.as_sent() if req.response_format else None
+    params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,
+                            stop=tuple(req.stop or ()), seed=req.seed,
+                            response_format=ResponseFormat(**response_format) if response_format else None)
+    messages = tuple({"role": m.role, "content": m.text()} for m in req.messages)
+    recorded = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "n": req.n,
+                "stop": list(req.stop or []), "seed": req.seed, "stream": req.stream}
+    if response_format:
+        recorded["response_format"] = response_format
+    return _Call(gw, ctx, GenerationRequest(messages=messages, params=params, n=req.n, version=version), recorded)
+
+
+def _usage(gen: Generation) -> UsageInfo:
+    completion = sum(gen.completion_tokens)
+    return UsageInfo(prompt_tokens=gen.prompt_tokens, completion_tokens=completion,
+                     total_tokens=gen.prompt_tokens + completion)
+
+
+def _sse(data: dict, ensure_ascii: bool = True) -> str:
+    return "data: " + json.dumps(data, ensure_ascii=ensure_ascii) + "\n\n"
+
+
+def _stream(call: _Call, gen: Generation, include_usage: bool) -> Iterator[str]:
+    ctx, n = call.ctx, call.request.n
+
+    def chunk(choices: list[ChatCompletionChunkChoice], usage: UsageInfo | None = None) -> str:
+        c = ChatCompletionChunk(id=ctx.request_id, created=ctx.created, model=ctx.alias,
+                                system_fingerprint=ctx.system_fingerprint, choices=choices, usage=usage)
+        return _sse(c.model_dump(mode="json"), ensure_ascii=False)
+
+    texts = [""] * n
+    reasons: list[str | None] = [None] * n
+    finished = False
+    try:
+        for i in range(n):
+            yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+        for d in gen:
+            texts[d.index] += d.text
+            if d.text:
+                yield chunk([ChatCompletionChunkChoice(index=d.index, delta=DeltaMessage(content=d.text))])
+            if d.finish_reason:
+                reasons[d.index] = d.finish_reason
+                yield chunk([ChatCompletionChunkChoice(index=d.index, delta=DeltaMessage(), finish_reason=d.finish_reason)])
+        if include_usage:
+            yield chunk([], usage=_usage(gen))
+        yield "data: [DONE]\n\n"
+        finished = True
+        call.gw.metrics.tokens.labels("completion").inc(sum(gen.completion_tokens))
+        call.emit(gen, drafts=list(zip(texts, [r or "stop" for r in reasons])))
+    except BackendError as e:
+        finished = True
+        yield _sse(from_backend(e).body())
+        call.emit(gen, error=e)
+    finally:
+        if not finished:  # the client went away mid-stream
+            gen.cancel()
+            call.emit(gen, error=BackendError("client disconnected before the answer was complete", 499))
+
+
+def emit_interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...], params: dict,
+                     gen: Generation | None, drafts: list[tuple[str, str]] | None = None,
+                     error: Exception | None = None) -> None:
+    """Record one chat completion (answered or failed) as an ``interaction`` event. A full
+    spool does not fail the request: the answer is already computed; the loss is counted."""
+    now = time.monotonic()
+    timing = {"total_ms": round((now - gen.created) * 1000, 3) if gen else 0.0}
+    if gen is not None and gen.first_token_at is not None:
+        timing["ttft_ms"] = round((gen.first_token_at - gen.created) * 1000, 3)
+    tags = {"source": "gateway"}
+    if ctx.task_type:
+        tags["task_type"] = ctx.task_type
+    event = Interaction(
+        event_id=new_id("ev-"),
+        request_id=ctx.request_id,
+        session_id=ctx.session_id,
+        turn=max(1, sum(1 for m in messages if m["role"] == "user")),
+        user_id=ctx.user_id,
+        app=ctx.app,
+        created_at=ctx.created_at,
+        model_alias=ctx.alias,
+        model_version=ctx.version,
+        messages=[{"role": m["role"], "content": gw.redact(m["content"])} for m in messages],
+        drafts=[{"index": i, "content": gw.redact(t), "finish_reason": r} for i, (t, r) in enumerate(drafts or [])],
+        params=params,
+        usage={"prompt_tokens": gen.prompt_tokens if gen else 0,
+               "completion_tokens": sum(gen.completion_tokens) if gen else 0},
+        timing=timing,
+        status="error" if error is not None else "ok",
+        error={"type": type(error).__name__, "message": str(error), "status": getattr(error, "status", None)} if error else None,
+        tags=tags,
+    )
+    try:
+        gw.emit([(gw.topics["interactions"], event.session_id, event)])
+    except APIError:
+        # The spool bound is the operator's choice; losing an event is logged loudly.
+        gw.metrics.events_lost.inc()
+        log.error("event spool full: interaction %s was not recorded", event.request_id)

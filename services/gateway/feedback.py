@@ -1,0 +1,29 @@
+"""Recording feedback on an answer (POST /v1/feedback): redacted, pseudonymised, bound to
+the request id the client got in its answer, and emitted as a ``feedback`` event."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from services.gateway.context import Caller
+from services.gateway.errors import from_validation
+from services.gateway.gateway import Gateway
+from services.gateway.protocol import FeedbackAccepted, FeedbackRequest
+from streams.schemas import Feedback, new_id, utcnow
+
+
+def record_feedback(gw: Gateway, body: FeedbackRequest, caller: Caller) -> FeedbackAccepted:
+    """Emit ``body`` as a feedback event. The event schema's rules (a thumb is ±1, an edit
+    has text...) come back as OpenAI 400s."""
+    try:
+        event = Feedback(
+            event_id=new_id("fb-"), request_id=body.request_id, draft=body.draft, kind=body.kind,
+            value=body.value, text=gw.redact(body.text) if body.text is not None else None,
+            user_id=gw.pseudonym(body.user), session_id=body.session_id or caller.session_id,
+            app=caller.app or gw.settings.gateway.app, created_at=utcnow(),
+            comment=gw.redact(body.comment) if body.comment is not None else None,
+        )
+    except ValidationError as e:
+        raise from_validation(e) from None
+    gw.emit([(gw.topics["feedback"], event.request_id, event)])
+    return FeedbackAccepted(id=event.event_id, request_id=event.request_id, kind=event.kind)

@@ -1,0 +1,432 @@
+"""The scheduler: one worker thread that owns the model and runs the decode loop.
+
+Why one thread: with a single owner, the model, the batch's KV cache and the rows need no
+locks (request threads only touch the queue and the version registry, under
+``Engine._cond``), and throughput comes from batching rows into one forward, not from
+running forwards side by side.
+
+Continuous batching: every draft of every request is a row of the running batch. At each
+step boundary the worker
+
+1. applies pending changes to the model (loading or unloading an adapter: the caller
+   waits, see :meth:`Engine.call`), so a forward never sees a half-loaded adapter,
+2. drops the rows whose client went away (``Generation.cancelled``),
+3. admits queued requests, FIFO, while there are free rows: each prompt is prefilled on
+   its own (batch of one, no padding, in chunks cut at fixed offsets, so a prompt's
+   prefill is bitwise the same whatever else runs; while rows are decoding, at most
+   ``prefill_budget`` prompt tokens per step boundary, so a long prompt never stalls them
+   for long), its first token is sampled, and its KV cache is copied into the running
+   batch (``n`` times, one per draft; see ``kv_cache.py``),
+4. runs one decode step for all rows together, samples the next token of each row with
+   its own parameters (``sampling.py``), turns tokens into text (``detokenize.py``) and
+   finishes rows (EOS, stop string, ``max_tokens``, context full, the document of a
+   ``response_format`` complete: ``grammar.py``), whose slots are freed at once.
+
+A request's prefill starts from an empty ``DynamicCache`` at offset 0
+(:meth:`Engine._prefill_chunk`); KV already computed for the start of a prompt would enter
+there, as a filled cache and a later offset. The engine also keeps the registry of the
+versions it admits requests for, because unloading one must be refused while the queue or
+the batch holds its requests (:class:`~serving.backends.local.adapters.VersionBusy`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from serving.backends.base import BackendError
+from serving.backends.local.grammar import advance as advance_grammar
+from serving.backends.local.adapters import BASE_VERSION, Adapters, VersionBusy
+from serving.backends.local.detokenize import TextTail
+from serving.backends.local.kv_cache import BatchKV, StepCache
+from serving.backends.local.rows import Request, Row
+from serving.backends.local.sampling import make_generator, sample
+
+log = logging.getLogger(__name__)
+
+_CANCELLED_STATUS = 499  # "client closed request"
+
+
+@dataclasses.dataclass(eq=False)
+class _Op:
+    """A change to the model (load/unload an adapter) that the worker applies between steps."""
+
+    fn: Callable[[], object]
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    result: object = None
+    error: BaseException | None = None
+
+
+class Engine:
+    """The request queue, the running batch and the worker thread that decodes it."""
+
+    #: prompts are prefilled in chunks of this many tokens ...
+    prefill_chunk = 512
+    #: ... and at most this many prompt tokens per step boundary while rows are decoding
+    prefill_budget = 512
+
+    def __init__(self, adapters: Adapters, text: TextTail, eos: set[int], *, max_batch: int, max_queue: int):
+        self.adapters = adapters
+        self.text = text
+        self.eos = eos  # ids that end a draft
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.kv = BatchKV.for_model(adapters.base_model, max_batch)
+        self._step_cache = StepCache(self.kv)
+        self.rows: list[Row] = []
+        # Per-slot tensors mirroring ``self.rows``.
+        self._last = torch.zeros(max_batch, dtype=torch.long)
+        self._pos = torch.zeros(max_batch, dtype=torch.long)
+        # Versions: version -> adapter folder (None: base). Changed by the worker (under
+        # ``_cond``) when an adapter has been installed or removed, read by request threads.
+        self._versions: dict[str, Path | None] = {BASE_VERSION: None}
+        self._ops: collections.deque[_Op] = collections.deque()
+        self._queue: collections.deque[Request] = collections.deque()
+        self._prefilling: Request | None = None  # the request whose prompt is being prefilled
+        self._cond = threading.Condition()
+        self.closed = False
+        self._thread = threading.Thread(target=self._run, name="local-backend", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # -- request threads -------------------------------------------------------------------
+    def enqueue(self, req: Request) -> None:
+        """Queue ``req`` for admission; 503 if closed, its version is gone or the queue is full."""
+        version = req.request.version
+        with self._cond:
+            if self.closed:
+                raise BackendError("local backend is closed", 503)
+            if version not in self._versions:  # unloaded meanwhile
+                raise BackendError(f"model version {version!r} is not loaded on this backend", 503)
+            if len(self._queue) >= self.max_queue:
+                raise BackendError(f"local backend overloaded: {len(self._queue)} requests queued", 503)
+            self._queue.append(req)
+            self._cond.notify_all()
+
+    def serves(self, version: str) -> bool:
+        """Whether requests for ``version`` are admitted (a quick check, without the lock)."""
+        return version in self._versions
+
+    def versions(self) -> list[str]:
+        """``["base", *adapter versions]``, in the order they were loaded."""
+        with self._cond:
+            return list(self._versions)
+
+    def adapter_path(self, version: str) -> Path | None:
+        """The folder adapter ``version`` was loaded from; None if it is not loaded."""
+        with self._cond:
+            return self._versions.get(version)
+
+    def health(self) -> dict:
+        with self._cond:
+            queued = len(self._queue) + (self._prefilling is not None)
+        return {
+            "ok": self._thread.is_alive() and not self.closed,
+            "running": sum(1 for r in list(self.rows) if not r.done),
+            "queued": queued,
+        }
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the worker thread between two steps and wait for it."""
+        if threading.current_thread() is self._thread:
+            return self._run_op_fn(fn)
+        op = _Op(fn)
+        with self._cond:
+            if self.closed or not self._thread.is_alive():
+                raise BackendError("local backend is closed", 503)
+            self._ops.append(op)
+            self._cond.notify_all()
+        while not op.done.wait(1.0):
+            if not self._thread.is_alive():
+                raise BackendError("local backend is closed", 503)
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=60)
+        with self._cond:
+            pending = list(self._queue)
+            self._queue.clear()
+        for req in pending:
+            req.gen.fail(BackendError("local backend closed", 503))
+        self._fail_ops()
+        # Requests still running (the worker fails them on exit; this covers a stuck join).
+        running = [r.req for r in self.rows] + ([self._prefilling] if self._prefilling else [])
+        for req in {id(r): r for r in running}.values():
+            if not req.failed:
+                req.failed = True
+                req.gen.fail(BackendError("local backend closed", 503))
+
+    # -- the version registry (worker, inside :meth:`call`) -----------------------------------
+    def add_version(self, version: str, path: Path) -> None:
+        with self._cond:
+            self._versions[version] = path
+
+    def retire_version(self, version: str) -> bool:
+        """Stop admitting ``version``; False if it is not loaded. Raises :class:`VersionBusy`
+        while requests of that version are queued or running."""
+        def live(req: Request) -> bool:  # cancelled ones are dropped before the next forward
+            return req.request.version == version and not (req.failed or req.gen.cancelled)
+
+        with self._cond:
+            if version not in self._versions:
+                return False
+            queued = sum(1 for r in self._queue if live(r))
+            if self._prefilling is not None and live(self._prefilling):
+                queued += 1
+            running = len({id(r.req) for r in self.rows if live(r.req)})
+            if queued or running:
+                raise VersionBusy(
+                    f"version {version!r} is in use ({running} running, {queued} queued requests); "
+                    f"route traffic away from it and retry"
+                )
+            del self._versions[version]  # from now on, submit() answers 503
+        return True
+
+    # -- worker ----------------------------------------------------------------------------
+    @staticmethod
+    def _run_op_fn(fn: Callable[[], object]) -> object:
+        # New parameters must be ordinary tensors, not inference tensors of the worker's mode.
+        with torch.inference_mode(False), torch.no_grad():
+            return fn()
+
+    def _run_ops(self) -> None:
+        with self._cond:
+            ops = list(self._ops)
+            self._ops.clear()
+        for op in ops:
+            try:
+                op.result = self._run_op_fn(op.fn)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                op.error = exc
+            op.done.set()
+
+    def _fail_ops(self) -> None:
+        with self._cond:
+            ops = list(self._ops)
+            self._ops.clear()
+        for op in ops:
+            op.error = BackendError("local backend closed", 503)
+            op.done.set()
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while (
+                        not self.closed and not self._queue and not self.rows and not self._prefilling
+                        and not self._ops
+                    ):
+                        self._cond.wait()
+                    if self.closed:
+                        break
+                self._run_ops()  # adapter changes happen here, between two steps
+                try:
+                    self._drop_cancelled()
+                    self._admit()
+                    if self.rows:
+                        self._decode_step()
+                except Exception as exc:  # never leave clients hanging; keep serving
+                    log.exception("local backend step failed")
+                    self._fail_all(BackendError(f"generation failed: {exc}", 502))
+            self._fail_all(BackendError("local backend closed", 503))
+        self._fail_ops()
+
+    def _fail_request(self, req: Request, error: BackendError) -> None:
+        if not req.failed:
+            req.failed = True
+            req.gen.fail(error)
+
+    def _fail_all(self, error: BackendError) -> None:
+        if self._prefilling is not None:
+            self._fail_request(self._prefilling, error)
+            self._prefilling = None
+        for row in self.rows:
+            self._fail_request(row.req, error)
+        self.rows = []
+        self.kv.reset()
+
+    def _drop_cancelled(self) -> None:
+        gone = [i for i, r in enumerate(self.rows) if r.req.gen.cancelled or r.req.failed]
+        for i in gone:
+            self._fail_request(self.rows[i].req, BackendError("request cancelled", _CANCELLED_STATUS))
+        if gone:
+            self._remove(gone)
+
+    def _remove(self, slots: list[int]) -> None:
+        for src, dst in self.kv.remove(slots):
+            self.rows[dst] = self.rows[src]
+            self._last[dst] = self._last[src]
+            self._pos[dst] = self._pos[src]
+        del self.rows[self.kv.rows :]
+
+    # -- admission: prefill newcomers and merge them into the running batch --------------
+    def _admit(self) -> None:
+        """Prefill queued requests, FIFO, while their drafts fit in the batch.
+
+        A prompt is prefilled in chunks of ``prefill_chunk`` tokens (always cut at the same
+        offsets, so a prompt's cache does not depend on other traffic). While other rows
+        are decoding, at most ``prefill_budget`` prompt tokens are prefilled per step
+        boundary, so a long prompt delays the running rows by one chunk at a time instead
+        of stalling them for its whole prefill."""
+        budget = self.prefill_budget if self.rows else None
+        spent = 0
+        while budget is None or spent < budget:
+            req = self._prefilling
+            if req is None:
+                req = self._next_request()
+                if req is None:
+                    return
+                self._prefilling = req
+            if req.gen.cancelled:
+                self._prefilling = None
+                self._fail_request(req, BackendError("request cancelled", _CANCELLED_STATUS))
+                continue
+            try:
+                spent += self._prefill_chunk(req)
+            except Exception as exc:
+                log.exception("prefill failed")
+                self._prefilling = None
+                self._fail_request(req, BackendError(f"generation failed: {exc}", 502))
+
+    def _next_request(self) -> Request | None:
+        with self._cond:
+            while self._queue:
+                req = self._queue[0]
+                if req.gen.cancelled:
+                    self._queue.popleft()
+                    self._fail_request(req, BackendError("request cancelled", _CANCELLED_STATUS))
+                    continue
+                if len(self.rows) + req.request.n > self.max_batch:
+                    return None  # FIFO: wait for free rows
+                return self._queue.popleft()
+        return None
+
+    def _prefill_chunk(self, req: Request) -> int:
+        """Run the next chunk of ``req``'s prompt; after the last one, sample each draft's
+        first token and move the drafts into the running batch. Returns tokens processed."""
+        request = req.request
+        if req.max_new == 0:  # max_tokens=0: nothing to generate
+            self._prefilling = None
+            for i in range(request.n):
+                self._finish(Row(req, i, None), "length")
+            return 0
+        if req.cache is None:
+            from transformers import DynamicCache
+
+            req.cache = DynamicCache(config=self.adapters.base_model.config)
+        begin = req.prefilled
+        end = min(len(req.prompt_ids), (begin // self.prefill_chunk + 1) * self.prefill_chunk)
+        out = self.adapters.model(
+            input_ids=torch.tensor([req.prompt_ids[begin:end]], dtype=torch.long),
+            position_ids=torch.arange(begin, end).unsqueeze(0),
+            past_key_values=req.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **self.adapters.forward_kwargs([request.version]),
+        )
+        req.prefilled = end
+        if end < len(req.prompt_ids):
+            return end - begin
+
+        self._prefilling = None
+        cache, req.cache = req.cache, None
+        rows = [Row(req, i, make_generator(request.params, i)) for i in range(request.n)]
+        tokens = sample(out.logits[:, -1, :].expand(request.n, -1), rows)
+        first = self.kv.add([(layer.keys, layer.values) for layer in cache.layers], request.n)
+        del cache
+        for j, row in enumerate(rows):
+            self.rows.append(row)
+            self._pos[first + j] = row.position
+        req.open_rows = request.n
+        self._after_tokens(list(range(first, first + request.n)), tokens)
+        return end - begin
+
+    # -- one decode step over the running batch --------------------------------------------
+    def _decode_step(self) -> None:
+        b = len(self.rows)
+        kv = self.kv
+        mask = kv.begin_step()
+        try:
+            out = self.adapters.model(
+                input_ids=self._last[:b].view(b, 1),
+                position_ids=self._pos[:b].view(b, 1),
+                attention_mask=mask,
+                past_key_values=self._step_cache,
+                use_cache=True,
+                **self.adapters.forward_kwargs([r.version for r in self.rows]),
+            )
+        except Exception:
+            kv.valid[:b, kv.end] = False
+            raise
+        kv.end_step()
+        self._pos[:b] += 1
+        tokens = sample(out.logits[:, -1, :], self.rows)
+        self._after_tokens(list(range(b)), tokens)
+
+    # -- tokens -> text, finishing rows ---------------------------------------------------
+    def _after_tokens(self, slots: list[int], tokens: list[int]) -> None:
+        finished: list[int] = []
+        for slot, tok in zip(slots, tokens):
+            row = self.rows[slot]
+            req = row.req
+            if req.failed:
+                finished.append(slot)
+                continue
+            try:
+                req.gen.completion_tokens[row.index] += 1
+                if tok in self.eos:
+                    self._finish(row, "stop")
+                else:
+                    row.ids.append(tok)
+                    complete = row.grammar is not None and advance_grammar(row, tok)
+                    piece, stopped = self.text.advance(row, self.text.new_text(row), final=False)
+                    if stopped:
+                        if piece:
+                            req.gen.put(row.index, piece)
+                        self._finish(row, "stop", flush=False)
+                    elif complete:  # the response_format's document is whole: nothing may follow
+                        if piece:
+                            req.gen.put(row.index, piece)
+                        self._finish(row, "stop")
+                    elif req.gen.completion_tokens[row.index] >= req.max_new:
+                        if piece:
+                            req.gen.put(row.index, piece)
+                        self._finish(row, "length")
+                    elif piece:
+                        req.gen.put(row.index, piece)
+            except Exception as exc:
+                log.exception("post-processing failed")
+                self._fail_request(req, BackendError(f"generation failed: {exc}", 502))
+            if row.done or req.failed:
+                finished.append(slot)
+            else:
+                self._last[slot] = tok
+        if finished:
+            self._remove(finished)
+
+    def _finish(self, row: Row, reason: str, flush: bool = True) -> None:
+        text = ""
+        if flush:
+            piece, stopped = self.text.advance(row, self.text.flush(row), final=True)
+            text = piece
+            if stopped:
+                reason = "stop"
+        row.done = True
+        row.req.open_rows -= 1
+        row.req.gen.put(row.index, text, finish_reason=reason)
+
+
+__all__ = ["Engine"]

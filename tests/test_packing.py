@@ -1,0 +1,113 @@
+"""Shared-prefix packing (training/trainers/packing.py): rows laid out as documented, and a
+packed row's loss equal to its examples' loss computed one by one, on the real model
+through the job's SFT path (TRL's tokenization, our collator, TRL's loss)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import MODEL_CACHE
+from training.datasets.snapshot import load_snapshot, write_snapshot
+from training.trainers.config import load_stage_config
+from training.trainers.packing import IGNORE, SharedPrefixCollator, pack_shared_prefix, real_tokens
+
+PREFIX = list(range(100, 140))  # 40 shared prompt tokens
+
+
+def example(rest: list[int], answer: list[int]) -> dict:
+    ids = PREFIX + rest + answer
+    return {"input_ids": ids, "labels": [IGNORE] * (len(PREFIX) + len(rest)) + answer}
+
+
+def test_rows_share_the_prefix_and_keep_a_token_before_each_answer():
+    examples = [example([7, 8], [1, 2, 3]), example([7, 9], [4, 5]), example([], [6, 6]), example([5], [9])]
+    rows, stats = pack_shared_prefix(examples, max_length=1000, max_examples=8, min_shared=16)
+    assert len(rows) == 1 and stats.examples == 4 and stats.rows == 1
+    row = rows[0]
+    prefix, *parts = row["seq_lengths"]
+    # example([], ...) has its first answer token right after the prefix: the prefix stops one
+    # token early so that the token predicting it belongs to the example.
+    assert prefix == len(PREFIX) - 1
+    assert sum(parts) + prefix == len(row["input_ids"]) == stats.tokens_after
+    assert stats.tokens_before == sum(len(e["input_ids"]) for e in examples)
+    assert stats.tokens_after == stats.tokens_before - 3 * prefix
+    # every example's labels survive, in its own part, and nothing in the prefix is a label
+    assert all(label == IGNORE for label in row["labels"][:prefix])
+    assert sorted(x for x in row["labels"] if x != IGNORE) == sorted([1, 2, 3, 4, 5, 6, 6, 9])
+
+
+def test_limits_close_a_row():
+    examples = [example([i], [1, 2]) for i in range(10)]
+    rows, _ = pack_shared_prefix(examples, max_length=1000, max_examples=4, min_shared=16)
+    assert [len(r["seq_lengths"]) - 1 for r in rows] == [4, 4, 2]
+    rows, _ = pack_shared_prefix(examples, max_length=len(PREFIX) + 3 * 3, max_examples=8, min_shared=16)
+    assert all(len(r["input_ids"]) <= len(PREFIX) + 9 for r in rows)
+    # too short a shared prefix: every example alone, unchanged
+    rows, stats = pack_shared_prefix(examples, max_length=1000, min_shared=64)
+    assert len(rows) == 10 and stats.saved == 0
+    assert rows[0]["seq_lengths"] == [0, len(examples[0]["input_ids"])]
+
+
+def test_collator_mask_positions_and_padding():
+    rows, _ = pack_shared_prefix([example([7], [1, 2]), example([8], [3])], max_length=1000, min_shared=16)
+    single = {"input_ids": [5, 6, 7], "labels": [IGNORE, 1, 2], "seq_lengths": [0, 3]}
+    batch = SharedPrefixCollator(pad_token_id=0)([rows[0], single])
+    mask, pos = batch["attention_mask"], batch["position_ids"]
+    prefix, a, b = rows[0]["seq_lengths"]
+    allowed = mask[:, 0] == 0
+    first_b = prefix + a
+    assert pos[0, first_b].item() == prefix == pos[0, prefix].item()  # both examples continue the prefix
+    assert allowed[0, first_b, :prefix].all() and not allowed[0, first_b, prefix:first_b].any()
+    assert allowed[0, prefix + 1, prefix] and not allowed[0, prefix, prefix + 1]  # causal inside an example
+    assert real_tokens(batch) == len(rows[0]["input_ids"]) + 3
+    assert (batch["labels"][1, 3:] == IGNORE).all()
+
+
+def chart_snapshot(folder, n: int = 6):
+    from flywheel.simulate.charts import build_prompt, dump_config, generate_request
+    import random
+
+    rng = random.Random(3)
+    sft = []
+    for i in range(n):
+        req = generate_request(rng)
+        sft.append({"messages": [{"role": "user", "content": build_prompt(req.schema, req.text)},
+                                 {"role": "assistant", "content": dump_config(req.truth)}],
+                    "task_type": "chart_config", "weight": 1.0, "source_ids": [f"s-{i}"]})
+    return write_snapshot(folder, version="pack-1", sft=sft, dpo=[], eval=[])
+
+
+@pytest.mark.slow
+def test_packed_loss_equals_the_loss_of_the_examples_one_by_one(tmp_path):
+    from serving.model_store import ensure_hf_model
+    from training.trainers.sft import build_sft_trainer
+
+    model_dir = ensure_hf_model(MODEL_CACHE)
+    snap = load_snapshot(chart_snapshot(tmp_path / "snap"))
+    args = {"max_steps": 1, "per_device_train_batch_size": 8, "max_length": 1024, "logging_steps": 1,
+            "save_steps": 100}
+    common = {"args": args, "lora": {"lora_dropout": 0.0}}
+
+    def trainer(packing: bool):
+        cfg = load_stage_config("sft", overrides={**common, "flywheel": {"shared_prefix_packing": packing,
+                                                                        "per_task_eval": False}})
+        tr, _ = build_sft_trainer(snap, tmp_path / f"out-{packing}", model_dir=model_dir, cfg=cfg)
+        tr.model.eval()
+        return tr
+
+    plain, packed = trainer(False), trainer(True)
+    assert packed.flywheel_packing["rows"] < packed.flywheel_packing["examples"] == 6
+    assert packed.flywheel_packing["tokens_after"] < 0.6 * packed.flywheel_packing["tokens_before"]
+    with torch.no_grad():
+        batch_plain = plain.data_collator(list(plain.train_dataset))
+        batch_packed = packed.data_collator(list(packed.train_dataset))
+        assert int((batch_plain["labels"] != IGNORE).sum()) == int((batch_packed["labels"] != IGNORE).sum())
+        loss_plain = plain.compute_loss(plain.model, dict(batch_plain)).item()
+        loss_packed = packed.compute_loss(packed.model, dict(batch_packed)).item()
+    assert loss_packed == pytest.approx(loss_plain, rel=1e-3)
+
+    # and it trains: one step through Trainer, with the tokens it computed counted right
+    packed.model.train()
+    packed.train()
+    assert packed.state.num_input_tokens_seen == packed.flywheel_packing["tokens_after"]
