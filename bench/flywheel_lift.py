@@ -137,8 +137,7 @@ def one_turn(turn: int, conn, settings, args, model_dir, parent: Path | None, p_
     from training.trainers.job import run_job
 
     minutes, t = {}, time.monotonic()
-    traffic = synthetic_events(args.sessions, seed=args.seed + 1000 * turn, p_correct=p_correct)
-    interactions, feedback = traffic[0], traffic[1]
+    interactions, feedback, _truth = synthetic_events(args.sessions, seed=args.seed + 1000 * turn, p_correct=p_correct)
     land_events(conn, interactions, feedback)
     minutes["traffic"] = (time.monotonic() - t) / 60
     t = time.monotonic()
@@ -186,6 +185,8 @@ def main() -> None:
                     help="training config override, as `flywheel train --set` (repeatable)")
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-base", action="store_true",
+                    help="do not answer with the base model (it rambles to --max-tokens: the slowest arm)")
     ap.add_argument("--reuse", metavar="RUN_DIR", help="score the adapter of a finished run folder (no training)")
     args = ap.parse_args()
 
@@ -197,7 +198,7 @@ def main() -> None:
             "unseen": held_out(args.held_out, args.seed, unseen=True)}
     t0 = time.monotonic()
     turns: list[dict] = []
-    arms: dict[str, Path | None] = {"base": None}
+    arms: dict[str, Path | None] = {} if args.skip_base else {"base": None}
     if args.reuse:
         run = json.loads((Path(args.reuse) / "run.json").read_text())
         model_dir = ensure_hf_model(Settings().model_cache_path)

@@ -19,7 +19,7 @@ idle (figures only; nothing is asserted). Run it with CUDA_VISIBLE_DEVICES= on a
 (the point is CPU sharing), or under `taskset -c 0,1` to play the 2-core machine.
 
     python bench/serving_during_turn.py [--clients 3] [--seconds 40] [--max-tokens 16] [--train-steps 8]
-                                        [--threads 0] [--nice 10] [--unbounded]
+                                        [--threads 0] [--nice 10] [--unbounded] [--gateway-threads N]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -116,7 +117,9 @@ class Clients:
 def train_phase(s, clients: Clients, dataset: str, run_id: str, steps: int, threads: int, nice: int,
                 limit_s: float) -> dict:
     """Requests for as long as a real `flywheel train` runs (bounded as given)."""
-    env = {**env_of(s), "PYTHONPATH": str(REPO), "FLYWHEEL_TRAINING__THREADS": str(threads),
+    from training.job_limits import thread_env
+
+    env = {**env_of(s), **thread_env(threads), "PYTHONPATH": str(REPO), "FLYWHEEL_TRAINING__THREADS": str(threads),
            "FLYWHEEL_TRAINING__NICE": str(nice), "FLYWHEEL_TRAINING__DPO": "false"}
     cmd = [sys.executable, "-m", "flywheel", "train", "--dataset", dataset, "--run-id", run_id, "--no-register",
            "--set", f"sft.args.max_steps={steps}", "--set", "sft.args.per_device_train_batch_size=2",
@@ -136,8 +139,11 @@ def train_phase(s, clients: Clients, dataset: str, run_id: str, steps: int, thre
         log.close()
     run_file = s.runs_path / run_id / "run.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    log_text = (s.data_path / f"{run_id}.log").read_text(errors="replace")
+    sft = log_text.rfind("[training] SFT")  # its progress bar's latest "n/N [" (not the weight loading's)
+    bars = re.findall(r"(\d+)/(\d+) \[", log_text[sft:]) if sft >= 0 else []
     figures.update(job_finished=run.get("status") == "done", job_s=round(time.perf_counter() - t0, 1),
-                   job_steps=run.get("steps"), job_threads=threads, job_nice=nice)
+                   job_steps_done=int(bars[-1][0]) if bars else 0, job_threads=threads, job_nice=nice)
     return figures
 
 
@@ -152,14 +158,18 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=10, help="training.nice of the job")
     ap.add_argument("--unbounded", action="store_true",
                     help="also measure the job with every core at normal priority (the baseline)")
+    ap.add_argument("--gateway-threads", type=int, default=0,
+                    help="torch/OpenMP threads of the gateway process (its OMP_NUM_THREADS); 0: torch's default (every core)")
     ap.add_argument("--timeout", type=float, default=120, help="a request slower than this is an error")
     ap.add_argument("--limit", type=float, default=600,
                     help="longest a training phase may run (the job is stopped there; figures say whether it finished)")
     args = ap.parse_args()
 
-    from training.job_limits import available_cpus, job_threads
+    from training.job_limits import available_cpus, job_threads, thread_env
 
     cores = available_cpus()
+    if args.gateway_threads:  # the gateway process inherits this environment (bench/_stack.py env_of)
+        os.environ.update(thread_env(args.gateway_threads))
     with broker_and_settings(model={"backend": "local", "max_batch": max(4, args.clients)}) as s:
         from services.gateway.auth import KeyStore
 
@@ -186,7 +196,8 @@ def main() -> None:
     ratios = {name: {"p50_x_idle": round(p["p50_s"] / idle["p50_s"], 2),
                      "p95_x_idle": round(p["p95_s"] / idle["p95_s"], 2)}
               for name, p in phases.items() if not name.startswith("idle")}
-    emit({"bench": "serving_during_turn", "cpus": cores, "clients": args.clients, "max_tokens": args.max_tokens,
+    emit({"bench": "serving_during_turn", "cpus": cores, "gateway_threads": args.gateway_threads or "default",
+          "clients": args.clients, "max_tokens": args.max_tokens,
           "train_steps": args.train_steps, "phases": phases, "ratios": ratios})
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -57,7 +58,13 @@ def make_events(n: int, run: str) -> tuple[list, list]:
     return interactions, feedback
 
 
-def bare_consume(s, topics: list[str], n: int) -> float:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far (Linux)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_consume(s, topics: list[str], n: int) -> tuple[float, float]:
     from kafka import KafkaConsumer
 
     c = KafkaConsumer(*topics, bootstrap_servers=s.bootstrap, group_id=f"bare-{uuid.uuid4().hex[:6]}",
@@ -67,16 +74,16 @@ def bare_consume(s, topics: list[str], n: int) -> float:
     while got < n:
         for records in c.poll(timeout_ms=500, max_records=5000).values():
             if t_first is None and records:
-                t_first = time.perf_counter()
+                t_first, cpu_first, first_n = time.perf_counter(), time.process_time(), got
             for r in records:
                 json.loads(r.value)
             got += len(records)
-    rate = n / (time.perf_counter() - t_first)
+    rate, cpu = n / (time.perf_counter() - t_first), (time.process_time() - cpu_first) / (n - first_n)
     c.close()
-    return rate
+    return rate, cpu
 
 
-def worker_rate(s, n_interactions: int, n_feedback: int) -> tuple[float, float]:
+def worker_rate(s, n_interactions: int, n_feedback: int) -> tuple[float, float, float]:
     from kafka import KafkaConsumer
 
     ready = ready_path(s)
@@ -92,7 +99,7 @@ def worker_rate(s, n_interactions: int, n_feedback: int) -> tuple[float, float]:
             if proc.poll() is not None:
                 raise RuntimeError("the stream worker exited")
             time.sleep(0.01)
-        t_ready = time.perf_counter()
+        t_ready, cpu_ready = time.perf_counter(), cpu_s(proc.pid)
         requests = thumbs = 0
         while requests < n_interactions or thumbs < n_feedback:
             if proc.poll() is not None:
@@ -102,8 +109,9 @@ def worker_rate(s, n_interactions: int, n_feedback: int) -> tuple[float, float]:
                     m = json.loads(r.value)
                     requests += m["requests"]
                     thumbs += m["thumbs_up"] + m["thumbs_down"]
-        t_done = time.perf_counter()
-        return (n_interactions + n_feedback) / (t_done - t_ready), t_ready - t_launch
+        t_done, cpu_done = time.perf_counter(), cpu_s(proc.pid)
+        n = n_interactions + n_feedback
+        return n / (t_done - t_ready), t_ready - t_launch, (cpu_done - cpu_ready) / n
     finally:
         metrics.close()
         proc.terminate()
@@ -128,11 +136,13 @@ def main() -> None:
         assert producer.flush(600), "producer did not drain"
         producer.close()
         total = len(interactions) + len(feedback)
-        bare = bare_consume(s, [s.topic("interactions"), s.topic("feedback")], total)
-        rate, startup = worker_rate(s, len(interactions), len(feedback))
+        bare, bare_cpu = bare_consume(s, [s.topic("interactions"), s.topic("feedback")], total)
+        rate, startup, worker_cpu = worker_rate(s, len(interactions), len(feedback))
     emit({"bench": "stream_metrics", "interactions": len(interactions), "feedback": len(feedback),
           "worker_events_per_s": round(rate), "bare_consume_events_per_s": round(bare),
           "ratio_to_bare": round(rate / bare, 3), "target_ratio": TARGET, "target_met": rate / bare >= TARGET,
+          # CPU per event (all threads of the process): steadier than the rates on a shared machine.
+          "cpu_us_per_event": {"worker": round(worker_cpu * 1e6, 1), "bare": round(bare_cpu * 1e6, 1)},
           "worker_startup_s": round(startup, 1)})
 
 

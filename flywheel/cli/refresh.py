@@ -12,7 +12,7 @@ import click
 from rich.markup import escape
 
 from flywheel.cli._common import console, control, require_control, settings_of
-from services.control.turn import format_duration as duration
+from flywheel.humanize import format_duration as duration
 
 _COLOUR = {"finished": "green", "done": "green", "stopped": "yellow", "skipped": "yellow", "failed": "red"}
 

@@ -38,7 +38,7 @@ def init_app(app: Flask, settings, plane) -> None:
     from training.datasets.builder import get_dataset, list_datasets
     from training.errors import DatasetError
     from training.evaluation.evaluate import list_evaluations
-    from services.control.turn import format_duration
+    from flywheel.humanize import format_duration
     from services.control.turn import list_runs as refresh_runs
     from streams.live_metrics import metrics_filters, read_windows
 

@@ -204,6 +204,7 @@ def flywheel_trainer_class():
                                        num_items_in_batch=num_items_in_batch)
             if self.model.training:
                 self._total_train_tokens = before + tokens
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
                 self.flywheel_supervised_tokens += int((inputs["labels"] != IGNORE).sum())
             return out
 

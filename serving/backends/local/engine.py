@@ -343,7 +343,8 @@ class Engine:
 
         self._prefilling = None
         cache, req.cache = req.cache, None
-        rows = [Row(req, i, make_generator(request.params, i)) for i in range(request.n)]
+        grammars = req.grammars or [None] * request.n
+        rows = [Row(req, i, make_generator(request.params, i), grammars[i]) for i in range(request.n)]
         tokens = sample(out.logits[:, -1, :].expand(request.n, -1), rows)
         first = self.kv.add([(layer.keys, layer.values) for layer in cache.layers], request.n)
         del cache

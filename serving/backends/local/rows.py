@@ -41,7 +41,7 @@ class Row:
         "prefix_offset", "read_offset", "text", "emitted", "done", "grammar",
     )
 
-    def __init__(self, req: Request, index: int, generator: torch.Generator | None):
+    def __init__(self, req: Request, index: int, generator: torch.Generator | None, grammar=None):
         self.req = req
         self.index = index
         self.version = req.request.version
@@ -54,7 +54,7 @@ class Row:
         self.text = ""
         self.emitted = 0
         self.done = False
-        self.grammar = req.grammars[index] if req.grammars else None  # see grammar.py
+        self.grammar = grammar  # an llguidance matcher (response_format), see grammar.py
 
 
 __all__ = ["Request", "Row"]
