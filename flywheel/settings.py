@@ -108,6 +108,9 @@ class ModelSettings(_Section):
     cache_dir: str = Field("~/.cache/flywheel/models", description="Where the bundled model is converted to HF format once.")
     max_batch: int = Field(16, ge=1, description="Most sequences decoded together by the local backend.")
     max_queue: int = Field(256, ge=1, description="Most requests waiting for the local backend before 503.")
+    torch_threads: int = Field(
+        0, ge=0, description="local backend: torch threads of the serving process (0: torch's default). 1 keeps a "
+        "2-core machine's gateway responsive beside a training job (bench/serving_during_turn.py).")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     upstream_url: str = Field("", description="openai backend: base URL of the server, e.g. http://vllm:8000/v1.")
     upstream_model: str = Field("SmolLM2-135M-Instruct", description="openai backend: the served base model's name.")

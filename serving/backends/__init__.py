@@ -11,6 +11,10 @@ def make_backend(settings):
         from serving.backends.local import LocalBackend
         from serving.model_store import ensure_hf_model
 
+        if settings.model.torch_threads:  # process-wide: the serving process owns its threads
+            import torch
+
+            torch.set_num_threads(settings.model.torch_threads)
         model_dir = ensure_hf_model(settings.model_cache_path)
         return LocalBackend(model_dir, max_batch=settings.model.max_batch, max_queue=settings.model.max_queue)
     if kind == "openai":

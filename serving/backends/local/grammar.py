@@ -18,7 +18,8 @@ schema (apps send the same schema with every request) and each draft gets a copy
 
 Why llguidance: a maintained Rust engine that works with Hugging Face tokenizers on the
 CPU, with no Python dependencies and no torch requirement; measured on the 2-core machine
-a mask costs ~0.1 ms a token (``bench/structured_outputs.py``). The mask comes from
+(busy with other jobs) the mask and the matcher's update cost ~1.35 ms a token, 0.09% of a
+decode step (``bench/structured_outputs.py``, docs/benchmarks.md). The mask comes from
 ``LLMatcher.compute_bitmask`` and is applied with numpy, not with ``llguidance.torch``:
 importing that module imports ``torch._dynamo`` (~3 s) for its ``torch.compile`` kernel,
 and small torch ops go through torch's thread pool, which costs tens of milliseconds a
