@@ -44,7 +44,9 @@ def broker_and_settings(**changes):
     with EmbeddedBroker(free_port()) as broker:
         s = Settings(data_dir=str(data)).replace(
             kafka={"bootstrap": broker.bootstrap},
-            gateway={"port": free_port()},
+            privacy={"user_salt": "salt-of-the-benchmarks"},  # an external broker needs one (streams/privacy.py)
+            # Benchmarks measure the gateway, not its per-key limits (one key drives all the load).
+            gateway={"port": free_port(), "rate_limit_rps": 0, "max_concurrent_per_key": 0},
             control={"port": free_port()},
         )
         if changes:
@@ -58,9 +60,12 @@ def env_of(s: Settings) -> dict:
         **os.environ,
         "FLYWHEEL_DATA_DIR": str(s.data_path),
         "FLYWHEEL_KAFKA__BOOTSTRAP": s.bootstrap,
+        "FLYWHEEL_PRIVACY__USER_SALT": s.privacy.user_salt.get_secret_value(),
         "FLYWHEEL_GATEWAY__PORT": str(s.gateway.port),
         "FLYWHEEL_GATEWAY__THREADS": str(s.gateway.threads),
         "FLYWHEEL_GATEWAY__AUTH": json.dumps(s.gateway.auth),
+        "FLYWHEEL_GATEWAY__RATE_LIMIT_RPS": json.dumps(s.gateway.rate_limit_rps),
+        "FLYWHEEL_GATEWAY__MAX_CONCURRENT_PER_KEY": json.dumps(s.gateway.max_concurrent_per_key),
         "FLYWHEEL_CONTROL__PORT": str(s.control.port),
         "FLYWHEEL_MODEL__BACKEND": s.model.backend,
         "FLYWHEEL_MODEL__MAX_BATCH": str(s.model.max_batch),
@@ -108,8 +113,8 @@ def control_plane(s: Settings):
     return process(s, "control-plane", f"{s.control_url}/healthz", 60)
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
+def get_json(url: str, headers: dict | None = None) -> dict:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
         return json.loads(r.read())
 
 

@@ -70,45 +70,70 @@ def held_out(n: int, seed: int, unseen: bool) -> list:
 
 
 def score(tasks, answers) -> dict:
+    """Valid (the verifier) and exactly right (the simulator's truth) rates, per intent, and
+    how often each field of the configuration is right (where answers go wrong)."""
+    from flywheel.domains.chart.score import compare_configs, parse_config
     from training.labeling.verify import verify
 
     by_intent: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    fields: dict[str, float] = defaultdict(float)
     for t, a in zip(tasks, answers):
         by_intent[t.intent].append((verify(t.task_type, t.messages, a).passed, t.judge(a).correct))
+        for name, agreement in compare_configs(parse_config(a), t.truth).items():
+            fields[name] += agreement == 1.0
     rows = [x for v in by_intent.values() for x in v]
 
     def rates(xs):
         return {"n": len(xs), "valid": round(sum(v for v, _ in xs) / len(xs), 3),
                 "exact": round(sum(c for _, c in xs) / len(xs), 3)}
 
-    return {**rates(rows), "per_intent": {k: rates(v) for k, v in sorted(by_intent.items())}}
+    return {**rates(rows), "per_intent": {k: rates(v) for k, v in sorted(by_intent.items())},
+            "fields_right": {k: round(v / len(rows), 3) for k, v in fields.items()}}
 
 
-def answers_of(backend, version: str, tasks, max_tokens: int) -> tuple[list[str], float]:
-    from serving.backends.base import GenerationRequest, SamplingParams
+def answers_of(backend, version: str, tasks, max_tokens: int, schema: bool) -> tuple[list[str], float]:
+    """Greedy answers; with ``schema`` the request carries the chart app's ``response_format``
+    (the dataset's JSON Schema: names from its lists) and the backend decodes under it."""
+    from flywheel.domains.chart.prompt import lists_from_messages
+    from flywheel.domains.chart.schema import response_format
+    from serving.backends.base import GenerationRequest, ResponseFormat, SamplingParams
+
+    def fmt(task):
+        if not schema:
+            return None
+        rf = response_format(lists_from_messages(task.messages))
+        return ResponseFormat(type=rf["type"], json_schema=rf["json_schema"])
 
     gens = [backend.submit(GenerationRequest(messages=tuple(t.messages), params=SamplingParams(
-        temperature=0.0, max_tokens=max_tokens), version=version)) for t in tasks]
+        temperature=0.0, max_tokens=max_tokens, response_format=fmt(t)), version=version)) for t in tasks]
     return [g.collect()[0][0] for g in gens], sum(g.prompt_tokens for g in gens) / len(gens)
 
 
-def evaluate_arms(model_dir, arms: dict[str, Path | None], sets: dict[str, list], max_tokens: int) -> dict:
+def evaluate_arms(model_dir, arms: dict[str, Path | None], sets: dict[str, list], max_tokens: int,
+                  decodings: tuple[str, ...], base_decodings: tuple[str, ...] = ()) -> dict:
+    """Each arm answered free and/or under the app's schema (arm name + ``+schema``); the
+    base model (adapter None) with ``base_decodings``."""
     from serving.backends.local import LocalBackend
 
     out: dict[str, dict] = {}
     backend = LocalBackend(model_dir, max_batch=16)
     try:
-        for name, adapter in arms.items():
-            version = "base" if adapter is None else name
+        for arm, adapter in arms.items():
+            version = "base" if adapter is None else arm
             if adapter is not None:
                 backend.load_adapter(version, adapter)
-            out[name] = {}
-            for set_name, tasks in sets.items():
-                got, prompt_tokens = answers_of(backend, version, tasks, max_tokens)
-                out[name][set_name] = {**score(tasks, got), "prompt_tokens_per_request": round(prompt_tokens)}
-            out[name]["example"] = {"request": sets["unseen"][0].user_text[:120], "answer": got[0][:240]}
-            say(f"{name}: seen exact {out[name]['seen']['exact']:.0%} valid {out[name]['seen']['valid']:.0%}; "
-                f"unseen exact {out[name]['unseen']['exact']:.0%} valid {out[name]['unseen']['valid']:.0%}")
+            for decoding in (base_decodings if adapter is None else decodings):
+                name = arm if decoding == "free" else f"{arm}+schema"
+                t = time.monotonic()
+                out[name] = {}
+                for set_name, tasks in sets.items():
+                    got, prompt_tokens = answers_of(backend, version, tasks, max_tokens, decoding == "schema")
+                    out[name][set_name] = {**score(tasks, got), "prompt_tokens_per_request": round(prompt_tokens)}
+                out[name]["example"] = {"request": sets["unseen"][0].user_text[:120], "answer": got[0][:240]}
+                out[name]["minutes"] = round((time.monotonic() - t) / 60, 2)
+                say(f"{name}: seen exact {out[name]['seen']['exact']:.0%} valid {out[name]['seen']['valid']:.0%}; "
+                    f"unseen exact {out[name]['unseen']['exact']:.0%} valid {out[name]['unseen']['valid']:.0%} "
+                    f"({out[name]['minutes']} min)")
     finally:
         backend.close()
     return out
@@ -186,9 +211,19 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-base", action="store_true",
-                    help="do not answer with the base model (it rambles to --max-tokens: the slowest arm)")
+                    help="do not answer with the base model")
+    ap.add_argument("--base-decoding", default="schema",
+                    help="the base model's decodings (free: it rambles to --max-tokens, the slowest arm; "
+                         "measured 0%% exact / 0%% valid)")
+    ap.add_argument("--decoding", default="free,schema",
+                    help="comma-separated: free (plain greedy) and/or schema (the app sends the chart JSON Schema "
+                         "as response_format; the local backend decodes under it)")
     ap.add_argument("--reuse", metavar="RUN_DIR", help="score the adapter of a finished run folder (no training)")
     args = ap.parse_args()
+    decodings = tuple(d for d in args.decoding.split(",") if d)
+    base_decodings = tuple(d for d in args.base_decoding.split(",") if d)
+    if not decodings or set(decodings + base_decodings) - {"free", "schema"}:
+        ap.error("--decoding and --base-decoding take free and/or schema")
 
     from serving.model_store import ensure_hf_model
     from services.control.migrations import ALL
@@ -203,7 +238,7 @@ def main() -> None:
         run = json.loads((Path(args.reuse) / "run.json").read_text())
         model_dir = ensure_hf_model(Settings().model_cache_path)
         arms["reused"] = Path(run["adapter"])
-        figures = evaluate_arms(model_dir, arms, sets, args.max_tokens)
+        figures = evaluate_arms(model_dir, arms, sets, args.max_tokens, decodings, base_decodings)
     else:
         work = Path(tempfile.mkdtemp(prefix="flywheel-lift-"))
         say(f"work folder {work}")
@@ -213,7 +248,7 @@ def main() -> None:
         model_dir = ensure_hf_model(settings.model_cache_path)
         conn = connect(settings.db_path)
         apply_migrations(conn, ALL)
-        figures = evaluate_arms(model_dir, arms, sets, args.max_tokens)
+        figures = evaluate_arms(model_dir, arms, sets, args.max_tokens, decodings, base_decodings)
         parent, p = None, args.p_correct
         for turn in range(1, args.turns + 1):
             t = time.monotonic()
@@ -221,12 +256,13 @@ def main() -> None:
             name = f"turn{turn}"
             arms[name] = parent = Path(result["adapter"])
             e = time.monotonic()
-            figures |= evaluate_arms(model_dir, {name: parent}, sets, args.max_tokens)
+            figures |= evaluate_arms(model_dir, {name: parent}, sets, args.max_tokens, decodings)
             result["minutes"]["evaluate"] = round((time.monotonic() - e) / 60, 2)
             result["minutes"]["turn_total"] = round((time.monotonic() - t) / 60, 2)
             turns.append(result)
             say(f"turn {turn}: {result['minutes']}")
-            p = figures[name]["seen"]["exact"]  # the next turn's traffic is served by this model
+            # the next turn's traffic is served by this model (as the app sends it: with the schema if asked)
+            p = figures[f"{name}+schema" if "schema" in decodings else name]["seen"]["exact"]
         conn.close()
     out = {
         "bench": "flywheel_lift", "sessions_per_turn": None if args.reuse else args.sessions,

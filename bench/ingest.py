@@ -58,7 +58,9 @@ def landed(s, probe: str = "healthz") -> int:
     DuckDB (no query); ``status``: ``count(*)`` and the other queries of /api/status, which
     run in the measured process against the table being written."""
     if probe == "status":
-        return get_json(f"{s.control_url}/api/status")["tables"].get("interactions", 0)
+        from flywheel.operator_token import operator_headers  # the local admin token the control plane wrote
+
+        return get_json(f"{s.control_url}/api/status", operator_headers(s))["tables"].get("interactions", 0)
     return get_json(f"{s.control_url}/healthz")["landing"]["records"]
 
 

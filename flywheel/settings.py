@@ -31,7 +31,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 ServingBackend = Literal["local", "openai", "scripted"]
 RolloutMethod = Literal["beta-binomial", "two-proportion"]
 #: PII kinds the redactor knows (streams/redact.py runs them in its own order).
-PIIKind = Literal["EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET"]
+PIIKind = Literal["EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET", "SSN", "IBAN", "PASSPORT"]
 #: What curation's language detection answers (training/curation/clean.py).
 Language = Literal["en", "zh", "mixed", "other", "und"]
 
@@ -75,6 +75,14 @@ class SpoolSettings(_Section):
     send_batch: int = Field(2000, ge=1, description="Events sent to Kafka per replay batch.")
 
 
+class EventSettings(_Section):
+    max_event_bytes: int = Field(
+        1_000_000, ge=1024, le=64 * 1024 * 1024, description="Largest event, serialised, that is spooled and sent to "
+        "Kafka. A chat request or feedback whose event would be larger gets 413 before any work; drafts are cut to fit "
+        "(tags.labels.truncated = \"drafts\", docs/reliability.md). The producer's max_request_size follows it; "
+        "Apache Kafka refuses records over message.max.bytes (1048588 by default): raise it there before raising this.")
+
+
 class LandingSettings(_Section):
     group_id: str = Field("flywheel-landing", description="Consumer group of the landing consumer.")
     batch_max: int = Field(5000, ge=1, description="Most events written to DuckDB in one transaction.")
@@ -96,6 +104,19 @@ class GatewaySettings(_Section):
     routing_poll_s: float = Field(
         2.0, ge=0, description="How often the gateway fetches the routing table from the control plane (0: never)."
     )
+    rate_limit_rps: float = Field(
+        50.0, ge=0, description="Requests per second each API key may make, on average (a token bucket refilled at this "
+        "rate; without auth, per client address). Beyond it: 429 with Retry-After. 0: no rate limit.")
+    rate_limit_burst: int = Field(
+        100, ge=1, description="Requests one API key may make at once before rate_limit_rps applies (the bucket's size).")
+    max_concurrent_per_key: int = Field(
+        16, ge=0, description="Requests one API key may have in flight (a stream counts until it ends); more get 429. "
+        "Keep it below gateway.threads so one key cannot take every thread. 0: no cap.")
+    feedback_binding_size: int = Field(
+        100_000, ge=0, description="Recent requests the gateway remembers with the API key and user that made them "
+        "(about 200 bytes each), so feedback on one of them from another key (404) or another user (403), or on a draft "
+        "it does not have (400), is refused; feedback without a user takes the request's. Older requests are checked "
+        "where feedback is counted (docs/reliability.md, \"Feedback integrity\"). 0: remember none.")
 
 
 class ModelSettings(_Section):
@@ -129,12 +150,16 @@ class ModelSettings(_Section):
 class PrivacySettings(_Section):
     redact: bool = Field(True, description="Redact PII before anything is emitted.")
     kinds: tuple[PIIKind, ...] = Field(
-        ("EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET"), description="PII kinds to redact (any case)."
+        ("EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IP", "SECRET", "SSN", "IBAN", "PASSPORT"),
+        description="PII kinds to redact (any case)."
     )
     extra_patterns: dict[str, str] = Field(default_factory=dict, description="Extra placeholder name -> regex.")
     user_salt: SecretStr = Field(
-        SecretStr("flywheel-dev-salt"),
-        description="Secret salt of the pseudonymous user id (HMAC). Change it in production. Printed masked.")
+        SecretStr(""),
+        description="Secret salt of pseudonymous user ids and hashed identifiers (HMAC-SHA256). Empty: in the local "
+        "default setup (kafka.bootstrap empty, the embedded broker) a random one is generated once per data directory "
+        "(DATA_DIR/user_salt, mode 0600); with an external broker the gateway refuses to start until it is set (the "
+        "same for every gateway). The old public default flywheel-dev-salt counts as empty. Printed masked.")
 
     @field_validator("kinds", mode="before")
     @classmethod
@@ -145,6 +170,19 @@ class PrivacySettings(_Section):
 class ControlSettings(_Section):
     host: str = Field("127.0.0.1", description="Interface of the control plane's JSON API.")
     port: int = Field(8100, description="Port of the control plane's JSON API.")
+    token: SecretStr = Field(
+        SecretStr(""), description="Operator token the CLI, the gateways and the control plane's jobs send to the "
+        "control plane (Authorization: Bearer). Empty: the one in DATA_DIR/operator_token, which the control plane "
+        "writes (mode 600) on its first start. Secret: printed masked.")
+    operators_file: str = Field(
+        "", description="File of hashed operator tokens with their roles (viewer, reviewer, admin), managed with "
+        "`flywheel operators`. Empty: DATA_DIR/operators.json.")
+    trusted_hosts: tuple[str, ...] = Field(
+        ("localhost", "127.0.0.1"), description="Host header values the control plane and console answer (port "
+        "ignored; a leading dot matches subdomains); others get 400, against DNS rebinding. control.host is added (the "
+        "address the CLI and the plane's jobs call). Add the names clients use, e.g. the compose service name. Empty: "
+        "any host (only behind a proxy that checks it).")
+    session_hours: float = Field(12.0, gt=0, description="How long a console login lasts (signed session cookie).")
 
 
 class RolloutSettings(_Section):
@@ -157,7 +195,12 @@ class RolloutSettings(_Section):
     tick_s: float = Field(5, gt=0, description="How often the control plane checks whether an analysis is due.")
     source: Literal["landed", "stream"] = Field(
         "landed", description="Figures the analysis reads: landed (interactions + feedback in DuckDB) or stream "
-        "(the stream worker's live windows).")
+        "(the stream worker's live windows). Only landed counts feedback as docs/reliability.md says (bound to the "
+        "request's user, duplicates collapsed, max_feedback_per_user); stream counts every event as it passes.")
+    max_feedback_per_user: int = Field(
+        5, ge=0, description="Feedback events of one user (or, without a user, one session) that count in a version's "
+        "analysis window: the latest ones. With min_feedback = 30, a verdict needs at least 6 people, and no one is more "
+        "than a sixth of it. 0: no cap.")
 
 
 class StreamSettings(_Section):
@@ -167,6 +210,9 @@ class StreamSettings(_Section):
         120, ge=0, description="How long feedback waits for its interaction before it is counted under version 'unknown'.")
     request_ttl_s: float = Field(6 * 3600, gt=0, description="How long the worker remembers which version served a request.")
     max_requests: int = Field(1_000_000, ge=1, description="Most requests the worker remembers (oldest forgotten first).")
+    max_pending_feedback: int = Field(
+        100_000, ge=1, description="Most feedback events waiting for their interaction (join_wait_s); past it the oldest "
+        "is counted under version 'unknown' at once (an eviction, counted in the worker's log).")
     group_id: str = Field("flywheel-metrics", description="faust app id: the consumer group of the stream worker.")
     session_timeout_s: float = Field(10, gt=0, description="Consumer session timeout of the stream worker.")
 
@@ -210,6 +256,13 @@ class CurationSettings(_Section):
     hardness: bool = Field(False, description="Compute each kept answer's loss under the served model and tag the "
                            "hardest 'hard'.")
     hard_share: float = Field(0.1, ge=0, le=1, description="Share of kept candidates (highest loss) tagged 'hard'.")
+    max_user_share: float = Field(
+        0.1, gt=0, le=1, description="Largest share of a run's kept candidates one user's requests may be (users "
+        "above it keep their best-scored ones, the rest are dropped at select as user-cap), but never fewer than "
+        "user_share_floor each. 1: no cap.")
+    user_share_floor: int = Field(
+        20, ge=1, description="Candidates every user may keep in a run whatever max_user_share says (so a run with "
+        "few users keeps something).")
 
     @field_validator("dedup_threshold", mode="before")
     @classmethod
@@ -237,6 +290,11 @@ class TrainingSettings(_Section):
 class DatasetSettings(_Section):
     include_pending: bool = Field(
         False, description="Also build from candidates nobody reviewed yet (else only approved or edited ones).")
+    unrated_drafts: bool = Field(
+        False, description="Train on a served answer nobody rated when it passes its task's verifiers (the model "
+        "learning its own output). Off: only answers a signal vouches for (an edit, a thumbs up, a chosen draft, "
+        "an operator's decision) or the teacher's become targets; a verifier that checks an answer's shape cannot "
+        "vouch for its content (on the chart bench 40 of 41 such targets were wrong, docs/benchmarks.md).")
     eval_share: float = Field(0.1, ge=0, lt=1, description="Share of each task type held out for evaluation (by dedup group).")
     eval_min_per_type: int = Field(2, ge=0, description="Held-out items per task type at least, when it has 3x as many.")
     replay_ratio: float = Field(
@@ -256,7 +314,12 @@ class ReviewSettings(_Section):
     approve_min_confidence: float = Field(
         0.9, ge=0, le=1, description="Auto rule: approve a candidate whose cleaned label is good with at least this confidence.")
     approve_edits: bool = Field(
-        True, description="Auto rule: approve a candidate answered by the user's own edit unless its label is bad.")
+        True, description="Auto rule: approve a candidate answered by the user's own edit unless its label is bad, when "
+        "the user is trusted (approve_edits_min_trust).")
+    approve_edits_min_trust: float = Field(
+        0.8, ge=0, le=1, description="Trust an edit's user needs for approve_edits: the accuracy rater cleaning "
+        "estimates for a user it judged reliable (0 for unknown, random and reverse raters and users without "
+        "feedback). 0: any user's edit (the behaviour before issue #13).")
     reject_bad: bool = Field(True, description="Auto rule: reject a candidate whose cleaned label is bad (see reject_min_confidence).")
     reject_min_confidence: float = Field(0.9, ge=0, le=1, description="Auto rule: confidence a bad label needs to reject.")
     task_types: tuple[str, ...] = Field(
@@ -392,6 +455,7 @@ class Settings(_Section):
         "INFO", description="Log level of every process: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     kafka: KafkaSettings = KafkaSettings()
     spool: SpoolSettings = SpoolSettings()
+    events: EventSettings = EventSettings()
     landing: LandingSettings = LandingSettings()
     gateway: GatewaySettings = GatewaySettings()
     model: ModelSettings = ModelSettings()
@@ -434,6 +498,17 @@ class Settings(_Section):
     @property
     def keys_path(self) -> Path:
         return Path(self.gateway.keys_file).expanduser() if self.gateway.keys_file else self.data_path / "api_keys.json"
+
+    @property
+    def operators_path(self) -> Path:
+        """Hashed operator tokens (services/control/operators.py)."""
+        return Path(self.control.operators_file).expanduser() if self.control.operators_file else (
+            self.data_path / "operators.json")
+
+    @property
+    def operator_token_path(self) -> Path:
+        """The local admin token the control plane's first start writes, for the CLI and you."""
+        return self.data_path / "operator_token"
 
     @property
     def model_cache_path(self) -> Path:

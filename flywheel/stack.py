@@ -36,6 +36,9 @@ class Stack:
 
         s = self.s
         s.data_path.mkdir(parents=True, exist_ok=True)
+        from streams.privacy import user_salt
+
+        user_salt(s)  # the gateway's pseudonym salt exists (or is refused) before anything starts
         if not s.kafka.bootstrap:
             self.broker = EmbeddedBroker(s.kafka.embedded_port, s.data_path / "logs" / "broker.log")
             (s.data_path / "logs").mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,9 @@ class RoutingTable:
         for alias, routes in self.routes.items():
             if not routes:
                 raise RoutingError(f"alias {alias!r} has no versions")
+            if any(not isinstance(r.weight, (int, float)) or not math.isfinite(r.weight) for r in routes):
+                # NaN passes every comparison below and then breaks choose() on every request.
+                raise RoutingError(f"alias {alias!r} has a weight that is not a finite number")
             if any(r.weight < 0 for r in routes):
                 raise RoutingError(f"alias {alias!r} has a negative weight")
             total = sum(r.weight for r in routes)
@@ -153,9 +158,9 @@ class Router:
         os.replace(tmp, self.cache_path)
 
     # -- following the control plane ---------------------------------------------------
-    def poll_once(self, url: str, timeout: float = 2.0) -> bool:
+    def poll_once(self, url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
                 table = RoutingTable.from_dict(json.loads(resp.read()))
         except (OSError, ValueError, RoutingError) as e:
             self.last_error = f"{type(e).__name__}: {e}"
@@ -169,11 +174,12 @@ class Router:
         self.last_error = None
         return applied
 
-    def follow(self, url: str, interval_s: float) -> None:
-        """Poll the control plane's routing table in a daemon thread until close()."""
+    def follow(self, url: str, interval_s: float, headers: Callable[[], dict[str, str]] | None = None) -> None:
+        """Poll the control plane's routing table in a daemon thread until close();
+        ``headers()`` (asked before each poll) gives e.g. the operator token."""
         def loop():
             while not self._stop.is_set():
-                self.poll_once(url)
+                self.poll_once(url, headers=headers() if headers else None)
                 self._stop.wait(interval_s)
 
         self._thread = threading.Thread(target=loop, name="routing-follower", daemon=True)

@@ -67,7 +67,8 @@ class TopicEmitter:
         s = self.settings
         self.producer = EventProducer(s.bootstrap, self.spool_dir, max_bytes=s.spool.max_bytes,
                                       segment_bytes=s.spool.segment_bytes, fsync=s.spool.fsync,
-                                      send_batch=s.spool.send_batch, client_id=f"{s.kafka.client_id}-{self.name}")
+                                      send_batch=s.spool.send_batch, client_id=f"{s.kafka.client_id}-{self.name}",
+                                      max_event_bytes=s.events.max_event_bytes)
         return self
 
     def emit(self, events: Sequence[BaseModel]) -> None:

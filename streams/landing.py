@@ -7,7 +7,20 @@ offsets are committed to Kafka only after that transaction committed. A crash an
 re-reads from the last committed offset and lands nothing twice.
 
 Records that fail validation become dead letters: landed in ``dead_letters`` with the
-reason (in the same transaction) and produced to the DLQ topic. Nothing is dropped.
+reason (in the same transaction) and produced to the DLQ topic. Nothing is dropped. Their
+key, reason and payload are redacted first (streams/privacy.py): a record that skipped the
+gateway's redaction, or broke on the way, must not store raw PII.
+
+A valid record DuckDB still refuses (a value it cannot convert or store, e.g. a
+``window_start`` of digits that pydantic reads as a timestamp and DuckDB's JSON reader does
+not) would fail its whole batch, and the redelivered batch again, for ever. So when a
+batch fails on such an error, its rows are split in halves, tried in transactions that are
+rolled back, until the failing records are found (``Lander._isolate``); they become dead
+letters with DuckDB's reason, and the rest of the batch lands in one transaction, exactly
+once. Dead letters sent to the DLQ topic are checked: each send is acknowledged, retried,
+and raised if it still fails (the batch's offsets are then not committed, so a restart
+lands nothing twice and sends them again). A dead letter too large for the producer goes
+to the topic with its payload cut (the ``dead_letters`` row keeps it whole).
 """
 
 from __future__ import annotations
@@ -24,10 +37,23 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
+from flywheel.errors import BrokerError
 from flywheel.settings import Settings
+from streams.event_size import json_size
+from streams.privacy import Privacy
 from streams.schemas import DeadLetter, Deployment, Feedback, Interaction, Metrics, Review
 
 log = logging.getLogger(__name__)
+
+#: DuckDB errors a record's own values can cause (a value it cannot convert or store; a
+#: repeated key, which the INSERT OR IGNORE form absorbs): a batch failing on one of these
+#: is split to find the record. Any other error (I/O, memory) stops landing as before.
+RECORD_ERRORS = (duckdb.ConstraintException, duckdb.ConversionException, duckdb.OutOfRangeException,
+                 duckdb.InvalidInputException, duckdb.TypeMismatchException)
+
+
+class DeadLetterSendError(BrokerError):
+    """Dead letters the broker did not acknowledge, after retries."""
 
 # json_transform structures: DuckDB parses each canonical record once, vectorised.
 _INTERACTION_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","request_id":"VARCHAR",
@@ -138,13 +164,24 @@ class Record:
 class BatchResult:
     landed: dict[str, int] = field(default_factory=dict)  # table -> records handed to DuckDB
     dead: list[DeadLetter] = field(default_factory=list)  # to produce to the DLQ topic
+    refused: int = 0  # valid records DuckDB refused, dead-lettered by `Lander._isolate`
+
+
+def _staged(ids, created, raw, partitions, offsets) -> pa.Table:
+    """The Arrow table one INSERT reads as ``staged``: each record's bytes as received."""
+    return pa.table({
+        "event_id": pa.array(list(ids), pa.string()),
+        "created_at": pa.array(created, pa.timestamp("us", tz="UTC")),
+        "raw": pa.array(raw, pa.binary()).cast(pa.string()),
+        "partition": pa.array(partitions, pa.int32()), "offset": pa.array(offsets, pa.int64())})
 
 
 class Lander:
     """Validates and writes batches of records; knows nothing about the consumer."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, topics: dict[str, str]):
+    def __init__(self, conn: duckdb.DuckDBPyConnection, topics: dict[str, str], privacy: Privacy | None = None):
         self.conn = conn
+        self.privacy = privacy  # redacts dead letters (None: kept as received)
         self.table_of = {topics["interactions"]: "interactions", topics["feedback"]: "feedback",
                          topics["dlq"]: "dead_letters"}
         for name, table in (("deployments", "deployments"), ("metrics", "live_metrics"), ("reviews", "review_decisions")):
@@ -152,9 +189,10 @@ class Lander:
                 self.table_of[topics[name]] = table
         self.model_of = {"interactions": Interaction, "feedback": Feedback, "dead_letters": DeadLetter,
                          "deployments": Deployment, "live_metrics": Metrics, "review_decisions": Review}
+        self.topic_of = {table: topic for topic, table in self.table_of.items()}
 
     def _dead(self, rec: Record, reason: str) -> DeadLetter:
-        return DeadLetter(
+        dead = DeadLetter(
             event_id=f"{rec.topic}:{rec.partition}:{rec.offset}",
             source_topic=rec.topic,
             partition=rec.partition,
@@ -164,6 +202,7 @@ class Lander:
             payload=(rec.value or b"").decode("utf-8", "replace"),
             created_at=datetime.now(timezone.utc),
         )
+        return self.privacy.dead_letter(dead) if self.privacy is not None else dead
 
     def land(self, records: list[Record]) -> BatchResult:
         return self.write(self.prepare(records))
@@ -171,7 +210,7 @@ class Lander:
     def prepare(self, records: Sequence[Record]) -> "Prepared":
         """Validate records (Python, holds the GIL): canonical rows per table, dead letters.
         Each record is validated from its raw bytes in one pydantic-core call."""
-        rows: dict[str, dict[str, tuple[bytes, int, int, datetime]]] = {t: {} for t in _INSERTS}
+        rows: dict[str, dict[str, tuple[bytes, int, int, datetime, bytes | None]]] = {t: {} for t in _INSERTS}
         prepared = Prepared()
         positions = prepared.positions
         for rec in records:
@@ -189,28 +228,99 @@ class Lander:
             except (ValidationError, ValueError) as e:
                 dead = self._dead(rec, validation_reason(e))
                 rows["dead_letters"][dead.event_id] = (dead.model_dump_json().encode(), rec.partition, rec.offset,
-                                                       dead.created_at)
+                                                       dead.created_at, rec.key)
                 if table != "dead_letters":  # never bounce a broken dead letter back into the DLQ
                     prepared.dead.append(dead)
                 continue
-            rows[table][event.event_id] = (rec.value, rec.partition, rec.offset, event.created_at)
+            rows[table][event.event_id] = (rec.value, rec.partition, rec.offset, event.created_at, rec.key)
         for table, by_id in rows.items():
             if by_id:
-                raw, parts, offs, created = zip(*by_id.values())
-                prepared.tables[table] = pa.table({
-                    "event_id": pa.array(list(by_id), pa.string()),
-                    "created_at": pa.array(created, pa.timestamp("us", tz="UTC")),
-                    "raw": pa.array(raw, pa.binary()).cast(pa.string()),
-                    "partition": pa.array(parts, pa.int32()), "offset": pa.array(offs, pa.int64())})
+                raw, parts, offs, created, keys = zip(*by_id.values())
+                prepared.tables[table] = _staged(list(by_id), created, raw, parts, offs)
+                prepared.keys[table] = keys
         return prepared
 
     def write(self, prepared: "Prepared") -> BatchResult:
         """One DuckDB transaction for the batch (DuckDB releases the GIL while it works):
-        plain INSERTs, or INSERT OR IGNORE when the batch repeats a landed event."""
+        plain INSERTs, or INSERT OR IGNORE when the batch repeats a landed event; when a
+        record's values make DuckDB refuse the batch, that record is dead-lettered and the
+        rest lands (`_isolate`)."""
         try:
             return self._transaction(prepared, _PLAIN_INSERTS)
-        except duckdb.ConstraintException:
+        except RECORD_ERRORS:  # a repeat (the usual case), or a record DuckDB refuses
+            pass
+        try:
             return self._transaction(prepared, {})
+        except RECORD_ERRORS as e:
+            return self._isolate(prepared, e)
+
+    def _isolate(self, prepared: "Prepared", error: Exception) -> BatchResult:
+        """Find the records DuckDB refuses by splitting the batch (each try a transaction
+        rolled back), then land the rest with those records as dead letters, in one
+        transaction. ``error`` is raised again when no single record is to blame."""
+        refused: dict[str, dict[int, str]] = {}
+        for table, staged in prepared.tables.items():
+            reason = self._refusal(table, staged)
+            if reason is not None:
+                refused[table] = self._bisect(table, staged, 0, staged.num_rows, reason, {})
+        if not refused:
+            raise error
+        out = Prepared(tables=dict(prepared.tables), dead=list(prepared.dead), positions=prepared.positions,
+                       keys=dict(prepared.keys))
+        dead_rows = []
+        for table, rows in refused.items():
+            staged = out.tables[table]
+            for i, reason in rows.items():
+                value = staged["raw"][i].as_py()
+                rec = Record(self.topic_of.get(table, table), staged["partition"][i].as_py(), staged["offset"][i].as_py(),
+                             prepared.keys.get(table, (None,) * staged.num_rows)[i], value.encode())
+                dead = self._dead(rec, f"the warehouse refused it: {reason}")
+                log.error("landing: %s:%s:%s (event %s) refused by DuckDB, dead-lettered: %s", rec.topic, rec.partition,
+                          rec.offset, staged["event_id"][i].as_py(), reason)
+                dead_rows.append(dead)
+                if table != "dead_letters":  # never bounce a dead letter back into the DLQ
+                    out.dead.append(dead)
+            keep = pa.array([i not in rows for i in range(staged.num_rows)])
+            out.tables[table] = staged.filter(keep)
+            out.keys[table] = tuple(k for i, k in enumerate(prepared.keys.get(table, ())) if i not in rows)
+            if out.tables[table].num_rows == 0:
+                del out.tables[table]
+        extra = _staged([d.event_id for d in dead_rows], [d.created_at for d in dead_rows],
+                        [d.model_dump_json().encode() for d in dead_rows], [d.partition for d in dead_rows],
+                        [d.offset for d in dead_rows])
+        if "dead_letters" in out.tables:
+            extra = pa.concat_tables([out.tables["dead_letters"], extra])
+        out.tables["dead_letters"] = extra
+        result = self._transaction(out, {})
+        result.refused = len(dead_rows)
+        return result
+
+    def _refusal(self, table: str, staged: pa.Table) -> str | None:
+        """Why DuckDB refuses to insert ``staged`` into ``table`` (None: it does not); tried
+        in a transaction that is rolled back."""
+        self.conn.execute("BEGIN TRANSACTION")
+        try:
+            self.conn.register("staged", staged)
+            self.conn.execute(_INSERTS[table])
+            return None
+        except RECORD_ERRORS as e:
+            return f"{type(e).__name__}: {e}"
+        finally:
+            self.conn.execute("ROLLBACK")
+            self.conn.unregister("staged")
+
+    def _bisect(self, table: str, staged: pa.Table, lo: int, hi: int, reason: str, found: dict[int, str]) -> dict[int, str]:
+        """The rows of [lo, hi) (which fail together for ``reason``) that fail on their own:
+        halves are tried in turn, so k bad rows of n cost about k * 2 * log2(n) tries."""
+        if hi - lo == 1:
+            found[lo] = reason
+            return found
+        mid = (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            why = self._refusal(table, staged.slice(a, b - a))
+            if why is not None:
+                self._bisect(table, staged, a, b, why, found)
+        return found
 
     def _transaction(self, prepared: "Prepared", inserts: dict[str, str]) -> BatchResult:
         result = BatchResult(dead=prepared.dead)
@@ -243,6 +353,7 @@ class Prepared:
     tables: dict[str, pa.Table] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    keys: dict[str, tuple[bytes | None, ...]] = field(default_factory=dict)  # table -> each row's Kafka key
 
 
 def land_events(conn: duckdb.DuckDBPyConnection, interactions=(), feedback=(), reviews=(), batch: int = 5000) -> None:
@@ -257,6 +368,64 @@ def land_events(conn: duckdb.DuckDBPyConnection, interactions=(), feedback=(), r
         lander.land(records[i:i + batch])
 
 
+def dlq_record(dead: DeadLetter, max_bytes: int) -> bytes:
+    """``dead`` as it goes to the DLQ topic: whole when it fits ``max_bytes``, else with its
+    payload cut to fit (the reason says so; the ``dead_letters`` row, landed before with the
+    same event id, keeps the payload whole)."""
+    data = dead.model_dump_json().encode()
+    if len(data) <= max_bytes:
+        return data
+    note = f" (payload cut from {len(dead.payload):,} characters to fit events.max_event_bytes on the DLQ topic)"
+    budget = max_bytes - (len(data) - json_size(dead.payload)) - json_size(note) - 64
+    lo, hi = 0, len(dead.payload)
+    while lo < hi:  # the longest prefix whose JSON fits: escapes and UTF-8 make bytes per character vary
+        mid = (lo + hi + 1) // 2
+        if json_size(dead.payload[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return dead.model_copy(update={"payload": dead.payload[:lo], "reason": dead.reason + note}).model_dump_json().encode()
+
+
+def send_dead_letters(producer, topic: str, dead: Sequence[DeadLetter], max_bytes: int, *, attempts: int = 3,
+                      timeout_s: float = 30.0, backoff_s: float = 1.0) -> None:
+    """Produce ``dead`` to the DLQ topic and wait for the broker to acknowledge each one;
+    those that fail are sent again (``attempts`` in all, ``backoff_s`` doubling between),
+    then `DeadLetterSendError` names how many were lost and why."""
+    pending = list(dead)
+    last_error = "not acknowledged in time"
+    for attempt in range(1, attempts + 1):
+        sent = []
+        for d in pending:
+            try:
+                sent.append((d, producer.send(topic, key=d.event_id.encode(), value=dlq_record(d, max_bytes))))
+            except Exception as e:  # noqa: BLE001 - refused before any I/O (no metadata, too large): retried below
+                sent.append((d, e))
+        try:
+            producer.flush(timeout=timeout_s)
+        except Exception as e:  # noqa: BLE001 - a flush that timed out: the futures say which failed
+            last_error = f"{type(e).__name__}: {e}"
+        failed = []
+        for d, out in sent:
+            if isinstance(out, Exception):
+                failed.append(d)
+                last_error = f"{type(out).__name__}: {out}"
+            elif not (out.is_done and out.succeeded()):
+                failed.append(d)
+                if out.is_done:
+                    last_error = f"{type(out.exception).__name__}: {out.exception}"
+        if not failed:
+            return
+        pending = failed
+        log.warning("landing: %d of %d dead letters not acknowledged by the broker (%s); attempt %d of %d",
+                    len(failed), len(sent), last_error, attempt, attempts)
+        if attempt < attempts:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise DeadLetterSendError(f"{len(pending)} dead letters could not be produced to {topic} after {attempts} attempts "
+                              f"({last_error}); landing stops before committing their offsets, so a restart sends them "
+                              "again")
+
+
 class LandingConsumer:
     """The consumer loop. ``run`` returns when ``stop`` is set and the topics are drained
     (no record for ``drain_idle_s``), or at once if ``stop_now`` is set."""
@@ -264,12 +433,13 @@ class LandingConsumer:
     def __init__(self, settings: Settings, conn: duckdb.DuckDBPyConnection, topics: dict[str, str]):
         self.settings = settings
         self.topics = topics
-        self.lander = Lander(conn, topics)
+        self.lander = Lander(conn, topics, Privacy.from_settings(settings, with_salt=False))
         self.stop = threading.Event()
         self.stop_now = threading.Event()
         self.batches = 0
         self.landed_total = 0
         self.dead_total = 0
+        self.refused_total = 0  # valid records DuckDB refused (also in dead_total)
         self.last_batch_at: float | None = None
         self.drain_idle_s = 1.0
 
@@ -294,8 +464,12 @@ class LandingConsumer:
     def _dlq_producer(self):
         from kafka import KafkaProducer
 
+        from streams.producer import KAFKA_MAX_REQUEST, RECORD_OVERHEAD
+
         return KafkaProducer(bootstrap_servers=self.settings.bootstrap.split(","), acks="all",
-                             client_id=f"{self.settings.kafka.client_id}-landing-dlq", max_block_ms=10000)
+                             client_id=f"{self.settings.kafka.client_id}-landing-dlq", max_block_ms=10000,
+                             max_request_size=max(KAFKA_MAX_REQUEST, self.settings.events.max_event_bytes + RECORD_OVERHEAD),
+                             request_timeout_ms=10000, delivery_timeout_ms=30000)
 
     def run(self) -> None:
         """Two stages: this thread polls Kafka; a writer thread lands batches in DuckDB
@@ -324,10 +498,11 @@ class LandingConsumer:
                     raise error
                 if result.dead:
                     dlq = dlq or self._dlq_producer()
-                    for d in result.dead:
-                        dlq.send(self.topics["dlq"], key=d.event_id.encode(), value=d.model_dump_json().encode())
-                    dlq.flush(timeout=30)
+                    # Raises when the broker still refuses them: landing stops before this
+                    # batch's offsets are committed, so a restart sends them again.
+                    send_dead_letters(dlq, self.topics["dlq"], result.dead, self.settings.events.max_event_bytes)
                     self.dead_total += len(result.dead)
+                self.refused_total += result.refused
                 try:
                     consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()})
                 except Exception as e:  # noqa: BLE001 - a rebalance: the rows are landed; redelivery is ignored

@@ -11,7 +11,10 @@ Feedback names a request, not a version: the worker remembers which version serv
 request it has seen (``request_ttl_s``, bounded by ``max_requests``). Feedback whose request
 it has not seen waits up to ``join_wait_s`` (the interaction may still be on its way: it
 travels on another topic, keyed by session) and is then counted under version
-``unknown`` rather than dropped. Feedback is counted in the window of its own time.
+``unknown`` rather than dropped. Feedback is counted in the window of its own time. At
+most ``max_pending`` feedback events wait (random request ids must not grow the worker
+without bound): past it the oldest is counted under ``unknown`` at once, an eviction
+(``counted["pending_evicted"]``).
 
 Latency travels as a histogram of log-spaced buckets, which merges exactly; p50/p95 come
 from the merged histogram (bucket midpoints, within 5% of the true value).
@@ -22,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -134,17 +137,18 @@ class LiveMetrics:
     waiting for its interaction. Not thread-safe (the worker's event loop owns it)."""
 
     def __init__(self, window_s: float = 60.0, join_wait_s: float = 120.0, request_ttl_s: float = 3600.0,
-                 max_requests: int = 1_000_000, worker: str | None = None):
+                 max_requests: int = 1_000_000, worker: str | None = None, max_pending: int = 100_000):
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.window_s = float(window_s)
         self.join_wait_s = join_wait_s
         self.request_ttl_s = request_ttl_s
         self.max_requests = max_requests
+        self.max_pending = max_pending
         self.worker = worker or f"metrics-{uuid.uuid4().hex[:8]}"
         self._open: dict[tuple[str, str, datetime], WindowFigures] = {}
         self._served: OrderedDict[str, tuple[str, str, float]] = OrderedDict()  # request -> alias, version, seen
-        self._pending: list[_PendingFeedback] = []
+        self._pending: deque[_PendingFeedback] = deque()  # in arrival order
         self._seq = 0
         self.counted = Counter()  # interactions, feedback, feedback_unknown, skipped: for logs and tests
 
@@ -173,6 +177,9 @@ class LiveMetrics:
     def add_feedback(self, record: Mapping, now: float) -> None:
         if not self._count_feedback(record):
             self._pending.append(_PendingFeedback(dict(record), now))
+            while len(self._pending) > self.max_pending:
+                self._count_feedback(self._pending.popleft().record, force_unknown=True)
+                self.counted["pending_evicted"] += 1
 
     def _count_feedback(self, record: Mapping, force_unknown: bool = False) -> bool:
         served = self._served.get(record["request_id"])
@@ -201,7 +208,7 @@ class LiveMetrics:
 
     def flush(self, now: float, created_at: datetime | None = None) -> list[Metrics]:
         """Settle waiting feedback, forget old requests, and hand out the open deltas."""
-        still = []
+        still: deque[_PendingFeedback] = deque()
         for p in self._pending:
             if self._count_feedback(p.record):
                 continue

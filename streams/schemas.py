@@ -18,8 +18,14 @@ from typing_extensions import NotRequired, TypedDict
 
 SCHEMA_VERSION = 1
 
-Id = Annotated[str, Field(min_length=1, max_length=128)]
-Text = Annotated[str, Field(max_length=1_000_000)]
+#: Longest id (event, request, session) and name (app) an event holds, in characters.
+MAX_ID_CHARS = 128
+MAX_NAME_CHARS = 128
+#: Longest text field (a message, a draft, an edit), in characters.
+MAX_TEXT_CHARS = 1_000_000
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
 def new_id(prefix: str = "") -> str:
@@ -90,7 +96,7 @@ class Interaction(_Model):
     session_id: Id
     turn: int = Field(1, ge=1)
     user_id: str | None = Field(None, max_length=128, description="Pseudonymous user id.")
-    app: str = Field("default", max_length=128)
+    app: str = Field("default", max_length=MAX_NAME_CHARS)
     created_at: AwareDatetime
     model_alias: str = Field(max_length=256)
     model_version: str = Field(max_length=256)
@@ -127,8 +133,8 @@ class Feedback(_Model):
     value: int | None = Field(None, description="thumb: 1 or -1; rating: 1..5; otherwise absent.")
     text: Text | None = Field(None, description="edit: the corrected answer.")
     user_id: str | None = Field(None, max_length=128)
-    session_id: str | None = Field(None, max_length=128)
-    app: str = Field("default", max_length=128)
+    session_id: str | None = Field(None, max_length=MAX_ID_CHARS)
+    app: str = Field("default", max_length=MAX_NAME_CHARS)
     created_at: AwareDatetime
     comment: Text | None = None
 
@@ -159,7 +165,7 @@ class DeadLetter(_Model):
     offset: int
     key: str | None = None
     reason: Text
-    payload: Text = Field(description="The record as received (UTF-8, invalid bytes replaced).")
+    payload: Text = Field(description="The record as received (UTF-8, invalid bytes replaced), PII redacted.")
     created_at: AwareDatetime
 
 

@@ -9,6 +9,10 @@ broker returns. Delivery is at-least-once; landing is idempotent on ``event_id``
 Layout: ``seg-000000000001.log``... segment files of lines ``["topic","key"]\\t<value>\\n``
 (values are compact JSON, which never holds a raw tab or newline) and a ``cursor`` file
 ``{"segment": n, "offset": bytes}``, replaced atomically. Fully sent segments are deleted.
+
+``read`` looks ``read_bytes`` ahead at a time; a line longer than that is read whole on
+its own, and a line that cannot be parsed comes back with ``error`` set, so neither can
+stall the records behind it: the sender moves such records aside (dead-letter file).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ class SpoolRecord:
     segment: int  # position just after this record, for commit()
     end: int
     size: int  # bytes of its line
+    error: str | None = None  # set when the line could not be parsed (``value`` is then the raw line)
+
+
+#: How far one read() looks ahead in a segment (a longer line is read whole on its own).
+READ_BYTES = 4 * 1024 * 1024
 
 
 def _seg_name(n: int) -> str:
@@ -41,10 +50,12 @@ def _seg_name(n: int) -> str:
 
 
 class Spool:
-    def __init__(self, path: Path, *, max_bytes: int, segment_bytes: int, fsync: bool = False):
+    def __init__(self, path: Path, *, max_bytes: int, segment_bytes: int, fsync: bool = False,
+                 read_bytes: int = READ_BYTES):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        self.read_bytes = read_bytes
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self._lock = threading.Lock()
@@ -130,26 +141,39 @@ class Spool:
             try:
                 with open(path, "rb") as f:
                     f.seek(off)
-                    data = f.read(4 * 1024 * 1024)
+                    data = f.read(self.read_bytes)
+                    complete = data[: data.rfind(b"\n") + 1]
+                    if not complete and len(data) == self.read_bytes:
+                        complete = self._long_line(f, data)  # b"" while it is still being written
+                        data = complete or data
             except FileNotFoundError:
-                data = b""
-            complete = data[: data.rfind(b"\n") + 1]
+                data = complete = b""
             pos = off
             for line in complete.splitlines(keepends=True):
                 pos += len(line)
-                header, _, value = line.rstrip(b"\n").partition(b"\t")
-                topic, key = json.loads(header)
-                out.append(
-                    SpoolRecord(topic, key.encode() if key is not None else None, value, seg, pos, len(line))
-                )
+                out.append(_parse(line, seg, pos))
                 if len(out) >= max_records:
                     break
             if len(out) >= max_records or seg == write_seg:
                 break
-            if len(complete) < len(data) or len(data) == 4 * 1024 * 1024:
+            if len(complete) < len(data) or len(data) >= self.read_bytes:
                 break  # more of this segment to read next time
             seg, off = seg + 1, 0
         return out
+
+    def _long_line(self, f, head: bytes) -> bytes:
+        """The rest of a line longer than the read window (``f`` is positioned after ``head``),
+        with its newline; b"" if no newline follows yet."""
+        parts = [head]
+        while True:
+            chunk = f.read(self.read_bytes)
+            if not chunk:
+                return b""
+            end = chunk.find(b"\n")
+            if end >= 0:
+                parts.append(chunk[: end + 1])
+                return b"".join(parts)
+            parts.append(chunk)
 
     def commit(self, sent: list[SpoolRecord]) -> None:
         """Move the cursor past ``sent``, a prefix of what read() returned, now acknowledged."""
@@ -182,3 +206,15 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def _parse(line: bytes, seg: int, end: int) -> SpoolRecord:
+    """One spool line as a record; an unreadable line comes back whole, with ``error`` set."""
+    header, _, value = line.rstrip(b"\n").partition(b"\t")
+    try:
+        topic, key = json.loads(header)
+        if not isinstance(topic, str) or not (key is None or isinstance(key, str)):
+            raise ValueError("the header is not [topic, key]")
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return SpoolRecord("", None, line.rstrip(b"\n"), seg, end, len(line), error=f"unreadable spool line: {e}")
+    return SpoolRecord(topic, key.encode() if key is not None else None, value, seg, end, len(line))

@@ -87,7 +87,7 @@ def create_app(settings: Settings, ready_file: Path | None = None):
     # BatchReader consumes; faust's own consumer (and its per-message hand-off) stays off.
     app.boot_strategy = app.BootStrategy(app, enable_kafka_consumer=False)
     state = LiveMetrics(window_s=st.window_s, join_wait_s=st.join_wait_s, request_ttl_s=st.request_ttl_s,
-                        max_requests=st.max_requests)
+                        max_requests=st.max_requests, max_pending=st.max_pending_feedback)
     app.live_metrics = state  # for logs and introspection
     skipped = {"invalid": 0}
     topics = {settings.topic("interactions"): (state.add_interaction,
@@ -193,8 +193,9 @@ def create_app(settings: Settings, ready_file: Path | None = None):
             if positions:
                 await reader.commit(positions)
             if deltas or skipped["invalid"]:
-                log.info("published %d window deltas (%s; %d feedback waiting; %d invalid skipped so far)",
-                         len(deltas), dict(state.counted), state.pending_feedback, skipped["invalid"])
+                log.info("published %d window deltas (%s; %d feedback waiting, %d evicted so far; %d invalid skipped "
+                         "so far)", len(deltas), dict(state.counted), state.pending_feedback,
+                         state.counted["pending_evicted"], skipped["invalid"])
             return len(deltas)
 
     app.timer(st.flush_s, name="metrics-flush")(flush)

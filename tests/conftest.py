@@ -68,9 +68,11 @@ def make_settings(tmp_path: Path, bootstrap: str, **changes) -> Settings:
         kafka={"bootstrap": bootstrap, "topic_prefix": f"t{tag}.", "partitions": 2},
         landing={"group_id": f"landing-{tag}", "poll_ms": 100},
         stream={"group_id": f"metrics-{tag}"},
-        gateway={"port": free_port()},
+        # One test key drives all the load: per-key limits are off here, on in tests/test_rate_limit.py.
+        gateway={"port": free_port(), "rate_limit_rps": 0, "max_concurrent_per_key": 0},
         control={"port": free_port()},
         model={"cache_dir": str(MODEL_CACHE)},
+        privacy={"user_salt": "salt-of-the-tests"},  # an external broker needs one (streams/privacy.py)
     )
     return base.replace(**changes) if changes else base
 
@@ -219,3 +221,22 @@ def seed_candidates(plane, rows: list[dict]) -> list[str]:
                  r.get("response_source", "draft"), r.get("label", "unknown"), r.get("label_confidence", 0.5),
                  r.get("task_type", "chat/chitchat"), r.get("status", "kept")])
     return [r.get("candidate_id", f"cand{k:03d}") for k, r in enumerate(rows)]
+
+
+def record_gate(plane, candidate: str, passed: bool = True, reasons: tuple[str, ...] = ("test gate",),
+                folder: Path | None = None) -> str:
+    """An evaluation of ``candidate`` as the control plane records its own evaluation job's
+    report (source "job"): a rollout starts only for a candidate whose latest one passed."""
+    from training.evaluation.evaluate import record_evaluation
+
+    report = {"candidate": candidate, "production": "base", "dataset": None, "overall": {},
+              "created_at": datetime.now(timezone.utc).isoformat(),
+              "gate": {"passed": passed, "reasons": list(reasons)}}
+    folder = folder or plane.settings.data_path / "evals" / f"{candidate}-vs-base-{uuid.uuid4().hex[:8]}"
+    with plane.reader() as cur:
+        return record_evaluation(cur, report, folder, source="job", recorded_by="test")
+
+
+def operator_token(settings: Settings) -> str:
+    """The local admin token the control plane's first start wrote (DATA_DIR/operator_token)."""
+    return settings.operator_token_path.read_text().strip()

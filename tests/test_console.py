@@ -1,5 +1,6 @@
 """The operator console in real Chromium (Playwright driving Debian's chromium): pages
-served by a running control plane, actions that go through its JSON API, review
+served by a running control plane behind its login (the local admin token pasted into the
+login page), actions that go through its JSON API with the session's CSRF token, review
 decisions through the real broker into DuckDB."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from serving.registry import Registry
 from services.control.plane import ControlPlane
-from tests.conftest import query, seed_candidates, wait_for
+from tests.conftest import operator_token, query, record_gate, seed_candidates, wait_for
 from training.curation import review
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,12 +46,23 @@ def console(settings):
     plane.stop(drain=False)
 
 
+def log_in(pg, url: str, token: str) -> None:
+    pg.goto(f"{url}/console/login")
+    pg.fill("#token", token)
+    with pg.expect_navigation():
+        pg.get_by_role("button", name="Log in").click()
+
+
 @pytest.fixture
-def page(browser):
+def page(browser, console):
+    """A logged-in page (the local admin token): any JavaScript error fails the test."""
+    plane, url = console
     context = browser.new_context()
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
+    log_in(pg, url, operator_token(plane.settings))
+    assert pg.url.endswith("/console/"), pg.url
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
@@ -59,6 +71,44 @@ def page(browser):
 def _state_of(plane) -> dict[str, str]:
     with plane.reader() as cur:
         return review.review_state(cur)
+
+
+def test_the_console_needs_a_login_and_a_role_for_each_action(console, browser):
+    """Not logged in: every page sends you to the login page and back after. A viewer sees
+    the queue, but the API refuses a viewer's decision and the page says why. Log out ends it."""
+    from services.control.operators import create_operator
+
+    plane, url = console
+    ids = seed_candidates(plane, [{"task_type": "reasoning/math"}])
+    _, token = create_operator(plane.settings, "viewer", "vic")
+    context = browser.new_context()
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        pg.goto(f"{url}/console/review")
+        assert "/console/login" in pg.url
+        pg.fill("#token", "fwop-not-a-token")
+        with pg.expect_navigation():
+            pg.get_by_role("button", name="Log in").click()
+        assert "that token is not valid" in pg.locator("#login-error").inner_text()
+        pg.fill("#token", token)
+        with pg.expect_navigation():
+            pg.get_by_role("button", name="Log in").click()
+        assert pg.url.endswith("/console/review") and "vic · viewer" in pg.locator("#operator").inner_text()
+        pg.check(f"input[name=cid][value='{ids[0]}']")
+        pg.get_by_role("button", name="Approve selected").click()
+        pg.wait_for_function("document.getElementById('flash').className === 'error'")
+        assert "needs the reviewer role" in pg.locator("#flash").inner_text()
+        assert _state_of(plane) == {ids[0]: "pending"}
+        with pg.expect_navigation():
+            pg.get_by_role("button", name="Log out").click()
+        assert "/console/login" in pg.url
+        pg.goto(f"{url}/console/")
+        assert "/console/login" in pg.url
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def test_review_queue_approves_in_bulk_and_edits_one(console, page):
@@ -110,6 +160,7 @@ def test_overview_drives_a_rollout(console, page, tmp_path):
         src.mkdir()
         (src / "adapter_config.json").write_text("{}")
         reg.register("cand-1", src)
+    record_gate(plane, "cand-1")  # its evaluation passed the gate
     plane.rollouts.start(alias, "cand-1")
 
     page.goto(f"{url}/")  # the root redirects to the console
@@ -183,9 +234,12 @@ def test_datasets_page_builds_a_version_or_says_why_not(console, page):
 def test_pages_answer_bad_input_and_empty_state_clearly(console):
     plane, url = console
 
+    token = operator_token(plane.settings)
+
     def get(path: str) -> tuple[int, str]:
+        req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
         try:
-            with urllib.request.urlopen(url + path, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()

@@ -19,7 +19,7 @@ from flywheel.simulate.synthetic import emit_synthetic, synthetic_events
 from services.control.migrations import ALL
 from streams.landing import land_events
 from streams.warehouse import apply_migrations, connect
-from tests.conftest import count, query, wait_for
+from tests.conftest import count, operator_token, query, wait_for
 from training.curation.pipeline import curate, get_run
 
 
@@ -218,6 +218,7 @@ def test_api_route_runs_a_curation_in_the_control_plane(settings, control_plane)
     emit_synthetic(settings, 20, seed=13, run_tag="api")
     wait_for(lambda: count(control_plane, "interactions") == len(batch.interactions), what="landed")
     client = create_api(settings, control_plane).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {operator_token(settings)}"  # the local admin token
     started = client.post("/api/curation/runs", json={})
     assert started.status_code == 202
     run_id = started.get_json()["run_id"]

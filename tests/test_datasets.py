@@ -101,8 +101,11 @@ def test_review_decisions_change_the_version_and_its_content(curated, tmp_path):
     conn, settings = curated
     before = load_snapshot(build_dataset(conn, settings).path)
     rec = next(r for r in before.sft if r.get("candidate_id"))
-    other = next(r for r in before.sft if r.get("candidate_id") and r["candidate_id"] != rec["candidate_id"]
-                 and r["task_type"] == "qa/analytics-concepts")
+    # An operator's edit makes a target even of a candidate nobody rated (unrated answers are not targets).
+    in_before = {r.get("candidate_id") for r in before.sft + before.eval}
+    other = {"candidate_id": next(cid for (cid,) in conn.execute(
+        "SELECT candidate_id FROM candidates WHERE status = 'kept' AND task_type = 'qa/analytics-concepts' "
+        "ORDER BY candidate_id").fetchall() if cid not in in_before)}
     review(conn, rec["candidate_id"], "reject")
     review(conn, other["candidate_id"], "edit", "An operator's better answer, in plain English.")
     after_build = build_dataset(conn, settings)

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from streams.schemas import Feedback, Interaction
 from streams.topics import topic_names
-from tests.conftest import REPO, count, query, wait_for
+from tests.conftest import REPO, count, operator_token, query, wait_for
 
 
 def interaction(i: int) -> Interaction:
@@ -85,8 +85,9 @@ def _plane_env(settings) -> dict:
 
 def _landed(settings) -> int:
     try:
-        return httpx.get(f"{settings.control_url}/api/status", timeout=2).json()["tables"]["interactions"]
-    except (httpx.HTTPError, KeyError, ValueError):
+        return httpx.get(f"{settings.control_url}/api/status", timeout=2,
+                         headers={"Authorization": f"Bearer {operator_token(settings)}"}).json()["tables"]["interactions"]
+    except (httpx.HTTPError, KeyError, ValueError, OSError):  # OSError: no token file yet (the plane is starting)
         return -1
 
 

@@ -29,7 +29,7 @@ def test_a_flywheel_turn_trains_evaluates_and_records_every_step(tmp_path, broke
                       review={"auto_approve": False},
                       refresh={"min_sft_records": 5, "train_overrides": [
                           "sft.args.max_steps=2", "sft.args.max_length=256", "sft.args.eval_steps=1000",
-                          "dpo.args.max_steps=1", "dpo.args.max_length=256"]},
+                          "dpo.args.max_steps=1", "dpo.args.max_length=640"]},
                       evaluate={"max_tokens": 8, "resample_k": 1, "max_loss_increase": -1e6})
     ensure_topics(s.bootstrap, list(topic_names(s).values()), s.kafka.partitions)
     plane = ControlPlane(s).start()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from flywheel.simulate.sessions import SimulationConfig
 from flywheel.simulate.synthetic import emit_synthetic
 from streams.producer import EventProducer
-from tests.conftest import count, query, seed_candidates, wait_for
+from tests.conftest import count, operator_token, query, seed_candidates, wait_for
 from training.curation import review
 from training.curation.review import ReviewEmitter, ReviewError, ReviewFilter
 
@@ -151,11 +151,13 @@ def test_auto_rules_decide_pending_candidates_only(settings, control_plane):
         {"label": "good", "label_confidence": 0.95},                      # approve
         {"label": "good", "label_confidence": 0.7},                       # not confident: stays
         {"label": "bad", "label_confidence": 0.97},                       # reject
-        {"label": "unknown", "response_source": "edit"},                  # the user's own fix: approve
+        {"label": "unknown", "response_source": "edit"},                  # a trusted user's own fix: approve
         {"label": "good", "label_confidence": 0.99},                      # a person rejected it: untouched
         {"label": "good", "label_confidence": 0.99, "status": "dropped"},  # not in the queue
         {"label": "good", "label_confidence": 0.99, "run_id": "run-2"},   # another run
     ])
+    with control_plane.reader() as cur:  # its user is one rater cleaning judged reliable (tests/test_feedback_integrity.py)
+        cur.execute("UPDATE candidates SET user_trust = 0.95 WHERE candidate_id = ?", [ids[3]])
     human = review.make_reviews([ids[4]], "reject", reviewer="ana")
     _send(settings, human)
     _landed(control_plane, human)
@@ -286,6 +288,7 @@ def test_api_routes_read_the_queue_and_take_decisions(settings, control_plane):
     ids = seed_candidates(control_plane, [{"task_type": "reasoning/math", "label": "good"}, {"task_type": "reasoning/math"},
                                 {"task_type": "chat/chitchat", "label": "good"}])
     client = create_api(settings, control_plane).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {operator_token(settings)}"  # the local admin token
     body = client.get("/api/review/candidates?task_type=reasoning&limit=10").get_json()
     assert [r["candidate_id"] for r in body["data"]] == ids[:2] and body["counts"]["pending"] == 2
     assert client.get("/api/review/ids?label=good").get_json()["ids"] == [ids[0], ids[2]]

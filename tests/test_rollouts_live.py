@@ -16,7 +16,7 @@ from services.control.plane import ControlPlane
 from streams.landing import Record
 from streams.schemas import Feedback, Interaction
 from streams.topics import topic_names
-from tests.conftest import count, query, wait_for
+from tests.conftest import count, query, record_gate, wait_for
 
 ALIAS = "flywheel-chat"
 
@@ -32,6 +32,7 @@ def plane(settings, tmp_path):
         src.mkdir()
         (src / "adapter_config.json").write_text("{}")
         reg.register("cand-1", src)
+    record_gate(plane, "cand-1")  # its evaluation passed: a rollout may start
     yield plane
     plane.stop(drain=False)
 

@@ -13,7 +13,14 @@ from flywheel.errors import ConfigError
 from flywheel.settings import Settings, load_settings
 from flywheel.simulate.synthetic import synthetic_events
 from streams.landing import land_events
-from tests.conftest import count, query, wait_for
+from tests.conftest import count, operator_token, query, wait_for
+
+
+def _as_operator(s, path: str):
+    """A request to the control plane with the local admin token its first start wrote."""
+    import urllib.request
+
+    return urllib.request.Request(f"{s.control_url}{path}", headers={"Authorization": f"Bearer {operator_token(s)}"})
 
 
 @pytest.mark.parametrize("line, message", [
@@ -163,7 +170,7 @@ def test_the_scheduler_drives_a_whole_turn_to_the_canary(tmp_path, broker):
         plane.scheduler.pause()  # no further turns while the test looks
         wait_for(lambda: not plane.refresh.running, timeout=300, interval=0.5, what="any later turn to end")
 
-        with urllib.request.urlopen(f"{s.control_url}/api/refresh/{run_id}", timeout=30) as resp:
+        with urllib.request.urlopen(_as_operator(s, f"/api/refresh/{run_id}"), timeout=30) as resp:
             run = json.loads(resp.read())
         assert run["status"] == "finished", run
         assert [st["name"] for st in run["steps"]] == ["mine", "dataset", "train", "evaluate", "canary"], run
@@ -179,10 +186,10 @@ def test_the_scheduler_drives_a_whole_turn_to_the_canary(tmp_path, broker):
             routes = {r.version: r.weight for r in plane.registry(cur).routing_table().routes[s.model.alias]}
         assert routes[candidate] > 0, routes
 
-        with urllib.request.urlopen(f"{s.control_url}/api/refresh?limit=5", timeout=30) as resp:
+        with urllib.request.urlopen(_as_operator(s, "/api/refresh?limit=5"), timeout=30) as resp:
             listing = json.loads(resp.read())
         assert listing["schedule"]["interval_min"] == 0.05 and listing["data"][-1]["run_id"] == run_id
-        with urllib.request.urlopen(f"{s.control_url}/console/", timeout=30) as resp:
+        with urllib.request.urlopen(_as_operator(s, "/console/"), timeout=30) as resp:
             page = resp.read().decode()
         assert run_id in page and "stages (time)" in page and "train " in page
     finally:

@@ -31,7 +31,7 @@ def test_file_then_environment(tmp_path):
     ({"FLYWHEEL_GATEWAY__THREADS": "0"}, "gateway.threads"),
     ({"FLYWHEEL_MODEL__BACKEND": "vllm"}, "model.backend: Input should be 'local', 'openai' or 'scripted'"),
     ({"FLYWHEEL_ROLLOUT__METHOD": "bayes"}, "rollout.method"),
-    ({"FLYWHEEL_PRIVACY__KINDS": '["EMAIL", "SSN"]'}, "privacy.kinds.1"),
+    ({"FLYWHEEL_PRIVACY__KINDS": '["EMAIL", "DNA"]'}, "privacy.kinds.1"),
     ({"FLYWHEEL_LOG_LEVEL": "LOUD"}, "log_level"),
 ])
 def test_bad_settings_name_the_key(env, message):

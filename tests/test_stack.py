@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -43,6 +44,7 @@ def test_up_status_and_sigterm_drains_everything(tmp_path):
         keys = json.loads((data / "dev_api_keys.json").read_text())
         assert keys["chat"].startswith("fw-chat-") and keys["ingest"].startswith("fw-ingest-")
         assert keys["chat"] not in (data / "api_keys.json").read_text()  # only hashes are stored
+        assert stat.S_IMODE((data / "user_salt").stat().st_mode) == 0o600  # the local setup's own pseudonym salt
         client = openai.OpenAI(base_url=gateway + "/v1", api_key=keys["chat"], max_retries=0)
         ids = []
         for i in range(50):

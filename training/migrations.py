@@ -182,7 +182,22 @@ def m205_candidate_vectors_any_width(conn) -> None:
     conn.execute("ALTER TABLE candidate_vectors ALTER vector TYPE FLOAT[]")
 
 
+def m213_evaluation_source(conn) -> None:
+    # Where an evaluation's result came from (issue #13): "job" (the control plane recorded the
+    # report its own evaluation job wrote), "cli" (`flywheel eval` wrote it to the file with no
+    # control plane running) or "api" (posted by an admin: recorded_by names the token).
+    # Rows from before this migration were recorded by evaluation jobs.
+    conn.execute("ALTER TABLE evaluations ADD COLUMN source VARCHAR DEFAULT 'job'")
+    conn.execute("ALTER TABLE evaluations ADD COLUMN recorded_by VARCHAR")
+
+
+def m214_candidate_user_trust(conn) -> None:
+    # The rater trust of a candidate's user at curation (training.curation.raters.RaterReport.trust):
+    # the auto rule approve_edits applies only above review.approve_edits_min_trust (issue #13).
+    conn.execute("ALTER TABLE candidates ADD COLUMN user_trust DOUBLE")
+
+
 # New migrations go at the end: a database applies what it has not recorded, in this order.
 MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m204_candidate_vectors, m210_datasets,
               m211_evaluations, m212_refresh_runs, m220_teacher_calls, m250_candidate_review,
-              m205_candidate_vectors_any_width]
+              m205_candidate_vectors_any_width, m213_evaluation_source, m214_candidate_user_trust]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from flywheel.cli import (config, datasets, evaluate, keys, mine, models, refresh, review, rollout, simulate, stack,
-                          status, train)
+from flywheel.cli import (config, datasets, evaluate, keys, mine, models, operators, refresh, review, rollout, simulate,
+                          stack, status, train)
 from flywheel.domains import configure_domains
 from flywheel.errors import FlywheelError
 from flywheel.settings import load_settings
@@ -63,7 +63,7 @@ for _command in (
     # inspection
     status.status, status.metrics_cmd, config.schema, config.config_cmd,
     # traffic, keys, models and routing
-    simulate.simulate, keys.keys, models.models, models.routes, rollout.rollout,
+    simulate.simulate, keys.keys, operators.operators, models.models, models.routes, rollout.rollout,
     # the flywheel's stages and one whole turn
     mine.mine, review.review, datasets.datasets, train.train, evaluate.eval_cmd, refresh.refresh_cmd,
 ):

@@ -37,13 +37,16 @@ def settings_of(ctx: click.Context) -> Settings:
 # -- the control plane ----------------------------------------------------------------
 def control(s: Settings, method: str, path: str, body: dict | None = None) -> Any:
     """Call the running control plane's API (the DuckDB writer); None if none is running.
-    An error answer becomes a ClickException with the API's message."""
+    Sends the operator token (control.token, else DATA_DIR/operator_token). An error answer
+    becomes a ClickException with the API's message."""
     import urllib.error
     import urllib.request
 
+    from flywheel.operator_token import operator_headers
+
     req = urllib.request.Request(f"{s.control_url}{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **operator_headers(s)})
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             return json.loads(resp.read())
@@ -52,6 +55,9 @@ def control(s: Settings, method: str, path: str, body: dict | None = None) -> An
             message = json.loads(e.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = f"control plane answered {e.code}"
+        if e.code == 401:
+            message += (f" (this command sent {'control.token' if s.control.token.get_secret_value() else s.operator_token_path}"
+                        "; set FLYWHEEL_CONTROL__TOKEN to a token from `flywheel operators create`)")
         raise click.ClickException(message) from None
     except OSError:
         return None

@@ -19,13 +19,18 @@ from flywheel.cli._common import ask, console, control, model_versions, read_db,
               "Default: the one the candidate was trained on.")
 @click.option("--list", "list_only", is_flag=True, help="List recorded evaluations (of --candidate) instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-record", is_flag=True,
+              help="Only write the report; record nothing (the control plane's flywheel turn records its own job's "
+              "report itself).")
 @click.pass_context
-def eval_cmd(ctx, candidate, production, dataset, list_only, as_json) -> None:
+def eval_cmd(ctx, candidate, production, dataset, list_only, as_json, no_record) -> None:
     """Evaluate a candidate against production on the held-out split, per task type:
     reference loss, verifier pass rate, judge win rate (when judge.base_url is set),
     usability, with confidence intervals, a forgetting check and pass@k resampling of task
     types that seem to drop; then the gate's pass/fail with reasons. Writes report.json and
-    report.html under DATA_DIR/evals/ and records the result. Exits 1 when the gate fails."""
+    report.html under DATA_DIR/evals/ and records the result: through the control plane
+    when one runs (it reads the report from that folder; needs an admin operator token),
+    else in the DuckDB file. Exits 1 when the gate fails."""
     from serving.model_store import ensure_hf_model
     from training.errors import TrainingError
     from training.evaluation.evaluate import list_evaluations, record_evaluation, run_evaluation
@@ -37,8 +42,9 @@ def eval_cmd(ctx, candidate, production, dataset, list_only, as_json) -> None:
         rows = ask(s, "GET", "/api/evaluations" + (f"?candidate={candidate}" if candidate else ""), key="data",
                    local=lambda: read_db(s, lambda c: list_evaluations(c, candidate)))
         for r in rows:
+            by = f" (posted by {r['recorded_by']})" if r.get("source") == "api" else ""
             console.print(f"{r['created_at'][:19]}  {r['candidate']} vs {r['production']}  "
-                          f"{'[green]PASS[/]' if r['passed'] else '[red]FAIL[/]'}  {r['report_path']}")
+                          f"{'[green]PASS[/]' if r['passed'] else '[red]FAIL[/]'}  {r['report_path']}{by}")
         return
     from training.job_limits import job_threads, limit_this_process
 
@@ -57,8 +63,8 @@ def eval_cmd(ctx, candidate, production, dataset, list_only, as_json) -> None:
     except TrainingError as e:
         raise click.ClickException(str(e)) from None
     data = report.to_dict()
-    if control(s, "POST", "/api/evaluations", {"report": data, "folder": str(folder)}) is None:
-        with_db(s, lambda conn: record_evaluation(conn, data, folder))
+    if not no_record and control(s, "POST", "/api/evaluations", {"folder": str(folder)}) is None:
+        with_db(s, lambda conn: record_evaluation(conn, data, folder, source="cli", recorded_by="flywheel eval"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

@@ -29,10 +29,20 @@ def _print_rollout(d: dict) -> None:
 @rollout.command("start")
 @click.argument("candidate")
 @click.option("--alias", default=None, help="The alias to roll out on. Default: model.alias.")
+@click.option("--override-gate", is_flag=True,
+              help="Start it although its latest evaluation did not pass the gate (or it has none); needs --reason. "
+              "Admin only, recorded in the audit log and the deployment event.")
+@click.option("--reason", default=None, help="Why the gate is overridden (with --override-gate).")
 @click.pass_context
-def rollout_start(ctx, candidate: str, alias: str | None) -> None:
-    """Start rolling CANDIDATE out (first step of rollout.steps)."""
-    _print_rollout(_rollout_call(ctx, "POST", "/api/rollouts", {"candidate": candidate, "alias": alias}))
+def rollout_start(ctx, candidate: str, alias: str | None, override_gate: bool, reason: str | None) -> None:
+    """Start rolling CANDIDATE out (first step of rollout.steps). Only a candidate whose
+    latest evaluation passed the gate starts, unless an admin overrides it."""
+    body = {"candidate": candidate, "alias": alias}
+    if override_gate:
+        if not (reason or "").strip():
+            raise click.UsageError("--override-gate needs --reason: it is recorded in the audit log")
+        body.update(override_gate=True, reason=reason)
+    _print_rollout(_rollout_call(ctx, "POST", "/api/rollouts", body))
 
 
 @rollout.command("status")

@@ -21,21 +21,25 @@ from flywheel.cli._common import console, kv_table, settings_of
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None,
               help="Where to write the ground truth (JSONL). Default: DATA_DIR/simulations/seed-N.jsonl.")
 @click.option("--max-tokens", type=int, default=200, show_default=True, help="max_tokens of each request.")
+@click.option("--structured/--free-text", default=True, show_default=True,
+              help="The chart app sends its dataset's JSON Schema as response_format (structured outputs), "
+                   "or asks for free text.")
 @click.pass_context
-def simulate(ctx, duration, sessions, concurrency, seed, base_url, api_key, manifest, max_tokens) -> None:
+def simulate(ctx, duration, sessions, concurrency, seed, base_url, api_key, manifest, max_tokens, structured) -> None:
     """Play the demo domain's users against the gateway with the openai client: chart-config
     and other tasks, messy prompts, honest/random/reverse raters, draft choices and edits."""
     s = settings_of(ctx)
     report = run_simulation(s, duration_s=duration if sessions is None else None, max_sessions=sessions,
                             concurrency=concurrency, seed=seed, base_url=base_url, api_key=api_key,
-                            manifest=manifest, max_tokens=max_tokens)
+                            manifest=manifest, max_tokens=max_tokens, structured=structured)
     if report is not None and getattr(report, "requests", 0) and getattr(report, "errors", 0) == report.requests:
         raise click.ClickException("every request failed: is the gateway up (`flywheel up`) and the key right?")
 
 
 def run_simulation(s, *, duration_s=None, max_sessions=None, concurrency=4, seed=0, base_url=None, api_key=None,
-                   manifest=None, max_tokens=200, stop: threading.Event | None = None):
+                   manifest=None, max_tokens=200, structured=True, stop: threading.Event | None = None):
     """Run the simulator with progress, print its report and return it."""
+    from flywheel.simulate import SimulationConfig
     from flywheel.simulate import run_simulation as simulate_traffic
     from services.gateway.auth import dev_key
 
@@ -46,7 +50,8 @@ def run_simulation(s, *, duration_s=None, max_sessions=None, concurrency=4, seed
                   f"{f'{duration_s:.0f}s' if duration_s else f'{max_sessions} sessions'}; truth in {manifest_path}")
     report = simulate_traffic(base_url or f"{s.gateway_url}/v1", api_key or "", seed=seed, duration_s=duration_s,
                               max_sessions=max_sessions, concurrency=concurrency, manifest_path=manifest_path,
-                              max_tokens=max_tokens, progress=True)
+                              max_tokens=max_tokens, progress=True,
+                              config=SimulationConfig(structured_outputs=structured))
     _print_report(report)
     return report
 

@@ -50,6 +50,8 @@ def up(ctx: click.Context, simulate_s: float, refresh_after: bool, exit_after_si
         console.print(f"[bold green]flywheel is up[/]: gateway {s.gateway_url}/v1  console {s.control_url}/console/  "
                       f"data {s.data_path}")
         console.print(f"API keys for local use: {dev_keys_path(s.data_path)}.  Stop with Ctrl-C.")
+        console.print(f"operator token (console login, CLI): {s.operator_token_path}" if s.operator_token_path.exists()
+                      else "operator token: set control.token (the local one was revoked; `flywheel operators create`)")
         if simulate_s > 0 and not stop.is_set():
             run_simulation(s, duration_s=simulate_s, stop=stop)
             time.sleep(2.0)  # let landing catch up before the figures

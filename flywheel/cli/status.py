@@ -21,6 +21,9 @@ def print_status(s) -> None:
     table.add_row("gateway", gw["status"] if gw["reachable"] else "not reachable")
     table.add_row("spool depth (events)", "-" if gw["spool_depth"] is None else str(gw["spool_depth"]))
     table.add_row("landing lag (events)", "-" if st["landing_lag_events"] is None else str(st["landing_lag_events"]))
+    dead = st["dead_letters"]
+    table.add_row("dead-lettered events", str(dead["count"]) + (f" (in {', '.join(f for f, n in dead['files'].items() if n)})"
+                                                                 if dead["count"] else ""))
     table.add_row("last event at", st["last_event_at"] or "-")
     table.add_row("last landed at", st["last_landed_at"] or "-")
     if st.get("error"):

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import openai
 
-from flywheel.simulate.sessions import SessionPlan, SimulationConfig, TurnPlan, plan_session
+from flywheel.simulate.sessions import SessionPlan, SimulationConfig, TurnPlan, app_response_format, plan_session
 from flywheel.simulate.tasks import CHART_TASK, Judgement
 from flywheel.simulate.users import FeedbackAction, decide
 
@@ -177,6 +177,7 @@ class _Simulation:
             "feedback": [],
             "error": None,
         }
+        fmt = app_response_format(self.config, task.task_type, messages)
         started = time.monotonic()
         try:
             response = self.client.chat.completions.create(
@@ -187,6 +188,7 @@ class _Simulation:
                 max_tokens=self.max_tokens,
                 user=user.user_id,
                 extra_headers={"X-Session-Id": plan.session_id},
+                **({"response_format": fmt} if fmt else {}),
             )
             choices = sorted(response.choices, key=lambda c: c.index)
             drafts = [(c.message.content or "") for c in choices]

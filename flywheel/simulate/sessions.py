@@ -13,10 +13,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from flywheel.domains.chart import CHART_TASK
+from flywheel.domains.chart.prompt import lists_from_messages
+from flywheel.domains.chart.schema import response_format
 from flywheel.simulate.tasks import DEFAULT_TASK_MIX, Task, followup_task, make_task
 from flywheel.simulate.users import DEFAULT_PERSONA_SHARES, Behaviour, User, make_user
 
-__all__ = ["SessionPlan", "SimulationConfig", "TurnPlan", "plan_session"]
+__all__ = ["SessionPlan", "SimulationConfig", "TurnPlan", "app_response_format", "plan_session"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class SimulationConfig:
     persona_shares: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PERSONA_SHARES))
     behaviour: Behaviour = field(default_factory=Behaviour)
     users: int = 200
+    # The chart app sends its dataset's JSON Schema as ``response_format`` (OpenAI's
+    # json_schema type), as an app using structured outputs does; False: free text.
+    structured_outputs: bool = True
 
     def __post_init__(self) -> None:
         if self.users < 1:
@@ -75,3 +81,13 @@ def plan_session(seed: int | str, index: int, config: SimulationConfig | None = 
             turns.append(TurnPlan(len(turns) + 1, task, 2 if rng.random() < b.two_drafts_rate else 1))
     session_id = f"sim-{run_tag if run_tag is not None else seed}-{index:06d}"
     return SessionPlan(index=index, session_id=session_id, user=user, turns=tuple(turns))
+
+
+def app_response_format(config: SimulationConfig, task_type: str, messages: list[dict]) -> dict | None:
+    """The ``response_format`` the app sends with `messages`: the chart configuration's JSON
+    Schema for the dataset the conversation's prompt lists (`flywheel.domains.chart.schema`),
+    when the config asks for structured outputs; None otherwise."""
+    if not config.structured_outputs or task_type != CHART_TASK:
+        return None
+    lists = lists_from_messages(messages)
+    return response_format(lists) if lists is not None else None

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from flywheel.simulate import charts
-from flywheel.simulate.sessions import SimulationConfig, plan_session
+from flywheel.simulate.sessions import SimulationConfig, app_response_format, plan_session
 from flywheel.simulate.tasks import Judgement, Task
 from flywheel.simulate.users import decide
 from streams.schemas import Feedback, Interaction
@@ -38,6 +38,14 @@ EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 MODEL_ALIAS = "flywheel-chat"
 MODEL_VERSION = "base"
 DEFECTS = ("secret", "garbage-encoding", "model-error", "empty")
+
+
+def _params(n: int, response_format: dict | None) -> dict:
+    """The sampling parameters the gateway records for a request of the app."""
+    params = {"temperature": 0.0 if n == 1 else 0.8, "max_tokens": 200, "n": n}
+    if response_format:
+        params["response_format"] = response_format
+    return params
 
 
 class SyntheticTruth(dict):
@@ -283,7 +291,7 @@ def synthetic_events(
                     app=app, created_at=at, model_alias=MODEL_ALIAS, model_version=MODEL_VERSION,
                     messages=messages,
                     drafts=[] if error else [{"index": i, "content": d, "finish_reason": "stop"} for i, d in enumerate(drafts)],
-                    params={"temperature": 0.0 if turn.n == 1 else 0.8, "max_tokens": 200, "n": turn.n},
+                    params=_params(turn.n, app_response_format(config, task.task_type, messages)),
                     usage={"prompt_tokens": sum(len(m["content"]) for m in messages) // 4,
                            "completion_tokens": sum(len(d) for d in drafts) // 4},
                     timing={"total_ms": round(200 + rng.random() * 800, 3)},

@@ -1,15 +1,19 @@
-"""Console routes: overview, review queue and candidate, datasets, evaluations (with their
-report pages), live metrics. Read-only here; actions go through the JSON API."""
+"""Console routes: login and logout, overview, review queue and candidate, datasets,
+evaluations (with their report pages), live metrics. Read-only here; actions go through
+the JSON API. Every page needs a login (services/control/auth.py): a token pasted into
+the login page becomes a signed session cookie."""
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 from pathlib import Path
 
-from flask import Blueprint, Flask, abort, g, redirect, render_template, request, send_file
+from flask import Blueprint, Flask, abort, g, redirect, render_template, request, send_file, session, url_for
 
 from serving.registry import RegistryError
+from services.control.auth import csrf_ok, public, requires
 from services.control.status import landed_status
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,41 @@ def init_app(app: Flask, settings, plane) -> None:
     def page(template: str, **context):
         return render_template(f"console/{template}", nav=request.endpoint, problems=g.get("console_problems", []),
                                **context)
+
+    def _next(target: str | None) -> str:
+        """Where to go after logging in: a console page of this site, nothing else."""
+        target = target or "/console/"
+        return target if target.startswith("/console") and not target.startswith("//") else "/console/"
+
+    @bp.get("/login")
+    @public
+    def login():
+        return page("login.html", error=None, next=_next(request.args.get("next")))
+
+    @bp.post("/login")
+    @public
+    def login_post():
+        """A token from the form becomes a session. The form carries the CSRF token the
+        login page put in the session, so no other site can log a browser in."""
+        nxt = _next(request.form.get("next"))
+        if not csrf_ok():
+            return page("login.html", error="the login form expired: reload the page and try again", next=nxt), 403
+        op = app.extensions["operators"].verify((request.form.get("token") or "").strip())
+        if op is None:
+            log.warning("console login refused from %s", request.remote_addr)
+            return page("login.html", error="that token is not valid", next=nxt), 401
+        session.clear()
+        session.permanent = True
+        session["op"] = op.id
+        session["csrf"] = secrets.token_urlsafe(32)
+        g.operator, g.operator_via = op, "login"
+        return redirect(nxt)
+
+    @bp.post("/logout")
+    @requires("viewer")
+    def logout():
+        session.clear()
+        return redirect(url_for("console.login"))
 
     @bp.get("/")
     def overview():
@@ -147,5 +186,6 @@ def init_app(app: Flask, settings, plane) -> None:
     app.register_blueprint(bp)
 
     @app.get("/")
+    @public
     def root():
         return redirect("/console/")

@@ -1,6 +1,7 @@
 """The control plane's JSON API (status, registry, routing, live metrics, rollouts; curation,
 review, datasets, evaluations and refresh from their modules) and the operator console
-(`services.console`, pages under /console/)."""
+(`services.console`, pages under /console/). Every route needs an operator token or a
+console login (services/control/auth.py) but /healthz."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from flask import Flask, jsonify, request
 from flywheel.settings import Settings
 from serving.registry import RegistryError
 from services import console
-from services.control import curation, refresh, review_api, training_api
+from services.control import audit, auth, curation, refresh, review_api, rollouts, training_api
+from services.control.auth import public, requires
+from services.control.operators import LiveOperators
 from services.control.status import landed_status
 from streams.live_metrics import metrics_filters, read_windows
 
@@ -20,8 +23,10 @@ def create_api(settings: Settings, plane) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False
     app.extensions["flywheel"] = plane
+    auth.init_app(app, settings, plane, getattr(plane, "operators", None) or LiveOperators(settings.operators_path))
 
     @app.get("/healthz")
+    @public
     def healthz():
         return jsonify({"status": "ok", "landing": plane.landing_stats()})
 
@@ -96,8 +101,15 @@ def create_api(settings: Settings, plane) -> Flask:
     def rollout_start():
         data = body()
         if not data.get("candidate"):
-            raise RegistryError("send {'candidate': version, 'alias': alias (optional)}")
-        return jsonify(plane.rollouts.start(data.get("alias") or settings.model.alias, data["candidate"])), 201
+            raise RegistryError("send {'candidate': version, 'alias': alias (optional), and to start one whose latest "
+                                "evaluation did not pass the gate: 'override_gate': true, 'reason': why}")
+        override = None
+        if data.get("override_gate"):
+            if not str(data.get("reason") or "").strip():
+                raise RegistryError("overriding the evaluation gate needs a 'reason'; it is recorded in the audit log")
+            override = rollouts.GateOverride(by=auth.current_operator(), reason=str(data["reason"]).strip())
+        return jsonify(plane.rollouts.start(data.get("alias") or settings.model.alias, data["candidate"],
+                                            override=override)), 201
 
     @app.get("/api/rollouts/<alias>")
     def rollout_status(alias: str):
@@ -107,6 +119,13 @@ def create_api(settings: Settings, plane) -> Flask:
     def rollout_act(alias: str, action: str):
         data = request.get_json(silent=True) or {}
         return jsonify(plane.rollouts.act(alias, action, reason=data.get("reason")))
+
+    @app.get("/api/audit")
+    @requires("admin")
+    def audit_list():
+        limit = request.args.get("limit", default=100, type=int)
+        with plane.reader() as cur:
+            return jsonify({"data": audit.list_entries(cur, max(1, min(limit, 1000)), request.args.get("action"))})
 
     curation.init_app(app, settings, plane)
     review_api.init_app(app, settings, plane)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
+from datetime import datetime, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
 import duckdb
@@ -14,6 +16,7 @@ from flywheel.settings import Settings
 from serving.registry import Registry
 from services.control.api import create_api
 from services.control.migrations import ALL
+from services.control.operators import LiveOperators, Operator, ensure_bootstrap
 from services.control.refresh import RefreshRunner
 from services.control.rollouts import RolloutManager
 from streams.landing import LandingConsumer
@@ -35,6 +38,15 @@ class ControlPlane:
             log.info("applied migrations: %s", ", ".join(applied))
         with self.reader() as cur:
             self.registry(cur).ensure_base()
+        # Operators: the first start makes the local admin token; the plane's own jobs
+        # (training, evaluation) get a token that lives only in this process.
+        made = ensure_bootstrap(settings)
+        if made is not None:
+            log.warning("made an admin operator token for the console and the CLI: it is in %s (mode 600); "
+                        "`flywheel operators create` makes more, `flywheel operators revoke` ends one", made)
+        self.job_token = secrets.token_urlsafe(32)
+        self.operators = LiveOperators(settings.operators_path, extra={self.job_token: Operator(
+            f"job-{secrets.token_hex(4)}", "control-plane jobs", "admin", datetime.now(timezone.utc).isoformat())})
         self.landing = LandingConsumer(settings, self.conn.cursor(), topic_names(settings))
         # Its own spool: `flywheel up` runs the gateway in the same data folder.
         self.producer = EventProducer(settings.bootstrap, settings.data_path / "spool-control",

@@ -133,6 +133,8 @@ class RefreshRunner:
 
         # The jobs' thread pools are bounded from the start (training.threads): the gateway keeps a core.
         env = {**os.environ, **settings_env(self.settings), **thread_env(job_threads(self.settings.training.threads))}
+        if getattr(self.plane, "job_token", None):  # the jobs call the API as the plane's own operator
+            env["FLYWHEEL_CONTROL__TOKEN"] = self.plane.job_token
         try:
             with self.plane.reader() as cur:
                 run = refresh(cur, self.settings, run_id, start_rollout=start_rollout, save=save,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 
 from flywheel.settings import Settings
+from services.control.auth import current_operator, require_role, requires
 from training.curation import review
 
 
@@ -50,18 +51,25 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
             return jsonify({"batch": batch, "landed": review.landed_count(cur, batch)})
 
     @app.post("/api/review/decisions")
+    @requires("reviewer")
     def review_decide():
+        """Decisions on named candidates need a reviewer; by filter (approve-all and the
+        like: every candidate a filter picks) an admin. ``reviewer`` defaults to the name of
+        the operator token; the audit log keeps the token either way."""
         data = request.get_json(silent=True)
-        if not isinstance(data, dict) or not data.get("action") or not data.get("reviewer"):
+        if not isinstance(data, dict) or not data.get("action"):
             raise review.ReviewError("send {'action': approve|reject|edit|reset, 'reviewer': ..., 'candidate_ids': [...] "
                                      "or 'filter': {...}, 'reason': ..., 'edited_response': ... (edit)}")
+        if not data.get("candidate_ids"):
+            require_role("admin")
+        reviewer = str(data.get("reviewer") or "").strip() or current_operator().name
         with plane.reader() as cur:
             ids = data.get("candidate_ids") or review.select_ids(cur, review.ReviewFilter.from_mapping(data.get("filter") or {}))
             known = set(review.review_state(cur, ids))
         missing = [i for i in ids if i not in known]
         if missing:
             raise review.CandidateNotFound(f"unknown candidate ids: {', '.join(missing[:10])}")
-        events = review.make_reviews(ids, data["action"], reviewer=data["reviewer"], reason=data.get("reason"),
+        events = review.make_reviews(ids, data["action"], reviewer=reviewer, reason=data.get("reason"),
                                      edited_response=data.get("edited_response"), source="api")
         topic = settings.topic("reviews")
         plane.producer.emit_many([(topic, e.candidate_id, e) for e in events])

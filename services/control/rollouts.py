@@ -6,6 +6,10 @@ A scheduler tick (APScheduler, every ``rollout.tick_s``) analyses each progressi
 rollout once per ``rollout.analysis_interval_s``: candidate vs production over the last
 interval, then advance / hold / promote / roll back. Operators act through the JSON API
 or `flywheel rollout ...`.
+
+A rollout starts only for a candidate whose latest evaluation passed the gate. An admin
+may override that, explicitly and with a reason: the override gets its own row in the
+audit log (with the evaluation it overrode), and the deployment event says so.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import duckdb
 
 from flywheel.settings import Settings
 from serving.registry import Registry, RegistryError
+from services.control import audit
 from serving.rollout import analyse, controller
 from serving.rollout.analysis import AnalysisPolicy
 from serving.rollout.controller import Decision, RolloutError, RolloutPolicy, RolloutState
@@ -30,6 +35,23 @@ log = logging.getLogger(__name__)
 
 MANUAL = {"pause": controller.pause, "resume": controller.resume, "promote": controller.promote,
           "rollback": controller.rollback}
+
+
+@dataclasses.dataclass(frozen=True)
+class GateOverride:
+    """An admin's explicit start of a candidate the evaluation gate did not pass."""
+
+    by: object  # services.control.operators.Operator (or None for a process of the plane)
+    reason: str
+
+
+def latest_evaluation(cur: duckdb.DuckDBPyConnection, candidate: str) -> dict | None:
+    row = cur.execute("SELECT eval_id, passed, reasons, source, recorded_by FROM evaluations WHERE candidate = ? "
+                      "ORDER BY created_at DESC LIMIT 1", [candidate]).fetchone()
+    if row is None:
+        return None
+    return {"eval_id": row[0], "passed": bool(row[1]), "reasons": json.loads(row[2]), "source": row[3],
+            "recorded_by": row[4]}
 
 
 def policy_of(settings: Settings) -> RolloutPolicy:
@@ -61,7 +83,7 @@ class RolloutManager:
         self.plane = plane
         self.producer = producer
         self.policy = policy_of(settings)
-        self.window = window_reader(settings.rollout.source)
+        self.window = window_reader(settings.rollout.source, max_feedback_per_user=settings.rollout.max_feedback_per_user)
         self.topic = settings.topic("deployments")
         self._lock = threading.Lock()
 
@@ -75,7 +97,10 @@ class RolloutManager:
                     [state.alias, state_to_json(state), state.status])
 
     # -- operations ----------------------------------------------------------------------
-    def start(self, alias: str, candidate: str, now: datetime | None = None) -> dict:
+    def start(self, alias: str, candidate: str, now: datetime | None = None, *,
+              override: GateOverride | None = None) -> dict:
+        """Start the canary of ``candidate``; refused (409) unless its latest evaluation
+        passed the gate or an admin ``override``s that, with a reason."""
         now = now or datetime.now(timezone.utc)
         with self._lock, self.plane.reader() as cur:
             registry = self.plane.registry(cur)
@@ -86,11 +111,26 @@ class RolloutManager:
             mv = registry.get(candidate)
             if mv.status != "candidate":
                 raise RegistryError(f"{candidate!r} is {mv.status}, not a candidate", 409)
+            evaluation = latest_evaluation(cur, candidate)
+            gate_passed = evaluation is not None and evaluation["passed"]
+            if not gate_passed and override is None:
+                why = ("it has no evaluation: run `flywheel eval --candidate " + candidate + "`" if evaluation is None
+                       else f"its latest evaluation ({evaluation['eval_id']}) failed the gate: "
+                            + "; ".join(evaluation["reasons"]))
+                raise RegistryError(f"{candidate!r} cannot be rolled out: {why}. An admin may override the gate "
+                                    "explicitly (`flywheel rollout start --override-gate --reason ...`).", 409)
             routes = registry.routing_table().routes.get(alias, ())
             serving = [r.version for r in routes if r.weight > 0]
             if len(serving) != 1:
                 raise RegistryError(f"{alias!r} is split over {serving}: a rollout starts from one production version", 409)
             state, decision = controller.start(alias, candidate, serving[0], self.policy, now)
+            if not gate_passed:
+                who = getattr(override.by, "name", None) or "the control plane"
+                decision = dataclasses.replace(decision, reason=f"{decision.reason} Evaluation gate overridden by "
+                                               f"{who}: {override.reason}")
+                state = dataclasses.replace(state, last_decision=decision)
+                audit.record(cur, override.by, "rollout.gate_override", via="override", target=candidate,
+                             detail={"alias": alias, "reason": override.reason, "evaluation": evaluation})
             self._apply(cur, registry, None, state, decision)
             return self._describe(state)
 

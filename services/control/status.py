@@ -15,7 +15,9 @@ from datetime import datetime
 
 import duckdb
 
+from flywheel.operator_token import operator_headers
 from flywheel.settings import Settings
+from streams.producer import dead_letter_counts
 from streams.warehouse import connect, table_counts
 
 
@@ -34,9 +36,9 @@ def landed_status(conn: duckdb.DuckDBPyConnection) -> dict:
     }
 
 
-def _get_json(url: str, timeout: float = 2.0) -> dict | None:
+def _get_json(url: str, timeout: float = 2.0, headers: dict | None = None) -> dict | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:  # /healthz answers 503 with a body when degraded
         try:
@@ -49,7 +51,9 @@ def _get_json(url: str, timeout: float = 2.0) -> dict | None:
 
 def collect_status(settings: Settings) -> dict:
     """Ask the running control plane and gateway; read DuckDB directly if no control plane runs."""
-    control = _get_json(f"{settings.control_url}/api/status")
+    control = _get_json(f"{settings.control_url}/api/status", headers=operator_headers(settings))
+    if control is not None and isinstance(control.get("error"), dict):  # refused (401/403): the API's message
+        control = {"error": f"control plane at {settings.control_url}: {control['error'].get('message')}"}
     source = "control-plane"
     if control is None:
         source = "database"
@@ -68,6 +72,7 @@ def collect_status(settings: Settings) -> dict:
     acked = events.get("acked_offsets", {})
     landed = control.get("landed_offsets", {})
     lag = {tp: max(0, hi + 1 - landed.get(tp, 0)) for tp, hi in acked.items()}
+    dead = dead_letter_counts(settings.data_path)
     return {
         "source": source,
         "tables": control.get("tables", {}),
@@ -75,7 +80,10 @@ def collect_status(settings: Settings) -> dict:
         "last_landed_at": control.get("last_landed_at"),
         "landing": control.get("landing"),
         "gateway": {"reachable": gateway is not None, "status": (gateway or {}).get("status"),
-                    "spool_depth": events.get("spool_depth"), "broker_up": events.get("broker_up")},
+                    "spool_depth": events.get("spool_depth"), "broker_up": events.get("broker_up"),
+                    "sender": events.get("sender")},
+        # Events no retry could deliver, moved aside by the producers (streams/producer.py).
+        "dead_letters": {"count": sum(dead.values()), "files": dead},
         "landing_lag_events": sum(lag.values()) if gateway is not None else None,
         "landing_lag_by_partition": lag,
         "error": control.get("error"),

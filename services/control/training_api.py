@@ -1,11 +1,17 @@
 """Training artefacts through the control plane (the DuckDB writer): dataset versions
-(build, list, show) and evaluation results (record, list)."""
+(build, list, show) and evaluation results (list; record a job's report: admin only, read from the
+report folder, marked as posted)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import duckdb
 from flask import Flask, jsonify, request
 
 from flywheel.settings import Settings
+from services.control.auth import current_operator, requires
 from training.errors import DatasetError
 
 
@@ -33,14 +39,31 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
             return jsonify(get_dataset(cur, version))
 
     @app.post("/api/evaluations")
+    @requires("admin")
     def evaluations_record():
+        """Record the report an evaluation job (`flywheel eval`) wrote under DATA_DIR/evals.
+        The result is read from that folder's report.json on this machine, never taken from
+        the request; admin only, and recorded with source "api" and the token's name. The
+        refresh records its own job's report in-process and never reads these."""
         from training.evaluation.evaluate import record_evaluation
 
         data = request.get_json(silent=True)
-        if not isinstance(data, dict) or not isinstance(data.get("report"), dict) or not data.get("folder"):
-            raise DatasetError("send {'report': the report JSON, 'folder': where it was written}")
-        with plane.reader() as cur:
-            return jsonify({"eval_id": record_evaluation(cur, data["report"], data["folder"])}), 201
+        if not isinstance(data, dict) or not data.get("folder"):
+            raise DatasetError("send {'folder': the report folder `flywheel eval` wrote under DATA_DIR/evals}")
+        evals = (settings.data_path / "evals").resolve()
+        folder = Path(str(data["folder"])).expanduser().resolve()
+        if not folder.is_relative_to(evals) or folder == evals or not (folder / "report.json").is_file():
+            raise DatasetError(f"{data['folder']} is not a report folder an evaluation job wrote under {evals}")
+        try:
+            report = json.loads((folder / "report.json").read_text())
+            op = current_operator()
+            with plane.reader() as cur:
+                eval_id = record_evaluation(cur, report, folder, source="api",
+                                            recorded_by=f"{op.name} ({op.id})" if op else None)
+        except (KeyError, TypeError, ValueError, duckdb.Error) as e:
+            raise DatasetError(f"{folder / 'report.json'} is not a report `flywheel eval` writes: "
+                               f"{type(e).__name__}: {e}") from None
+        return jsonify({"eval_id": eval_id}), 201
 
     @app.get("/api/evaluations")
     def evaluations_list():

@@ -3,8 +3,9 @@
 
 It runs inside the control plane (the DuckDB writer): curation and the dataset build use
 its connection; training and evaluation are jobs in their own processes (`flywheel train`,
-`flywheel eval`), which reach the control plane's API to register the candidate and record
-the evaluation. A candidate that passes the gate starts a canary rollout (the rollout
+`flywheel eval`): the training job registers the candidate through the control plane's API
+(with the plane's own job token), the evaluation job writes its report, and the turn
+records that report's verdict itself. A candidate that passes the gate starts a canary rollout (the rollout
 controller then promotes or rolls it back on live feedback); one that fails stays a
 `candidate`, and the run says why.
 
@@ -111,6 +112,14 @@ def _job(argv: list[str], log_path: Path, env: dict | None = None, *, on_progres
             raise
 
 
+def _job_report(settings: Settings, candidate: str, since: float) -> Path | None:
+    """The report folder the evaluation job wrote for ``candidate`` after ``since`` (a turn's
+    candidate name is its own, so the newest such folder is this turn's job's)."""
+    found = [p.parent for p in (settings.data_path / "evals").glob(f"{candidate}-vs-*/report.json")
+             if p.stat().st_mtime >= since - 1]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def refresh(conn: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, *,
             start_rollout: Callable[[str], dict] | None = None, save: Callable[[RefreshRun], None] | None = None,
             progress: Progress | None = None, env: dict | None = None) -> RefreshRun:
@@ -118,6 +127,7 @@ def refresh(conn: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, *,
     (at most once a second), to persist and show it."""
     from training.curation.pipeline import curate
     from training.datasets.builder import build_dataset
+    from training.evaluation.evaluate import record_evaluation
     from training.errors import DatasetError, TrainingConfigError
     from training.trainers.config import check_overrides
 
@@ -199,17 +209,21 @@ def refresh(conn: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, *,
         end(training, "done", f"registered {run.candidate}")
 
         evaluation = step("evaluate")
-        code = _job(["eval", "--candidate", run.candidate], logs / f"{run_id}-eval.log", env,
+        eval_started = time.time()
+        code = _job(["eval", "--candidate", run.candidate, "--no-record"], logs / f"{run_id}-eval.log", env,
                     on_progress=lambda m: note(evaluation, m))
-        row = conn.execute("SELECT passed, reasons, report_path FROM evaluations WHERE candidate = ? "
-                           "ORDER BY created_at DESC LIMIT 1", [run.candidate]).fetchone()
-        if row is None:
+        # The job only writes its report; the result is recorded here, from that report, so
+        # the gate's verdict is this job's and never one posted to the API by hand.
+        folder = _job_report(settings, run.candidate, eval_started)
+        if folder is None:
             end(evaluation, "failed",
-                f"`flywheel eval` exited {code} without a result; see {logs / f'{run_id}-eval.log'}")
+                f"`flywheel eval` exited {code} without a report; see {logs / f'{run_id}-eval.log'}")
             raise StepFailed("evaluation failed")
-        run.passed = bool(row[0])
-        reasons = "; ".join(json.loads(row[1]))
-        end(evaluation, "done", f"{'passed' if run.passed else 'failed'}: {reasons} ({row[2]})")
+        report = json.loads((folder / "report.json").read_text())
+        record_evaluation(conn, report, folder, source="job", recorded_by=f"refresh {run_id}")
+        run.passed = bool(report["gate"]["passed"])
+        reasons = "; ".join(report["gate"]["reasons"])
+        end(evaluation, "done", f"{'passed' if run.passed else 'failed'}: {reasons} ({folder})")
         if not run.passed:
             return stop(f"the gate rejected {run.candidate}: {reasons}")
 

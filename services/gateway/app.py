@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from flywheel.operator_token import operator_headers
 from flywheel.settings import Settings
 from serving.backends.base import Backend
 from services.gateway import routes
@@ -31,5 +32,6 @@ def create_app(settings: Settings, *, backend: Backend | None = None, producer: 
     app.extensions["flywheel"] = gw
     routes.init_app(app)
     if settings.gateway.routing_poll_s > 0:
-        gw.router.follow(f"{settings.control_url}/api/routing", settings.gateway.routing_poll_s)
+        gw.router.follow(f"{settings.control_url}/api/routing", settings.gateway.routing_poll_s,
+                         headers=lambda: operator_headers(settings))  # control.token, else DATA_DIR/operator_token
     return app

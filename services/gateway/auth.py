@@ -53,8 +53,10 @@ class KeyStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": [k.__dict__ for k in self.keys]}, indent=2))
-        os.chmod(tmp, 0o600)
+        tmp.unlink(missing_ok=True)  # a leftover would keep its own mode
+        # Created with mode 600, never readable by others, not even between write and chmod.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(json.dumps({"keys": [k.__dict__ for k in self.keys]}, indent=2))
         os.replace(tmp, path)
 
     def create(self, role: str, name: str = "") -> str:

@@ -17,9 +17,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from serving.backends.base import BackendError, Generation, GenerationRequest, ResponseFormat, SamplingParams
 from services.gateway.context import Caller, RequestContext
-from services.gateway.errors import APIError, from_backend, not_found
+from services.gateway.errors import APIError, from_backend, not_found, too_large
 from services.gateway.gateway import Gateway
 from services.gateway.protocol import (
     ChatCompletion,
@@ -31,7 +33,8 @@ from services.gateway.protocol import (
     DeltaMessage,
     UsageInfo,
 )
-from streams.schemas import Interaction, new_id, utcnow
+from streams.event_size import EventTooLarge, fit_interaction, json_size
+from streams.schemas import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Interaction, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,10 @@ def _accept(gw: Gateway, req: ChatCompletionRequest, caller: Caller) -> _Call:
         raise APIError(400, f"Invalid value for 'max_tokens': at most {limits.max_tokens_limit}.",
                        param="max_tokens", code="invalid_value")
     meta = req.metadata or {}
+    for name, limit in (("session_id", MAX_ID_CHARS), ("app", MAX_NAME_CHARS)):
+        if len(meta.get(name) or "") > limit:
+            raise APIError(400, f"Invalid value for 'metadata.{name}': at most {limit} characters.",
+                           param=f"metadata.{name}", code="invalid_value")
     session_id = caller.session_id or meta.get("session_id") or new_id("sess-")
     user_id = gw.pseudonym(req.user)
     version = table.choose(req.model, user_id or session_id)  # sticky per user, else per session
@@ -134,7 +141,29 @@ def _accept(gw: Gateway, req: ChatCompletionRequest, caller: Caller) -> _Call:
                 "stop": list(req.stop or []), "seed": req.seed, "stream": req.stream}
     if response_format:
         recorded["response_format"] = response_format
+    _check_recordable(gw, messages, recorded, meta)
+    gw.bindings.remember(ctx.request_id, caller.key_id, user_id, req.n)  # feedback on it is checked against these
     return _Call(gw, ctx, GenerationRequest(messages=messages, params=params, n=req.n, version=version), recorded)
+
+
+#: What an interaction holds besides its messages, params and drafts (ids, times, usage, tags), generously.
+_EVENT_OVERHEAD = 2048
+
+
+def _check_recordable(gw: Gateway, messages: tuple[dict, ...], recorded: dict, meta: dict) -> None:
+    """Refuse, before generation, a request whose interaction could not be recorded: a
+    message over the event schema's per-message cap (400), or a prompt whose event would be
+    over ``events.max_event_bytes`` before any draft is added (413). Drafts are cut to fit
+    later (streams.event_size)."""
+    for i, m in enumerate(messages):
+        if len(m["content"]) > MAX_TEXT_CHARS:
+            raise APIError(400, f"Invalid value for 'messages[{i}].content': at most {MAX_TEXT_CHARS:,} characters "
+                           f"(got {len(m['content']):,}).", param=f"messages[{i}].content", code="string_above_max_length")
+    size = json_size(list(messages)) + json_size(recorded) + json_size(meta) + _EVENT_OVERHEAD
+    limit = gw.settings.events.max_event_bytes
+    if size > limit:
+        raise too_large(f"The request is too large to record: its messages take {size:,} bytes as an event, over the "
+                        f"limit of {limit:,} bytes (events.max_event_bytes). Send a shorter prompt.", param="messages")
 
 
 def _usage(gen: Generation) -> UsageInfo:
@@ -187,8 +216,28 @@ def _stream(call: _Call, gen: Generation, include_usage: bool) -> Iterator[str]:
 def emit_interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...], params: dict,
                      gen: Generation | None, drafts: list[tuple[str, str]] | None = None,
                      error: Exception | None = None) -> None:
-    """Record one chat completion (answered or failed) as an ``interaction`` event. A full
-    spool does not fail the request: the answer is already computed; the loss is counted."""
+    """Record one chat completion (answered or failed) as an ``interaction`` event. It never
+    fails the request (the answer is already computed): drafts too large for the event are
+    cut (streams.event_size); an event that still cannot be spooled (spool full, invalid) is
+    counted in ``flywheel_events_lost{reason}`` and logged."""
+    try:
+        event = gw.privacy.interaction(_interaction(gw, ctx, messages, params, gen, drafts, error))
+        event, data = fit_interaction(event, gw.settings.events.max_event_bytes)
+        if event.tags.get("labels", {}).get("truncated"):
+            log.warning("interaction %s: drafts cut by %s characters to fit events.max_event_bytes",
+                        event.request_id, event.tags["labels"]["truncated_chars"])
+        gw.emit([(gw.topics["interactions"], event.session_id, data)])
+    except Exception as e:  # noqa: BLE001 - after the answer nothing may turn into a 500 or a broken stream
+        reason = ("spool_full" if isinstance(e, APIError) and e.status == 503 else
+                  "too_large" if isinstance(e, EventTooLarge) or (isinstance(e, APIError) and e.status == 413) else
+                  "invalid" if isinstance(e, ValidationError) else "error")
+        gw.metrics.events_lost.labels(reason).inc()
+        log.error("interaction %s was not recorded (%s): %s", ctx.request_id, reason, e,
+                  exc_info=reason == "error")
+
+
+def _interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...], params: dict,
+                 gen: Generation | None, drafts: list[tuple[str, str]] | None, error: Exception | None) -> Interaction:
     now = time.monotonic()
     timing = {"total_ms": round((now - gen.created) * 1000, 3) if gen else 0.0}
     if gen is not None and gen.first_token_at is not None:
@@ -196,7 +245,7 @@ def emit_interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...
     tags = {"source": "gateway"}
     if ctx.task_type:
         tags["task_type"] = ctx.task_type
-    event = Interaction(
+    return Interaction(
         event_id=new_id("ev-"),
         request_id=ctx.request_id,
         session_id=ctx.session_id,
@@ -206,8 +255,8 @@ def emit_interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...
         created_at=ctx.created_at,
         model_alias=ctx.alias,
         model_version=ctx.version,
-        messages=[{"role": m["role"], "content": gw.redact(m["content"])} for m in messages],
-        drafts=[{"index": i, "content": gw.redact(t), "finish_reason": r} for i, (t, r) in enumerate(drafts or [])],
+        messages=[{"role": m["role"], "content": m["content"]} for m in messages],  # redacted with the rest (privacy)
+        drafts=[{"index": i, "content": t, "finish_reason": r} for i, (t, r) in enumerate(drafts or [])],
         params=params,
         usage={"prompt_tokens": gen.prompt_tokens if gen else 0,
                "completion_tokens": sum(gen.completion_tokens) if gen else 0},
@@ -216,9 +265,3 @@ def emit_interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...
         error={"type": type(error).__name__, "message": str(error), "status": getattr(error, "status", None)} if error else None,
         tags=tags,
     )
-    try:
-        gw.emit([(gw.topics["interactions"], event.session_id, event)])
-    except APIError:
-        # The spool bound is the operator's choice; losing an event is logged loudly.
-        gw.metrics.events_lost.inc()
-        log.error("event spool full: interaction %s was not recorded", event.request_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from flask import jsonify
 from pydantic import ValidationError
 
@@ -11,13 +13,14 @@ from services.gateway.protocol import ErrorInfo, ErrorResponse
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers or {}
 
     def body(self) -> dict:
         info = ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
@@ -26,6 +29,7 @@ class APIError(Exception):
     def response(self):
         resp = jsonify(self.body())
         resp.status_code = self.status
+        resp.headers.update(self.headers)
         return resp
 
 
@@ -67,6 +71,18 @@ def forbidden(message: str) -> APIError:
 
 def not_found(message: str, code: str = "not_found", param: str | None = None) -> APIError:
     return APIError(404, message, type="invalid_request_error", code=code, param=param)
+
+
+def too_large(message: str, param: str | None = None) -> APIError:
+    """413 for a request whose event would be over ``events.max_event_bytes``."""
+    return APIError(413, message, param=param, code="event_too_large")
+
+
+def rate_limited(message: str, retry_after_s: float) -> APIError:
+    """429 as OpenAI sends it (type ``requests``, code ``rate_limit_exceeded``), with the
+    whole seconds to wait in ``Retry-After`` (the openai client honours it when it retries)."""
+    return APIError(429, message, type="requests", code="rate_limit_exceeded",
+                    headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 def backend_error(status: int, message: str) -> APIError:

@@ -14,16 +14,21 @@ from streams.schemas import Feedback, new_id, utcnow
 
 def record_feedback(gw: Gateway, body: FeedbackRequest, caller: Caller) -> FeedbackAccepted:
     """Emit ``body`` as a feedback event. The event schema's rules (a thumb is ±1, an edit
-    has text...) come back as OpenAI 400s."""
+    has text...) come back as OpenAI 400s; feedback on a request this gateway served is
+    refused from another key (404) or user (403) and takes the request's user when it
+    names none (services/gateway/bindings.py)."""
     try:
         event = Feedback(
             event_id=new_id("fb-"), request_id=body.request_id, draft=body.draft, kind=body.kind,
-            value=body.value, text=gw.redact(body.text) if body.text is not None else None,
-            user_id=gw.pseudonym(body.user), session_id=body.session_id or caller.session_id,
-            app=caller.app or gw.settings.gateway.app, created_at=utcnow(),
-            comment=gw.redact(body.comment) if body.comment is not None else None,
+            value=body.value, text=body.text, user_id=gw.pseudonym(body.user),
+            session_id=body.session_id or caller.session_id, app=caller.app or gw.settings.gateway.app,
+            created_at=utcnow(), comment=body.comment,
         )
+        event = gw.privacy.feedback(event)  # every stored field made safe (streams/privacy.py)
     except ValidationError as e:
         raise from_validation(e) from None
+    user_id = gw.bindings.check(body.request_id, caller.key_id, event.user_id, event.draft)
+    if user_id != event.user_id:
+        event = event.model_copy(update={"user_id": user_id})
     gw.emit([(gw.topics["feedback"], event.request_id, event)])
     return FeedbackAccepted(id=event.event_id, request_id=event.request_id, kind=event.kind)

@@ -1,11 +1,9 @@
 """The long-lived objects of one gateway (backend, producer, keys, router, metrics), kept in
 ``app.extensions["flywheel"]``, with the few operations every part of it shares:
-pseudonymise a user, redact a text, emit events."""
+pseudonymise a user, redact a text, make an event safe to store, emit events."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +12,13 @@ from serving.backends.base import Backend
 from serving.routing import Router, RoutingError, RoutingTable
 from services.gateway import metrics as gm
 from services.gateway.auth import KeyStore
-from services.gateway.errors import APIError
+from services.gateway.bindings import RequestBindings
+from services.gateway.errors import APIError, too_large
+from services.gateway.limits import KeyLimiter
 from services.gateway.protocol import ModelCard, ModelList
+from streams.event_size import EventTooLarge
+from streams.privacy import Privacy
 from streams.producer import EventProducer
-from streams.redact import Redactor
 from streams.spool import SpoolFull
 from streams.topics import topic_names
 
@@ -28,49 +29,53 @@ class Gateway:
     backend: Backend
     producer: EventProducer
     keys: KeyStore
-    redactor: Redactor | None
+    privacy: Privacy  # redaction, pseudonyms, the rule of each stored field (streams/privacy.py)
     topics: dict[str, str]
     router: Router  # alias -> weighted versions, sticky per user; follows the control plane
     metrics: gm.GatewayMetrics
+    limiter: KeyLimiter  # per-key rate limit and in-flight cap
+    bindings: RequestBindings  # recent request id -> key and user, to check feedback (services/gateway/bindings.py)
 
     @classmethod
     def build(cls, settings: Settings, *, backend: Backend | None = None, producer: EventProducer | None = None,
               keys: KeyStore | None = None) -> "Gateway":
-        """The parts the settings describe, or those given (tests and benchmarks pass their own)."""
+        """The parts the settings describe, or those given (tests and benchmarks pass their own).
+        Raises `ConfigError` first, before the model loads, when there is no usable pseudonym salt."""
+        privacy = Privacy.from_settings(settings)
         if backend is None:
             from serving.backends import make_backend
 
             backend = make_backend(settings)
         if producer is None:
             producer = EventProducer.from_settings(settings, client_id="gateway")
-        redactor = None
-        if settings.privacy.redact:
-            redactor = Redactor(settings.privacy.kinds, settings.privacy.extra_patterns)
         return cls(
             settings=settings,
             backend=backend,
             producer=producer,
             keys=keys if keys is not None else KeyStore.load(settings.keys_path),
-            redactor=redactor,
+            privacy=privacy,
             topics=topic_names(settings),
             router=make_router(settings, backend),
             metrics=gm.GatewayMetrics(producer, backend),
+            limiter=KeyLimiter.from_settings(settings.gateway),
+            bindings=RequestBindings(settings.gateway.feedback_binding_size),
         )
 
     def pseudonym(self, user: str | None) -> str | None:
-        if not user:
-            return None
-        salt = self.settings.privacy.user_salt.get_secret_value().encode()
-        return "u_" + hmac.new(salt, user.encode(), hashlib.sha256).hexdigest()[:24]
+        return self.privacy.pseudonym(user)
 
-    def redact(self, text: str) -> str:
-        return self.redactor.redact(text) if self.redactor else text
+    def redact(self, text: str | None) -> str | None:
+        return self.privacy.redact(text)
 
     def emit(self, items: list[tuple[str, str | None, object]]) -> None:
+        """Spool ``items`` (events or their bytes), all or none: 503 when the spool is full,
+        413 when one is over ``events.max_event_bytes``."""
         try:
             self.producer.emit_many(items)
         except SpoolFull as e:
             raise APIError(503, str(e), type="service_unavailable", code="event_spool_full") from None
+        except EventTooLarge as e:
+            raise too_large(f"The request is too large to record: {e}. Send less text.") from None
         for topic, _, _ in items:
             self.metrics.events.labels(topic).inc()
 
@@ -82,11 +87,13 @@ class Gateway:
 
     def health(self) -> tuple[dict, bool]:
         """The /healthz body, and whether the gateway can serve (the backend is up); a down
-        broker only degrades it, since events wait in the spool."""
+        broker or a dead event sender only degrades it, since events wait in the spool. A
+        record the broker refuses for good is dead-lettered, so it never reads as a down broker."""
         stats = self.producer.stats()
         backend = self.backend.health()
         ok = backend.get("ok", False)
-        status = "down" if not ok else ("degraded" if stats["broker_up"] is False else "ok")
+        degraded = stats["broker_up"] is False or not stats["sender"]["alive"]
+        status = "down" if not ok else ("degraded" if degraded else "ok")
         return {"status": status, "backend": backend, "events": stats}, ok
 
     def close(self, drain_timeout: float = 10.0) -> None:

@@ -9,13 +9,18 @@ import json
 
 from pydantic import ValidationError
 
+from services.gateway.context import Caller
 from services.gateway.errors import APIError, from_validation
 from services.gateway.gateway import Gateway
 from services.gateway.protocol import EventRejection, EventResult, EventsRequest, EventsResponse
+from streams.event_size import EventTooLarge, encode
 from streams.schemas import Feedback, Interaction, new_id, utcnow
 
 
-def ingest_events(gw: Gateway, body: EventsRequest) -> EventsResponse:
+def ingest_events(gw: Gateway, body: EventsRequest, caller: Caller | None = None) -> EventsResponse:
+    """Validate and emit each item; feedback on a request this gateway served is checked
+    against the user that made it and its drafts (services/gateway/bindings.py; an ingest
+    key may record feedback on another key's requests, as it may record interactions)."""
     limit = gw.settings.gateway.max_batch_events
     if len(body.events) > limit:
         raise APIError(413, f"Too many events in one batch: at most {limit}.", param="events", code="batch_too_large")
@@ -30,9 +35,23 @@ def ingest_events(gw: Gateway, body: EventsRequest) -> EventsResponse:
         except ValueError as e:
             results.append(EventResult(index=i, status="rejected", error=EventRejection(message=str(e), param=f"events[{i}]")))
             continue
+        if event.type == "feedback" and caller is not None:
+            try:
+                user_id = gw.bindings.check(event.request_id, caller.key_id, event.user_id, event.draft, check_key=False)
+            except APIError as e:
+                results.append(EventResult(index=i, status="rejected", error=EventRejection(
+                    message=e.message, param=f"events[{i}].{e.param}" if e.param else f"events[{i}]")))
+                continue
+            if user_id != event.user_id:
+                event = event.model_copy(update={"user_id": user_id})
+        try:
+            data = encode(event, gw.settings.events.max_event_bytes)
+        except EventTooLarge as e:
+            results.append(EventResult(index=i, status="rejected", error=EventRejection(message=str(e), param=f"events[{i}]")))
+            continue
         topic = gw.topics["interactions" if event.type == "interaction" else "feedback"]
         key = event.session_id if event.type == "interaction" else event.request_id
-        accepted.append((topic, key, event))
+        accepted.append((topic, key, data))
         results.append(EventResult(index=i, status="accepted", event_id=event.event_id))
     if accepted:
         gw.emit(accepted)
@@ -41,7 +60,8 @@ def ingest_events(gw: Gateway, body: EventsRequest) -> EventsResponse:
 
 def ingest_item(gw: Gateway, item: dict) -> Interaction | Feedback:
     """Validate one ingest item into an event: fills event_id/created_at when absent,
-    pseudonymises a raw ``user``, redacts every text field."""
+    pseudonymises a raw ``user`` (or ``user_id``) and makes every stored field safe
+    (streams/privacy.py)."""
     if not isinstance(item, dict):
         raise ValueError("each event must be a JSON object")
     kind = item.get("type")
@@ -57,13 +77,5 @@ def ingest_item(gw: Gateway, item: dict) -> Interaction | Feedback:
         data["user_id"] = gw.pseudonym(user)
     if kind == "interaction":
         data.setdefault("tags", {"source": "ingest"})
-        event = Interaction.model_validate_json(json.dumps(data))
-        return event.model_copy(update={
-            "messages": [{**m, "content": gw.redact(m["content"])} for m in event.messages],
-            "drafts": [{**d, "content": gw.redact(d["content"])} for d in event.drafts],
-        })
-    event = Feedback.model_validate_json(json.dumps(data))
-    return event.model_copy(update={
-        "text": gw.redact(event.text) if event.text is not None else None,
-        "comment": gw.redact(event.comment) if event.comment is not None else None,
-    })
+        return gw.privacy.interaction(Interaction.model_validate_json(json.dumps(data)))
+    return gw.privacy.feedback(Feedback.model_validate_json(json.dumps(data)))

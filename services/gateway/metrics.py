@@ -16,11 +16,22 @@ class GatewayMetrics:
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.tokens = Counter("flywheel_gateway_tokens", "Tokens generated", ["kind"], registry=r)
         self.events = Counter("flywheel_events_emitted", "Events accepted into the spool, by topic", ["topic"], registry=r)
-        self.events_lost = Counter("flywheel_events_lost", "Interactions not recorded because the spool was full", registry=r)
+        self.events_lost = Counter(
+            "flywheel_events_lost", "Interactions not recorded after the answer, by reason (spool_full, too_large, "
+            "invalid, error)", ["reason"], registry=r)
         Gauge("flywheel_spool_depth", "Events waiting in the on-disk spool", registry=r).set_function(lambda: producer.spool.depth)
         Gauge("flywheel_spool_bytes", "Bytes waiting in the on-disk spool", registry=r).set_function(lambda: producer.spool.depth_bytes)
-        Gauge("flywheel_broker_up", "1 when the last send to Kafka succeeded", registry=r).set_function(lambda: float(producer.broker_up))
+        Gauge("flywheel_broker_up", "1 when the last send to Kafka succeeded, 0 when it failed, NaN before any send",
+              registry=r).set_function(lambda: float("nan") if producer.broker_up is None else float(producer.broker_up))
         Gauge("flywheel_kafka_send_errors", "Failed send attempts to Kafka", registry=r).set_function(lambda: producer.send_errors)
+        Gauge("flywheel_events_dead_lettered", "Events moved to the dead-letter file (never deliverable) by this process",
+              registry=r).set_function(lambda: producer.dead_lettered)
+        Gauge("flywheel_event_sender_alive", "1 while the event sender thread runs", registry=r).set_function(
+            lambda: float(producer.sender_state()["alive"]))
+        Gauge("flywheel_event_sender_errors", "Unexpected errors of the event sender (each restarts its loop)",
+              registry=r).set_function(lambda: producer.sender_errors)
+        self.rate_limited = Counter("flywheel_gateway_rate_limited", "Requests refused with 429, by limit (rate, "
+                                    "concurrency)", ["limit"], registry=r)
         Gauge("flywheel_backend_queued", "Requests waiting for the backend", registry=r).set_function(
             lambda: float(backend.health().get("queued", 0)))
 

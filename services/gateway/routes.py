@@ -18,10 +18,12 @@ from services.gateway.auth import allowed
 from services.gateway.chat import ChatStream, create_chat_completion
 from services.gateway.context import Caller
 from services.gateway.errors import APIError, forbidden, from_validation, unauthorized
+from services.gateway.limits import Lease, ReleasingIterator
 from services.gateway.feedback import record_feedback
 from services.gateway.gateway import Gateway
 from services.gateway.ingest import ingest_events
 from services.gateway.protocol import ChatCompletionRequest, EventsRequest, FeedbackRequest
+from streams.schemas import MAX_ID_CHARS, MAX_NAME_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,18 @@ def _gateway() -> Gateway:
     return current_app.extensions["flywheel"]
 
 
+def _header(name: str, limit: int) -> str | None:
+    """A header recorded on events, refused (400) past what the event schema holds."""
+    value = request.headers.get(name)
+    if value is not None and len(value) > limit:
+        raise APIError(400, f"Invalid value for header '{name}': at most {limit} characters (got {len(value)}).",
+                       param=name, code="invalid_header")
+    return value or None
+
+
 def _authorize(gw: Gateway, action: str) -> Caller:
     """Check the bearer key for ``action``; the caller it identifies, with its headers."""
-    caller = Caller(session_id=request.headers.get("X-Session-Id"), app=request.headers.get("X-App"))
+    caller = Caller(session_id=_header("X-Session-Id", MAX_ID_CHARS), app=_header("X-App", MAX_NAME_CHARS))
     if not gw.settings.gateway.auth:
         return caller
     header = request.headers.get("Authorization", "")
@@ -73,16 +84,31 @@ def _json(model: BaseModel, status: int = 200):
     return jsonify(model.model_dump(mode="json")), status
 
 
+def _admit(gw: Gateway, caller: Caller) -> Lease:
+    """The caller's place under its key's rate limit and in-flight cap (429 past them)."""
+    try:
+        return gw.limiter.admit(caller.key_id or f"addr:{request.remote_addr}")
+    except APIError as e:
+        gw.metrics.rate_limited.labels(getattr(e, "limit", "rate")).inc()
+        raise
+
+
 # -- views ---------------------------------------------------------------------------------
 
 @bp.post("/v1/chat/completions")
 def chat_completions():
     gw = _gateway()
     caller = _authorize(gw, "chat")
-    answer = create_chat_completion(gw, _parse(ChatCompletionRequest), caller)
-    if isinstance(answer, ChatStream):
-        return Response(stream_with_context(answer.events), mimetype="text/event-stream",
+    lease = _admit(gw, caller)
+    try:
+        answer = create_chat_completion(gw, _parse(ChatCompletionRequest), caller)
+    except BaseException:
+        lease.release()
+        raise
+    if isinstance(answer, ChatStream):  # in flight until the stream ends or the client leaves
+        return Response(stream_with_context(ReleasingIterator(answer.events, lease)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Request-Id": answer.ctx.request_id})
+    lease.release()
     return _json(answer)
 
 
@@ -90,21 +116,32 @@ def chat_completions():
 def feedback():
     gw = _gateway()
     caller = _authorize(gw, "feedback")
-    return _json(record_feedback(gw, _parse(FeedbackRequest), caller))
+    lease = _admit(gw, caller)
+    try:
+        return _json(record_feedback(gw, _parse(FeedbackRequest), caller))
+    finally:
+        lease.release()
 
 
 @bp.post("/v1/events")
 def events():
     gw = _gateway()
-    _authorize(gw, "events")
-    return _json(ingest_events(gw, _parse(EventsRequest)))
+    caller = _authorize(gw, "events")
+    lease = _admit(gw, caller)
+    try:
+        return _json(ingest_events(gw, _parse(EventsRequest), caller))
+    finally:
+        lease.release()
 
 
 @bp.get("/v1/models")
 def models():
     gw = _gateway()
-    _authorize(gw, "models")
-    return _json(gw.models())
+    lease = _admit(gw, _authorize(gw, "models"))
+    try:
+        return _json(gw.models())
+    finally:
+        lease.release()
 
 
 @bp.get("/healthz")

@@ -53,4 +53,7 @@ class GatewayServer(BaseApplication):
 
 
 def serve(settings) -> None:
+    from streams.privacy import user_salt
+
+    user_salt(settings)  # no usable pseudonym salt: a clear error here, not a worker that fails to boot
     GatewayServer(settings).run()

@@ -46,7 +46,7 @@ class Feedback:
 
 @dataclass(slots=True)
 class Candidate:
-    """One candidate. The fields up to ``hardness`` are the ``candidates`` columns (see
+    """One candidate. The fields up to ``user_trust`` are the ``candidates`` columns (see
     migration ``m201_candidates``); the mining facts after them are not stored."""
 
     # -- what was asked and answered (mining)
@@ -82,6 +82,7 @@ class Candidate:
     dedup_group: int | None = None  # named after the group's kept member
     golden_score: float | None = None
     hardness: float | None = None
+    user_trust: float | None = None  # the rater trust of the user (raters.RaterReport.trust): gates auto-approving edits
 
     # -- mining facts, not stored
     request_ids: list[str] = field(default_factory=list)  # every attempt of the turn, oldest first
@@ -132,7 +133,7 @@ COLUMNS = (
     "candidate_id", "run_id", "created_at", "session_id", "request_id", "user_id", "app", "model_version", "kind",
     "turn", "messages", "prompt_text", "response", "response_source", "response_draft", "rejected_response",
     "feedback", "label", "label_confidence", "task_type", "task_confidence", "language", "tags", "status", "stage",
-    "drop_reason", "dedup_group", "golden_score", "hardness", "source_event_ids",
+    "drop_reason", "dedup_group", "golden_score", "hardness", "source_event_ids", "user_trust",
 )
 #: The columns stored as JSON.
 JSON_COLUMNS = frozenset({"messages", "feedback", "tags", "source_event_ids"})

@@ -16,7 +16,9 @@ Assembly, in DuckDB SQL:
 - `rejected_response` is what the user moved away from: the edited draft, the draft not
   chosen, or the regenerated answer (pairs for DPO later);
 - feedback is aggregated per request (thumbs, ratings, choices, edits, regenerations,
-  copies) and every event id is kept for lineage;
+  copies) and every event id is kept for lineage; only the feedback that counts
+  (streams/counted_feedback.py: the requester's own, one per request, kind and draft,
+  the latest), so a flood of thumbs on one answer is one thumb;
 - in multi-turn candidates an earlier answer the user corrected is replaced by the
   correction in the history (tag ``history-corrected``).
 """
@@ -27,6 +29,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from streams.counted_feedback import counted_feedback
 from training.curation.candidate import Candidate, Feedback
 
 __all__ = ["MineResult", "Window", "mine", "mining_window", "prompt_of", "save_watermark"]
@@ -86,7 +89,7 @@ attempts AS (
     WHERE i.landed_at <= $end
 ),
 fb AS (
-    SELECT f.* FROM feedback f SEMI JOIN attempts a ON f.request_id = a.request_id WHERE f.landed_at <= $end
+    SELECT * EXCLUDE (rater) FROM {counted}
 ),
 fb_req AS (
     SELECT request_id,
@@ -147,7 +150,7 @@ LEFT JOIN fb_req r ON r.request_id = a.request_id
 LEFT JOIN all_fb_ids af ON af.session_id = a.session_id AND af.turn = a.turn
 WHERE a.rank_desc = 1
 ORDER BY a.created_at, a.session_id, a.turn
-"""
+""".replace("{counted}", counted_feedback("attempts", "f.landed_at <= $end"))
 
 _EVENTS_SQL = """
 SELECT (SELECT count(*) FROM interactions WHERE landed_at > $start AND landed_at <= $end)

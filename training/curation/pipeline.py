@@ -172,11 +172,13 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
         progress("dedup", len(live), len(live))
     lap("dedup")
 
-    # -- select (K-Center-Greedy within per-type budgets)
+    # -- select: the per-user cap, then K-Center-Greedy within per-type budgets
     from training.curation.select import select_by_budget
+    from training.curation.user_cap import apply_user_cap
 
+    user_cap = apply_user_cap(cands, cfg.max_user_share, cfg.user_share_floor, _score)
     live = [i for i, c in enumerate(cands) if c.kept]
-    select_report: dict = {}
+    select_report: dict = {"user_cap": user_cap}
     if live:
         progress("select", 0, len(live))
         budgets = {**taxonomy.weights(), **cfg.budgets}
@@ -189,7 +191,7 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
                 quota = chosen.per_type.get(t, {})
                 cands[i].drop("select", f"not-selected: {t} quota {quota.get('quota', '?')} of "
                               f"{quota.get('available', '?')} (K-Center-Greedy keeps the most distinct)")
-        select_report = {"total": cfg.select_total, "budgets": budgets, "per_type": _jsonable(chosen.per_type)}
+        select_report.update({"total": cfg.select_total, "budgets": budgets, "per_type": _jsonable(chosen.per_type)})
         progress("select", len(live), len(live))
     lap("select")
 
@@ -371,15 +373,18 @@ def _with_candidate_ids(reason: str, live: list[int], cands: list[Candidate]) ->
 
 def _label(conn, cands: list[Candidate], until, cfg) -> dict:
     """Clean labels from every user's feedback landed so far (more history, better rater
-    estimates); verifiable truth from chart verification and from users' edits. A
-    candidate answered by the user's own edit is good."""
+    estimates; only the feedback that counts, streams/counted_feedback.py); verifiable
+    truth from chart verification and from users' edits. A candidate answered by the
+    user's own edit is good. Every candidate gets its user's rater trust."""
     from flywheel.domains.chart import is_correct, parse_config
+    from streams.counted_feedback import counted_feedback
     from training.curation.dedup import normalise
     from training.curation.raters import chart_truth, clean_labels, judgements_from_feedback, rater_reliability
 
     rows = conn.execute(
-        "SELECT f.request_id, f.draft, f.kind, f.value, f.user_id, json_array_length(i.drafts) AS n "
-        "FROM feedback f JOIN interactions i ON i.request_id = f.request_id WHERE f.landed_at <= ?", [until],
+        "SELECT f.request_id, f.draft, f.kind, f.value, i.user_id, json_array_length(i.drafts) AS n "
+        f"FROM {counted_feedback('interactions', 'f.landed_at <= ?')} f "
+        "JOIN interactions i ON i.request_id = f.request_id", [until],
     ).fetchall()
     feedback = [{"request_id": r[0], "draft": r[1], "kind": r[2], "value": r[3], "user_id": r[4]} for r in rows]
     drafts = {r[0]: r[5] for r in rows}
@@ -399,6 +404,7 @@ def _label(conn, cands: list[Candidate], until, cfg) -> dict:
     labels = clean_labels(judgements, report, truth=truth, groups=groups)
     counts: dict[str, int] = {}
     for c in cands:
+        c.user_trust = report.trust(c.user_id)
         if c.response_source == "edit":
             c.label, c.label_confidence = "good", 1.0
         else:

@@ -111,6 +111,16 @@ class RaterReport:
         stats = self.raters.get(rater)
         return stats.weight if stats else 0.0
 
+    def trust(self, rater: str | None) -> float:
+        """How far ``rater``'s own judgement (an edit, say) can be trusted: the accuracy
+        estimated for a rater judged ``reliable`` (the logistic of their vote weight, which
+        is the log-odds of that accuracy), else 0: unknown (too few comparisons), random,
+        reverse, or never seen."""
+        stats = self.raters.get(rater) if rater else None
+        if stats is None or stats.status != "reliable":
+            return 0.0
+        return round(1 / (1 + math.exp(-stats.weight)), 4)
+
     def to_dict(self) -> dict:
         return {"rounds": self.rounds, "min_items": self.min_items, "alpha": self.alpha,
                 "truth_items": self.truth_items, "counts": dict(self.counts),

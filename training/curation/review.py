@@ -10,8 +10,9 @@ builder reads.
 
 Auto rules (the ``review`` settings section) let the scheduled refresh run without a
 person: after each curation run, pending candidates with a confident good label (or the
-user's own edit as answer) are approved and confident bad ones rejected, as ``auto``
-decisions. They never touch a candidate a person has decided.
+own edit of a user rater cleaning trusts, ``approve_edits_min_trust``) are approved and
+confident bad ones rejected, as ``auto`` decisions. They never touch a candidate a person
+has decided.
 
 Everything reading here takes a DuckDB connection (read-only is enough); producing goes
 through `ReviewEmitter` (`streams.emitter.TopicEmitter` on the ``reviews`` topic, with its
@@ -156,7 +157,7 @@ class ReviewFilter:
 
 _SUMMARY = """c.candidate_id, c.run_id, c.created_at, c.task_type, c.task_confidence, c.label, c.label_confidence,
     c.status, c.drop_reason, c.response_source, c.kind, c.tags, c.prompt_text, c.response, r.state, r.edited_response,
-    r.reviewer, r.decided_at, r.reason"""
+    r.reviewer, r.decided_at, r.reason, c.user_trust"""
 _FULL = _SUMMARY + """, c.session_id, c.request_id, c.user_id, c.app, c.model_version, c.messages,
     c.rejected_response, c.feedback, c.language, c.stage, c.dedup_group, c.golden_score, c.hardness, c.source_event_ids"""
 _JSON = ("tags", "messages", "feedback", "source_event_ids")
@@ -314,7 +315,7 @@ def make_reviews(candidate_ids: Iterable[str], action: str, *, reviewer: str, re
 
 def auto_decisions(rows: Iterable[dict], rules, *, now: datetime | None = None) -> list[Review]:
     """The auto rules over pending candidates (dicts with candidate_id, label,
-    label_confidence, response_source, task_type); see `auto_approve`."""
+    label_confidence, response_source, task_type, user_trust); see `auto_approve`."""
     cfg = getattr(rules, "review", rules)
     types = tuple(cfg.task_types or ())
     approve, reject = [], []
@@ -325,8 +326,10 @@ def auto_decisions(rows: Iterable[dict], rules, *, now: datetime | None = None) 
             continue
         if label == "good" and conf >= cfg.approve_min_confidence:
             approve.append((cid, f"auto: label good (confidence {conf:.2f} >= {cfg.approve_min_confidence})"))
-        elif cfg.approve_edits and source == "edit" and label != "bad":
-            approve.append((cid, "auto: the answer is the user's own correction"))
+        elif (cfg.approve_edits and source == "edit" and label != "bad"
+              and float(r.get("user_trust") or 0.0) >= cfg.approve_edits_min_trust):
+            approve.append((cid, f"auto: the answer is the correction of a trusted user (trust "
+                                 f"{float(r.get('user_trust') or 0.0):.2f} >= {cfg.approve_edits_min_trust})"))
         elif cfg.reject_bad and label == "bad" and conf >= cfg.reject_min_confidence:
             reject.append((cid, f"auto: label bad (confidence {conf:.2f} >= {cfg.reject_min_confidence})"))
     batch, now = new_batch(), now or datetime.now(timezone.utc)
@@ -341,7 +344,9 @@ def auto_approve(conn, rules, *, run_id: str | None = None, emit: Callable[[list
 
     ``rules``: the ``review`` settings section, or the whole settings object. Approve: a
     good label with confidence >= ``approve_min_confidence``, or (``approve_edits``) an
-    answer that is the user's own edit unless its label is bad. Reject (``reject_bad``): a
+    answer that is the user's own edit unless its label is bad, from a user whose rater
+    trust is at least ``approve_edits_min_trust`` (an untrusted user's edit waits for a
+    person: edits become training targets). Reject (``reject_bad``): a
     bad label with confidence >= ``reject_min_confidence``. Only ``task_types`` if set.
     Nothing when ``auto_approve`` is off. The events are returned; they are produced with
     ``emit`` if given, else, when ``rules`` is the whole settings object, through a

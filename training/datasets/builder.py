@@ -120,7 +120,7 @@ def _passes(task_type: str, messages: list[dict], answer: str) -> bool | None:
     return verify(task_type, messages, answer).passed
 
 
-def _choose_target(item: _Item, teacher, excluded: Counter) -> None:
+def _choose_target(item: _Item, teacher, excluded: Counter, unrated_drafts: bool = False) -> None:
     c = item.candidate
     messages, response, label = c.messages, c.response, c.label
     candidates: list[tuple[str, str]] = []
@@ -128,10 +128,16 @@ def _choose_target(item: _Item, teacher, excluded: Counter) -> None:
         candidates.append((item.edited_response, "operator-edit"))
     if c.response_source == "edit" and response:
         candidates.append((response, "user-edit"))
+    unrated = response and label in (None, "unknown")
+    # An unrated answer is a target only when a person approved it or unrated_drafts says so.
+    vouched = unrated_drafts or item.review_action == "approve"
     if response and label == "good":
         candidates.append((response, c.response_source or "draft"))
-    elif response and label in (None, "unknown") and _passes(item.task_type, messages, response):
+    elif unrated and vouched and _passes(item.task_type, messages, response):
         candidates.append((response, "verified-draft"))
+    elif unrated and not vouched and not candidates:
+        excluded["unrated answer (datasets.unrated_drafts is off)"] += 1
+        return
     for answer, source in candidates:
         if _passes(item.task_type, messages, answer) is False:
             excluded[f"target failed the {item.task_type} verifier ({source})"] += 1
@@ -265,7 +271,7 @@ def build_dataset(conn, settings, *, teacher=None, progress: Progress | None = N
         items.append(item)
     say(f"{len(kept)} kept candidates, {len(items)} eligible after review")
     for n, item in enumerate(items, 1):
-        _choose_target(item, teacher, excluded)
+        _choose_target(item, teacher, excluded, cfg.unrated_drafts)
         if n % 500 == 0:
             say(f"targets: {n}/{len(items)}")
     bad = [i.candidate for i in loaded if i.candidate.label == "bad" and i.review_action != "approve"]

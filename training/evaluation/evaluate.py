@@ -453,20 +453,25 @@ def run_evaluation(settings, versions: list[dict], candidate: str, *, production
     return report, out
 
 
-def record_evaluation(conn, report: dict, folder: Path | str) -> str:
-    """The `evaluations` row of a report (written by the DuckDB writer)."""
+def record_evaluation(conn, report: dict, folder: Path | str, *, source: str = "job",
+                      recorded_by: str | None = None) -> str:
+    """The `evaluations` row of a report (written by the DuckDB writer). ``source`` says
+    where the result came from: "job" (the control plane read its own evaluation job's
+    report), "cli" (`flywheel eval` with no control plane) or "api" (posted by an admin,
+    ``recorded_by`` naming the token)."""
     eval_id = Path(folder).name
     conn.execute("INSERT OR REPLACE INTO evaluations (eval_id, candidate, production, dataset, passed, reasons, "
-                 "overall, report_path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 "overall, report_path, created_at, source, recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  [eval_id, report["candidate"], report["production"], report.get("dataset"), report["gate"]["passed"],
                   json.dumps(report["gate"]["reasons"]), json.dumps(report["overall"]), str(folder),
-                  report["created_at"]])
+                  report["created_at"], source, recorded_by])
     return eval_id
 
 
 def list_evaluations(conn, candidate: str | None = None) -> list[dict]:
     where, args = ("WHERE candidate = ?", [candidate]) if candidate else ("", [])
-    cur = conn.execute(f"SELECT eval_id, candidate, production, dataset, passed, reasons, report_path, created_at "
-                       f"FROM evaluations {where} ORDER BY created_at DESC", args)
+    cur = conn.execute(f"SELECT eval_id, candidate, production, dataset, passed, reasons, report_path, created_at, "
+                       f"source, recorded_by FROM evaluations {where} ORDER BY created_at DESC", args)
     return [{"eval_id": e, "candidate": c, "production": p, "dataset": d, "passed": ok, "reasons": json.loads(r),
-             "report_path": path, "created_at": str(t)} for e, c, p, d, ok, r, path, t in cur.fetchall()]
+             "report_path": path, "created_at": str(t), "source": src, "recorded_by": by}
+            for e, c, p, d, ok, r, path, t, src, by in cur.fetchall()]

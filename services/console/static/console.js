@@ -9,9 +9,14 @@ const flash = (text, kind = "info") => {
   el.hidden = false;
 };
 
+// The session's CSRF token: every state change from this page carries it (the control
+// plane refuses a console request without it, so no other site can act in your name).
+const csrfMeta = document.querySelector("meta[name=csrf-token]");
+const csrfToken = csrfMeta ? csrfMeta.content : "";
+
 async function api(method, url, body) {
   const resp = await fetch(url, {
-    method, headers: {"Content-Type": "application/json"},
+    method, headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken},
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   let data = null;
@@ -25,11 +30,14 @@ async function api(method, url, body) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// The reviewer's name, kept in this browser.
+// The reviewer's name, kept in this browser (default: the operator's; absent on the login page).
 const reviewerInput = document.getElementById("reviewer");
-reviewerInput.value = localStorage.getItem("flywheel.reviewer") || "console";
-reviewerInput.addEventListener("change", () => localStorage.setItem("flywheel.reviewer", reviewerInput.value.trim()));
-const reviewer = () => reviewerInput.value.trim() || "console";
+const defaultReviewer = (reviewerInput && reviewerInput.dataset.default) || "console";
+if (reviewerInput) {
+  reviewerInput.value = localStorage.getItem("flywheel.reviewer") || defaultReviewer;
+  reviewerInput.addEventListener("change", () => localStorage.setItem("flywheel.reviewer", reviewerInput.value.trim()));
+}
+const reviewer = () => (reviewerInput && reviewerInput.value.trim()) || defaultReviewer;
 
 // Review decisions travel as events through Kafka; wait until the control plane has landed
 // the whole batch before showing the new state.
