@@ -158,6 +158,7 @@ def one_turn(turn: int, conn, settings, args, model_dir, parent: Path | None, p_
     from flywheel.simulate.synthetic import synthetic_events
     from streams.landing import land_events
     from training.curation.pipeline import curate
+    from training.curation.review import auto_approve
     from training.datasets.builder import build_dataset
     from training.trainers.job import run_job
 
@@ -167,6 +168,9 @@ def one_turn(turn: int, conn, settings, args, model_dir, parent: Path | None, p_
     minutes["traffic"] = (time.monotonic() - t) / 60
     t = time.monotonic()
     curate(conn, settings)
+    # The auto review rules, as the turn applies them (their decisions landed directly here:
+    # the bench has no Kafka); with review.auto_approve off, unreviewed candidates are used.
+    auto_approve(conn, settings, emit=lambda events: land_events(conn, reviews=events))
     minutes["mine"] = (time.monotonic() - t) / 60
     t = time.monotonic()
     built = build_dataset(conn, settings)
@@ -218,6 +222,9 @@ def main() -> None:
     ap.add_argument("--decoding", default="free,schema",
                     help="comma-separated: free (plain greedy) and/or schema (the app sends the chart JSON Schema "
                          "as response_format; the local backend decodes under it)")
+    ap.add_argument("--review", choices=("auto", "none"), default="auto",
+                    help="auto: the default auto review rules decide what trains (as in a scheduled turn); "
+                         "none: every unreviewed candidate with a target trains (datasets.include_pending)")
     ap.add_argument("--reuse", metavar="RUN_DIR", help="score the adapter of a finished run folder (no training)")
     args = ap.parse_args()
     decodings = tuple(d for d in args.decoding.split(",") if d)
@@ -242,9 +249,11 @@ def main() -> None:
     else:
         work = Path(tempfile.mkdtemp(prefix="flywheel-lift-"))
         say(f"work folder {work}")
+        # The default settings, but for the curation watermark (simulated time) and what
+        # --review asks: the default auto review rules, or everything unreviewed.
         settings = Settings(data_dir=str(work)).replace(
-            curation={"watermark_lag_s": 0, "select_total": 5000}, review={"auto_approve": False},
-            datasets={"include_pending": True})
+            curation={"watermark_lag_s": 0, "select_total": 5000},
+            **({} if args.review == "auto" else {"review": {"auto_approve": False}, "datasets": {"include_pending": True}}))
         model_dir = ensure_hf_model(settings.model_cache_path)
         conn = connect(settings.db_path)
         apply_migrations(conn, ALL)

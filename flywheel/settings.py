@@ -278,7 +278,10 @@ class TrainingSettings(_Section):
     assistant_turns: Literal["all", "last"] = Field(
         "all", description="Multi-turn SFT loss on all assistant turns (all) or only the last one (last).")
     incremental: bool = Field(True, description="Continue from the production version's adapter (else a fresh LoRA on the base).")
-    dpo: bool = Field(True, description="Run DPO after SFT when the dataset has preference pairs.")
+    dpo: bool = Field(
+        False, description="Run DPO after SFT when the dataset has preference pairs. Off by default: on the chart bench "
+        "8 DPO steps after SFT made answers worse (a time filter where none was asked in 79% of answers, up from 47%; "
+        "valid JSON down 7 points; docs/benchmarks.md), and the turn is faster without it.")
     threads: int = Field(
         0, ge=0, description="Torch (OpenMP/MKL) threads of the training and evaluation jobs, so serving on the same "
         "machine keeps a core. 0: the machine's cores less one (at least 1).")

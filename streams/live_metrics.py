@@ -292,10 +292,15 @@ def metrics_filters(args: Mapping[str, str]) -> dict:
         minutes = float(args.get("minutes", 60))
     except ValueError:
         raise ValueError(f"minutes must be a number, got {args.get('minutes')!r}") from None
-    if minutes <= 0:
-        raise ValueError("minutes must be positive")
+    if not minutes > 0:  # NaN included
+        raise ValueError("minutes must be a positive number")
+    # More than a century back is "everything" (timedelta and datetime overflow past it).
+    minutes = min(minutes, _CENTURY_MIN)
     return {"alias": args.get("alias") or None, "version": args.get("version") or None,
             "since": datetime.now(timezone.utc) - timedelta(minutes=minutes)}
+
+
+_CENTURY_MIN = 100 * 366 * 24 * 60
 
 
 def version_figures(conn: duckdb.DuckDBPyConnection, version: str, start: datetime, end: datetime,

@@ -13,7 +13,10 @@ checks that every schema field has one. docs/privacy.md lists them.
 - ``identifier``: an id a client may choose (session, request, event ids) is kept as sent,
   so that it still joins, unless the redactor finds PII in it; then it becomes ``h_`` and
   24 hex digits of HMAC-SHA256(salt, id). The same id always gives the same value, so
-  feedback still finds its request while the raw value is gone.
+  feedback still finds its request while the raw value is gone. An id of the form the
+  gateway makes (``chatcmpl-``, ``ev-``, ``fb-``, ``sess-``... and 32 hex digits: a random
+  UUID) is kept as it is: about one in 800 holds ten digits in a row, which the phone
+  rule would take, and the client must find its request under the id it was given.
 - ``pseudonym``: a user id becomes ``u_`` and 24 hex digits of HMAC-SHA256(salt, id). A
   value that already has this form (the gateway's own pseudonym) is kept.
 
@@ -53,6 +56,8 @@ PUBLIC_SALTS = frozenset({"", "flywheel-dev-salt"})
 SALT_FILE = "user_salt"
 
 _PSEUDONYM = re.compile(r"u_[0-9a-f]{24}")
+#: The ids `streams.schemas.new_id` makes: a short prefix and a random UUID's 32 hex digits.
+_OWN_ID = re.compile(r"[a-z]{1,16}-[0-9a-f]{32}")
 
 #: One rule per field of each stored event (see the module docstring).
 RULES: dict[type[BaseModel], dict[str, str]] = {
@@ -129,7 +134,7 @@ class Privacy:
 
     def identifier(self, value: str | None) -> str | None:
         """``value`` as it is, or ``h_`` + its keyed hash when it holds PII."""
-        if not value or self.redactor is None or self.redactor.redact(value) == value:
+        if not value or self.redactor is None or _OWN_ID.fullmatch(value) or self.redactor.redact(value) == value:
             return value
         return self._hash("h_", value)
 

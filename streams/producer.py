@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from flywheel.settings import Settings
 from streams.event_size import EventTooLarge
-from streams.spool import Spool, SpoolRecord
+from streams.spool import Reservation, Spool, SpoolRecord
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +127,25 @@ class EventProducer:
     def emit(self, topic: str, key: str | None, event: BaseModel | bytes) -> None:
         self.emit_many([(topic, key, event)])
 
-    def emit_many(self, items: list[tuple[str, str | None, BaseModel | bytes]]) -> None:
+    def reserve(self, nbytes: int) -> Reservation:
+        """Hold room in the spool for an event to come (SpoolFull when there is none)."""
+        return self.spool.reserve(nbytes)
+
+    def emit_many(self, items: list[tuple[str, str | None, BaseModel | bytes]],
+                  reservation: Reservation | None = None) -> None:
         """Queue events for Kafka (in order), all or none. Raises SpoolFull when the bound is
-        reached, EventTooLarge when an event is over ``max_event_bytes``."""
+        reached, EventTooLarge when an event is over ``max_event_bytes``; ``reservation``
+        (used up either way) is room held for them."""
         records = [
             (topic, key.encode() if key is not None else None, ev if isinstance(ev, bytes) else ev.model_dump_json().encode())
             for topic, key, ev in items
         ]
         for (_, _, value), (_, _, ev) in zip(records, items):
             if len(value) > self.max_event_bytes:
+                if reservation is not None:
+                    reservation.release()
                 raise EventTooLarge(getattr(ev, "type", "spooled"), len(value), self.max_event_bytes)
-        self.spool.append(records)
+        self.spool.append(records, reservation)
         self._wake.set()
 
     # -- sender --------------------------------------------------------------------

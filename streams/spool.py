@@ -30,6 +30,20 @@ class SpoolFull(FlywheelError):
     """The spool reached its bound: the broker has been unreachable for too long."""
 
 
+class Reservation:
+    """Room held in the spool for a record not written yet (a chat answer's interaction, so
+    that an answered request is never left without room to record it). Writing the record
+    with ``append(..., reservation=)`` uses it up; ``release`` gives it back (idempotent)."""
+
+    def __init__(self, spool: "Spool", nbytes: int):
+        self._spool = spool
+        self.nbytes = nbytes
+        self.held = True
+
+    def release(self) -> None:
+        self._spool._release(self)
+
+
 @dataclass(frozen=True)
 class SpoolRecord:
     topic: str
@@ -66,6 +80,7 @@ class Spool:
         self._file = open(self.path / _seg_name(self._write_seg), "ab")
         # Depth in bytes and records between the cursor and the end.
         self._bytes, self._records = self._measure()
+        self._reserved = 0  # bytes held by reservations (count against max_bytes)
 
     # -- state on disk -------------------------------------------------------------
     def _segments(self) -> list[int]:
@@ -104,20 +119,39 @@ class Spool:
         return nbytes, nrec
 
     # -- request side --------------------------------------------------------------
-    def append(self, records: list[tuple[str, bytes | None, bytes]]) -> None:
+    def reserve(self, nbytes: int) -> Reservation:
+        """Hold ``nbytes`` for a later append; SpoolFull when they do not fit."""
+        with self._lock:
+            if self._bytes + self._reserved + nbytes > self.max_bytes:
+                raise SpoolFull(self._full_message())
+            self._reserved += nbytes
+        return Reservation(self, nbytes)
+
+    def _release(self, reservation: Reservation) -> None:
+        with self._lock:
+            if reservation.held:
+                reservation.held = False
+                self._reserved -= reservation.nbytes
+
+    def _full_message(self) -> str:
+        return (f"event spool is full ({self._bytes} of {self.max_bytes} bytes, {self._reserved} more held for answers "
+                "in flight): the Kafka broker has been unreachable too long; retry later or raise spool.max_bytes")
+
+    def append(self, records: list[tuple[str, bytes | None, bytes]], reservation: Reservation | None = None) -> None:
         """Append records (topic, key, value) atomically with respect to other appends.
-        Raises SpoolFull when the bound would be exceeded."""
+        Raises SpoolFull when the bound would be exceeded; ``reservation`` (used up either
+        way) is room held for them."""
         lines = []
         for topic, key, value in records:
             header = json.dumps([topic, key.decode() if key is not None else None], ensure_ascii=False)
             lines.append(header.encode() + b"\t" + value + b"\n")
         blob = b"".join(lines)
         with self._lock:
-            if self._bytes + len(blob) > self.max_bytes:
-                raise SpoolFull(
-                    f"event spool is full ({self._bytes} of {self.max_bytes} bytes): the Kafka broker has "
-                    "been unreachable too long; retry later or raise spool.max_bytes"
-                )
+            if reservation is not None and reservation.held:
+                reservation.held = False
+                self._reserved -= reservation.nbytes
+            if self._bytes + self._reserved + len(blob) > self.max_bytes:
+                raise SpoolFull(self._full_message())
             if self._file.tell() >= self.segment_bytes:
                 self._file.close()
                 self._write_seg += 1

@@ -34,6 +34,7 @@ class Sample:
 ROUTES: dict[tuple[str, str], list[Sample]] = {
     ("/", "GET"): [Sample("/", PUBLIC, 302)],
     ("/healthz", "GET"): [Sample("/healthz", PUBLIC, 200)],
+    ("/openapi.json", "GET"): [Sample("/openapi.json", "viewer", 200)],
     ("/static/<path:filename>", "GET"): [Sample("/static/nothing.css", PUBLIC, 404)],
     ("/console/static/<path:filename>", "GET"): [Sample("/console/static/console.css", PUBLIC, 200)],
     ("/console/login", "GET"): [Sample("/console/login", PUBLIC, 200)],
@@ -48,6 +49,13 @@ ROUTES: dict[tuple[str, str], list[Sample]] = {
     ("/console/evaluations", "GET"): [Sample("/console/evaluations", "viewer", 200)],
     ("/console/evaluations/<eval_id>/report", "GET"): [Sample("/console/evaluations/nope/report", "viewer", 404)],
     ("/console/metrics", "GET"): [Sample("/console/metrics", "viewer", 200)],
+    ("/console/diagnostics", "GET"): [Sample("/console/diagnostics", "viewer", 200)],
+    ("/console/dead-letters", "GET"): [Sample("/console/dead-letters", "viewer", 200)],
+    ("/console/review/desk", "GET"): [Sample("/console/review/desk", "viewer", 200)],
+    ("/console/review/conflicts", "GET"): [Sample("/console/review/conflicts", "viewer", 200)],
+    ("/console/review/<candidate_id>/card", "GET"): [Sample("/console/review/nope/card", "viewer", 404)],
+    ("/console/conversations", "GET"): [Sample("/console/conversations", "viewer", 200)],
+    ("/console/conversations/<session_id>", "GET"): [Sample("/console/conversations/nope", "viewer", 404)],
     ("/api/status", "GET"): [Sample("/api/status", "viewer", 200)],
     ("/api/audit", "GET"): [Sample("/api/audit", "admin", 200)],
     ("/api/models", "GET"): [Sample("/api/models", "viewer", 200)],
@@ -68,6 +76,9 @@ ROUTES: dict[tuple[str, str], list[Sample]] = {
     ("/api/review/ids", "GET"): [Sample("/api/review/ids", "viewer", 200)],
     ("/api/review/resolve", "GET"): [Sample("/api/review/resolve?ids=abc", "viewer", 404)],
     ("/api/review/landed/<batch>", "GET"): [Sample("/api/review/landed/nope", "viewer", 200)],
+    ("/api/review/candidates/<candidate_id>/similar", "GET"): [
+        Sample("/api/review/candidates/nope/similar", "viewer", 404)],
+    ("/api/review/conflicts", "GET"): [Sample("/api/review/conflicts", "viewer", 200)],
     ("/api/review/decisions", "POST"): [
         # Named candidates: a reviewer's decision. By filter (approve-all and the like): an admin's.
         Sample("/api/review/decisions", "reviewer", 404, json={"action": "approve", "candidate_ids": ["nope"]}),

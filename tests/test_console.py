@@ -135,7 +135,7 @@ def test_review_queue_approves_in_bulk_and_edits_one(console, page):
     assert decided == [("ana", "checked the maths", "api")] * 2  # the reviewer name came from the page
 
     page.click(f"#queue tr[data-candidate='{ids[2]}'] a")
-    assert page.locator("#response").inner_text() == "meh"
+    assert page.locator("#model-answer").inner_text() == "meh"
     page.fill("#edited", "")  # an empty edit is refused by the API, and the page says why
     page.get_by_role("button", name="Save edit").click()
     page.wait_for_function("document.getElementById('flash').className === 'error'")

@@ -359,7 +359,7 @@ def test_a_failure_to_emit_after_the_answer_is_counted_not_a_500(scripted_gatewa
     gw = scripted_gateway
     boom = threading.Event()
 
-    def failing_emit(items):
+    def failing_emit(items, reservation=None):
         boom.set()
         raise RuntimeError("spool disk vanished")
 

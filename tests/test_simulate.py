@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flywheel.domains.chart.prompt import lists_from_messages
 from flywheel.simulate import charts
 from flywheel.simulate.charts import (
     CONFIG_KEYS,
@@ -459,7 +460,15 @@ def test_run_simulation_against_a_stub_gateway(tmp_path):
         assert body["user"].startswith("sim3-u")
         assert body["messages"][-1]["role"] == "user"
         # the traffic carries no ground truth
-        assert set(body) <= {"model", "messages", "n", "temperature", "max_tokens", "user"}
+        assert set(body) <= {"model", "messages", "n", "temperature", "max_tokens", "user", "response_format"}
+        # the chart app asks for structured outputs: its dataset's schema, names from the prompt's lists
+        fmt = body.get("response_format")
+        if fmt is not None:
+            assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+            lists = lists_from_messages(body["messages"])
+            names = fmt["json_schema"]["schema"]["$defs"]["ChartFields"]["properties"]["metrics"]["items"]["enum"]
+            assert lists is not None and names == list(lists.metrics)
+    assert any("response_format" in c["body"] for c in stub.chats)
 
     records = _read_manifest(manifest)
     assert len(records) == report.requests

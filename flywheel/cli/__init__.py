@@ -27,6 +27,9 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "werkzeug", "httpx", "httpx2", "openai", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python's event loop warns whenever a task runs over 0.1 s, which a busy 2-core
+    # machine makes routine; it says nothing an operator can act on.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 class _Group(click.Group):

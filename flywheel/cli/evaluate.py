@@ -68,27 +68,31 @@ def eval_cmd(ctx, candidate, production, dataset, list_only, as_json, no_record)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        _print_report(report, folder)
+        print_report(data, folder)
     verdict = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
     console.print(f"gate: {verdict}: " + "; ".join(report.gate["reasons"]))
     if not report.passed:
         sys.exit(1)
 
 
-def _print_report(report, folder) -> None:
-    table = Table(title=f"{report.candidate} vs {report.production} on {report.dataset}")
+def print_report(report: dict, folder) -> None:
+    """An evaluation report (``report.json``'s content) as the table per task type:
+    production → candidate, with the general set's forgetting figure and the judge's."""
+    table = Table(title=f"{report['candidate']} vs {report['production']} on {report['dataset']}")
     for col in ("task type", "n", "Δ loss [95% CI]", "pass rate", "Δ usability", "verdict"):
         table.add_column(col, justify="left" if col in ("task type", "verdict") else "right")
-    for t in report.types:
-        table.add_row(t.task_type, str(t.n), f"{t.loss['delta']:+.3f} [{t.loss['ci'][0]:+.3f}, {t.loss['ci'][1]:+.3f}]",
-                      f"{t.pass_rate['production']:.0%} → {t.pass_rate['candidate']:.0%}",
-                      f"{t.usability['delta']:+.3f}", t.verdict)
+    for t in report["types"]:
+        loss = t["loss"]
+        table.add_row(t["task_type"], str(t["n"]), f"{loss['delta']:+.3f} [{loss['ci'][0]:+.3f}, {loss['ci'][1]:+.3f}]",
+                      f"{t['pass_rate']['production']:.0%} → {t['pass_rate']['candidate']:.0%}",
+                      f"{t['usability']['delta']:+.3f}", t["verdict"])
     console.print(table)
-    if report.general:
-        console.print(f"general set reference loss: {report.general['production']:.3f} → "
-                      f"{report.general['candidate']:.3f} ({report.general['relative']:+.1%})")
-    if report.judge_agreement and report.judge_agreement.get("n"):
-        ja = report.judge_agreement
+    general = report.get("general")
+    if general:
+        console.print(f"general set reference loss: {general['production']:.3f} → "
+                      f"{general['candidate']:.3f} ({general['relative']:+.1%})")
+    ja = report.get("judge_agreement") or {}
+    if ja.get("n"):
         console.print(f"judge vs people: agrees on {ja['agreement']:.0%} of {ja['pairs']} preference pairs "
                       f"(ties {ja['tie_rate']:.0%}, kappa {ja['kappa']})")
     console.print(f"report: {folder / 'report.html'}")

@@ -56,6 +56,16 @@ def run_simulation(s, *, duration_s=None, max_sessions=None, concurrency=4, seed
     return report
 
 
+def emit_history(s, sessions: int, seed: int = 1) -> None:
+    """Earlier traffic for a stack that just started: ``sessions`` simulated sessions of the
+    offline simulator produced straight to Kafka (what a backend in service for a while
+    would have sent), landed like any traffic."""
+    from flywheel.simulate.synthetic import emit_synthetic
+
+    console.print(f"earlier traffic: {sessions} simulated sessions produced to Kafka (landing them)")
+    emit_synthetic(s, sessions, seed=seed, run_tag="history")
+
+
 def _print_report(report) -> None:
     table = kv_table("simulated traffic")
     d = report.to_dict()

@@ -12,7 +12,7 @@ import click
 
 from flywheel.cli._common import console, control, settings_of
 from flywheel.cli.refresh import follow_refresh
-from flywheel.cli.simulate import run_simulation
+from flywheel.cli.simulate import emit_history, run_simulation
 from flywheel.cli.status import print_status
 
 
@@ -27,13 +27,17 @@ def _stop_on_signals() -> threading.Event:
 @click.command()
 @click.option("--simulate", "simulate_s", type=float, default=0, show_default=True,
               help="After start-up, send simulated traffic for this many seconds, then print the status.")
+@click.option("--history", "history_sessions", type=int, default=0, show_default=True,
+              help="Before the live traffic, produce this many sessions of earlier traffic straight to Kafka (the "
+              "offline simulator: what a backend in service for a while would have sent), so a first turn has data.")
 @click.option("--refresh", "refresh_after", is_flag=True,
               help="After the simulation, run one turn of the flywheel (mine, dataset, train, evaluate, canary) and "
               "show its steps.")
 @click.option("--exit-after-simulate", is_flag=True,
               help="Stop the stack after the simulation (and the turn) instead of waiting for Ctrl-C.")
 @click.pass_context
-def up(ctx: click.Context, simulate_s: float, refresh_after: bool, exit_after_simulate: bool) -> None:
+def up(ctx: click.Context, simulate_s: float, history_sessions: int, refresh_after: bool,
+       exit_after_simulate: bool) -> None:
     """Run the stack: embedded broker (unless kafka.bootstrap is set), topics, control plane
     (landing), stream worker (live metrics), gateway. Ctrl-C or SIGTERM stops it cleanly: the
     gateway drains its spool, the stream worker publishes its last figures, landing lands
@@ -56,12 +60,19 @@ def up(ctx: click.Context, simulate_s: float, refresh_after: bool, exit_after_si
             run_simulation(s, duration_s=simulate_s, stop=stop)
             time.sleep(2.0)  # let landing catch up before the figures
             print_status(s)
+        if history_sessions > 0 and not stop.is_set():
+            emit_history(s, history_sessions)
         if refresh_after and not stop.is_set():
             console.print("one turn of the flywheel (training and evaluation run as jobs; logs in "
                           f"{s.data_path / 'logs' / 'refresh'})")
-            # A scheduled turn (refresh.after_feedback, say) may have started during the simulation: show that one.
-            running = (control(s, "GET", "/api/refresh?limit=1") or {}).get("running")
-            follow_refresh(s, running or control(s, "POST", "/api/refresh", {})["run_id"], stop)
+            running = _scheduled_turn(s, stop)
+            if running:
+                console.print(f"the scheduler started turn {running}; following it")
+            else:
+                running = control(s, "POST", "/api/refresh", {})["run_id"]
+                console.print(f"no scheduled turn running: started turn {running} on request")
+            run = follow_refresh(s, running, stop)
+            _print_turn_outcome(s, run)
         if exit_after_simulate:
             stop.set()
         dead = stack.wait(stop)
@@ -74,6 +85,43 @@ def up(ctx: click.Context, simulate_s: float, refresh_after: bool, exit_after_si
         stack.stop()
         console.print("stopped.")
     sys.exit(code)
+
+
+def _scheduled_turn(s, stop: threading.Event) -> str | None:
+    """The turn the scheduler started, waiting up to two of its checks for one when a
+    schedule is set; None when none started."""
+    cfg = s.refresh
+    wait_s = 2 * cfg.check_s + 10 if cfg.after_feedback else 0
+    if wait_s:
+        console.print(f"waiting for the scheduler: a turn after {cfg.after_feedback} new feedback events, "
+                      f"counted every {cfg.check_s:g}s")
+    deadline = time.monotonic() + wait_s
+    while True:
+        running = (control(s, "GET", "/api/refresh?limit=1") or {}).get("running")
+        if running or time.monotonic() >= deadline or stop.is_set():
+            return running
+        stop.wait(2.0)
+
+
+def _print_turn_outcome(s, run: dict) -> None:
+    """After a turn: its evaluation, production → candidate per task type, and the canary."""
+    import json
+    from pathlib import Path
+
+    from flywheel.cli.evaluate import print_report
+
+    candidate = run.get("candidate")
+    if not candidate:
+        return
+    rows = (control(s, "GET", f"/api/evaluations?candidate={candidate}") or {}).get("data") or []
+    if rows and rows[0].get("report_path"):
+        folder = Path(rows[0]["report_path"])
+        if (folder / "report.json").is_file():
+            print_report(json.loads((folder / "report.json").read_text()), folder)
+    rollout = control(s, "GET", f"/api/rollouts/{s.model.alias}") or {}
+    if rollout.get("candidate") == candidate:
+        console.print(f"canary: {candidate} at {rollout.get('weights')} ({rollout.get('status')}); "
+                      "follow it with `flywheel rollout status` or the console")
 
 
 @click.command("gateway")

@@ -68,6 +68,9 @@ class TaskType:
     description: str
     seeds: tuple[str, ...]
     weight: float = 1.0
+    #: What a reviewer checks before approving an answer of this type (shown beside each
+    #: candidate in the console's review); empty when the domain gives none.
+    guidelines: str = ""
 
     @property
     def group(self) -> str:
@@ -156,6 +159,8 @@ def _task_problems(task: Task) -> list[str]:
         out.append(f"needs at least 2 seed examples (has {len(t.seeds)})")
     if not isinstance(t.weight, (int, float)) or isinstance(t.weight, bool) or t.weight <= 0:
         out.append("weight must be a positive number")
+    if not isinstance(t.guidelines, str):
+        out.append("guidelines must be a string")
     if task.verifier is not None and not isinstance(task.verifier, GenericChecks) and not callable(task.verifier):
         out.append("the verifier must be callable (messages, answer) -> Verdict, or GenericChecks")
     if task.output_schema is not None and not (callable(task.output_schema) or isinstance(task.output_schema, Mapping)):

@@ -1,7 +1,8 @@
 """Task types and few-shot examples kept in YAML files (a domain ships them as package data).
 
 Task types: ``{"groups": {group: {"description": ..., "types": {name: {description, seeds,
-weight}}}}}`` (the layout of the taxonomy file). Examples: ``{task_type: [{user,
+weight, guidelines}}}}}`` (the layout of the taxonomy file; ``guidelines``, optional, is what
+a reviewer checks). Examples: ``{task_type: [{user,
 assistant}, ...]}``. JSON Lines of ``{"task_type", "user", "assistant"}`` work too, for
 generated pools.
 """
@@ -37,7 +38,7 @@ def _read(path: Path, what: str) -> Any:
 
 
 def task_types_from_data(data: Any, source: str = "<dict>") -> tuple[TaskType, ...]:
-    """Task types from ``{"groups": {group: {"types": {name: {description, seeds, weight}}}}}``."""
+    """Task types from ``{"groups": {group: {"types": {name: {description, seeds, weight, guidelines}}}}}``."""
     if not isinstance(data, dict) or not isinstance(data.get("groups"), dict) or not data["groups"]:
         raise DomainError(f"{source}: expected a mapping with a non-empty 'groups' mapping")
     types = []
@@ -62,7 +63,10 @@ def task_types_from_data(data: Any, source: str = "<dict>") -> tuple[TaskType, .
                 raise DomainError(f"{source}: {full}: weight must be a number") from None
             if weight <= 0:
                 raise DomainError(f"{source}: {full}: weight must be positive")
-            types.append(TaskType(full, description, seeds, weight))
+            guidelines = tdata.get("guidelines") or ""
+            if not isinstance(guidelines, str):
+                raise DomainError(f"{source}: {full}: guidelines must be text")
+            types.append(TaskType(full, description, seeds, weight, guidelines.strip()))
     return tuple(types)
 
 

@@ -1,7 +1,10 @@
-"""Console routes: login and logout, overview, review queue and candidate, datasets,
-evaluations (with their report pages), live metrics. Read-only here; actions go through
-the JSON API. Every page needs a login (services/control/auth.py): a token pasted into
-the login page becomes a signed session cookie."""
+"""Console routes: login and logout, overview, diagnostics and dead letters, datasets,
+evaluations (with their report pages), live metrics; the review pages are in
+`services.console.review_pages`, the conversations in `services.console.conversation_pages`.
+Read-only here, each panel one call into the reading modules (overview, health, reviewing,
+conversations); actions go through the JSON API. Every page needs a login
+(services/control/auth.py): a token pasted into the login page becomes a signed session
+cookie."""
 
 from __future__ import annotations
 
@@ -17,10 +20,9 @@ from services.control.auth import csrf_ok, public, requires
 from services.control.status import landed_status
 
 log = logging.getLogger(__name__)
-REVIEW_PAGE = 50
 
 
-def _safe(fn, what: str):
+def _safe(fn, what: str, default=None):
     """A panel that cannot be read (e.g. a table a later migration adds) shows as empty, and
     the page says why in its problems box; the error is logged too."""
     try:
@@ -28,7 +30,7 @@ def _safe(fn, what: str):
     except Exception as e:  # noqa: BLE001 - an empty panel with the reason beats a 500 page
         log.warning("console: cannot read %s: %s", what, e)
         g.setdefault("console_problems", []).append(f"cannot read {what}: {e}")
-        return []
+        return [] if default is None else default
 
 
 def _short(text, n: int = 160) -> str:
@@ -37,7 +39,9 @@ def _short(text, n: int = 160) -> str:
 
 
 def init_app(app: Flask, settings, plane) -> None:
-    from training.curation import review
+    from services.console import conversation_pages, health, review_pages
+    from services.console import overview as ov
+    from services.console.charts import Colours
     from training.curation.pipeline import list_runs as curation_runs
     from training.datasets.builder import get_dataset, list_datasets
     from training.errors import DatasetError
@@ -94,50 +98,72 @@ def init_app(app: Flask, settings, plane) -> None:
 
     @bp.get("/")
     def overview():
+        try:
+            with plane.reader() as cur:
+                span = ov.span_of(cur, request.args.get("range"))
+        except ValueError as e:
+            return page("message.html", title="Bad time range", message=str(e)), 400
+        colour = Colours()
         with plane.reader() as cur:
-            status = landed_status(cur)
             registry = plane.registry(cur)
             models = [m.to_dict() for m in registry.list()]
             routing = registry.routing_table().to_dict()
+            series = _safe(lambda: ov.traffic(cur, span), "traffic", {})
+            lines = _safe(lambda: ov.evaluation_lines(cur), "evaluations", {"versions": [], "types": {}})
             mined = _safe(lambda: curation_runs(cur, 5), "curation runs")
             turns = _safe(lambda: refresh_runs(cur, 5), "flywheel turns")
+            rates = _safe(lambda: health.events_per_minute(cur, span), "events per minute", {})
+            delay = _safe(lambda: health.landing_delay(cur), "landing delay", {})
+            dead = _safe(lambda: health.dead_letter_summary(cur), "dead letters", {"total": 0, "reasons": []})
+            gateway = health.probe_gateway(settings.gateway_url)
+            if gateway["reachable"]:
+                gateway["lag"] = _safe(lambda: health.landing_lag(cur, gateway["acked_offsets"]), "landing lag", 0)
+        for m in models:  # a version keeps its colour on every chart of the page
+            colour(m["version"])
         rollouts = {}
         for name in routing["routes"]:
             try:
                 rollouts[name] = plane.rollouts.status(name)
             except RegistryError:
                 rollouts[name] = None
-        return page("overview.html", status=status, landing=plane.landing_stats(), models=models, routing=routing,
-                    rollouts=rollouts, curation=mined, refresh=turns)
+        return page("overview.html", span=span, ranges=list(ov.RANGES), models=models, routing=routing,
+                    rollouts=rollouts, steps=plane.rollouts.policy.steps, curation=mined, refresh=turns,
+                    totals=ov.traffic_totals(series), charts=ov.traffic_charts(series, span, colour),
+                    eval_charts=ov.evaluation_charts(lines), eval_versions=lines["versions"],
+                    turn_chart=ov.turn_chart(turns[0] if turns else None), schedule=plane.refresh.schedule(),
+                    turn_running=plane.refresh.current if plane.refresh.running else None,
+                    events_chart=health.events_chart(rates), delay=delay, dead=dead, gateway=gateway,
+                    landing=plane.landing_stats(), own_spool=plane.producer.stats()["spool_depth"])
 
-    @bp.get("/review")
-    def review_queue():
-        args = {k: v for k, v in request.args.items() if v}  # as shown in the form and the next-page link
-        args.setdefault("state", "pending")
-        args.setdefault("limit", str(REVIEW_PAGE))
-        query = {k: v for k, v in args.items() if not (k == "state" and v == "all")}
+    @bp.get("/diagnostics")
+    def diagnostics():
+        """Internal bookkeeping: rows per table, landed positions, the landing consumer, the
+        producers' dead-letter files, the refresh triggers, the loaded domains."""
+        from flywheel.domains import active_domains
+        from streams.producer import dead_letter_counts
+
+        with plane.reader() as cur:
+            status = landed_status(cur)
+        return page("diagnostics.html", status=status, landing=plane.landing_stats(), producer=plane.producer.stats(),
+                    dead_files=dead_letter_counts(settings.data_path), schedule=plane.refresh.schedule(),
+                    domains=active_domains().names, gateway=health.probe_gateway(settings.gateway_url))
+
+    @bp.get("/dead-letters")
+    def dead_letters():
+        args = {k: v for k, v in request.args.items() if v}
         try:
-            flt = review.ReviewFilter.from_mapping(query)
-        except (ValueError, review.ReviewError) as e:
-            return page("review.html", error=f"bad filter: {e}", rows=[], counts={}, args=args), 400
+            limit, offset = int(args.get("limit", 50)), int(args.get("offset", 0))
+            if not 1 <= limit <= 500 or offset < 0:
+                raise ValueError("limit must be 1..500 and offset at least 0")
+        except ValueError as e:
+            return page("message.html", title="Bad filter", message=str(e)), 400
         with plane.reader() as cur:
-            try:
-                rows = review.list_candidates(cur, flt)
-                counts = review.count_states(cur, review.ReviewFilter.from_mapping(
-                    {k: v for k, v in query.items() if k not in ("state", "limit", "offset")}))
-            except review.ReviewError as e:
-                return page("review.html", error=str(e), rows=[], counts={}, args=args)
-        return page("review.html", error=None, rows=rows, counts=counts, args=args, limit=flt.limit,
-                    offset=flt.offset)
-
-    @bp.get("/review/<candidate_id>")
-    def candidate(candidate_id: str):
-        with plane.reader() as cur:
-            try:
-                rec = review.get_candidate(cur, candidate_id)
-            except review.ReviewError as e:
-                return page("message.html", title="No such candidate", message=str(e)), e.status
-        return page("candidate.html", c=rec)
+            rows = _safe(lambda: health.list_dead_letters(cur, reason=args.get("reason"), topic=args.get("topic"),
+                                                          limit=limit, offset=offset), "dead letters")
+            summary = _safe(lambda: health.dead_letter_summary(cur, top=20), "dead letters", {"total": 0, "reasons": []})
+            topics = _safe(lambda: health.dead_letter_topics(cur), "dead-letter topics")
+        return page("dead_letters.html", rows=rows, summary=summary, topics=topics, args=args, limit=limit,
+                    offset=offset)
 
     @bp.get("/datasets")
     def datasets():
@@ -183,6 +209,8 @@ def init_app(app: Flask, settings, plane) -> None:
             rows = _safe(lambda: read_windows(cur, **filters), "live metrics")
         return page("metrics.html", rows=list(reversed(rows)), args=request.args)
 
+    review_pages.register(bp, plane, page, _safe)
+    conversation_pages.register(bp, plane, page, _safe)
     app.register_blueprint(bp)
 
     @app.get("/")

@@ -12,9 +12,13 @@ from flask import Flask, jsonify, request
 from flywheel.settings import Settings
 from serving.registry import RegistryError
 from services import console
-from services.control import audit, auth, curation, refresh, review_api, rollouts, training_api
+from services.control import audit, auth, curation, errors, refresh, review_api, rollouts, training_api
 from services.control.auth import public, requires
+from services.control.errors import error_json
+from services.control.openapi import openapi
 from services.control.operators import LiveOperators
+from services.control.protocol import (Empty, ModelRegistration, RolloutAction, RolloutStart, RoutingUpdate, parse,
+                                       query_limit)
 from services.control.status import landed_status
 from streams.live_metrics import metrics_filters, read_windows
 
@@ -23,12 +27,17 @@ def create_api(settings: Settings, plane) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False
     app.extensions["flywheel"] = plane
+    errors.init_app(app)
     auth.init_app(app, settings, plane, getattr(plane, "operators", None) or LiveOperators(settings.operators_path))
 
     @app.get("/healthz")
     @public
     def healthz():
         return jsonify({"status": "ok", "landing": plane.landing_stats()})
+
+    @app.get("/openapi.json")
+    def openapi_document():
+        return jsonify(openapi())
 
     @app.get("/api/status")
     def status():
@@ -39,13 +48,7 @@ def create_api(settings: Settings, plane) -> Flask:
 
     @app.errorhandler(RegistryError)
     def _registry_error(e: RegistryError):
-        return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), e.status
-
-    def body() -> dict:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise RegistryError("send a JSON object")
-        return data
+        return error_json(str(e), e.status)
 
     @app.get("/api/models")
     def models():
@@ -59,17 +62,16 @@ def create_api(settings: Settings, plane) -> Flask:
 
     @app.post("/api/models")
     def register():
-        data = body()
-        if not data.get("version") or not data.get("adapter_path"):
-            raise RegistryError("'version' and 'adapter_path' are required")
+        data = parse(ModelRegistration)
         with plane.reader() as cur:
             mv = plane.registry(cur).register(
-                data["version"], Path(data["adapter_path"]), parent=data.get("parent"), notes=data.get("notes"),
-                dataset=data.get("dataset"), training_run=data.get("training_run"))
+                data.version, Path(data.adapter_path), parent=data.parent, notes=data.notes,
+                dataset=data.dataset, training_run=data.training_run)
         return jsonify(mv.to_dict()), 201
 
     @app.post("/api/models/<version>/retire")
     def retire(version: str):
+        parse(Empty, optional=True)
         with plane.reader() as cur:
             return jsonify(plane.registry(cur).retire(version).to_dict())
 
@@ -80,12 +82,9 @@ def create_api(settings: Settings, plane) -> Flask:
 
     @app.post("/api/routing")
     def set_routing():
-        data = body()
-        weights = data.get("weights")
-        if not isinstance(weights, dict) or not data.get("alias"):
-            raise RegistryError("send {'alias': ..., 'weights': {version: percent, ...}, 'reason': ...}")
+        data = parse(RoutingUpdate)
         with plane.reader() as cur:
-            table = plane.registry(cur).set_routes(data["alias"], weights, data.get("reason") or "set by an operator")
+            table = plane.registry(cur).set_routes(data.alias, data.weights, data.reason or "set by an operator")
         return jsonify(table.to_dict())
 
     @app.get("/api/metrics")
@@ -99,16 +98,13 @@ def create_api(settings: Settings, plane) -> Flask:
 
     @app.post("/api/rollouts")
     def rollout_start():
-        data = body()
-        if not data.get("candidate"):
-            raise RegistryError("send {'candidate': version, 'alias': alias (optional), and to start one whose latest "
-                                "evaluation did not pass the gate: 'override_gate': true, 'reason': why}")
+        data = parse(RolloutStart)
         override = None
-        if data.get("override_gate"):
-            if not str(data.get("reason") or "").strip():
+        if data.override_gate:
+            if not (data.reason or "").strip():
                 raise RegistryError("overriding the evaluation gate needs a 'reason'; it is recorded in the audit log")
-            override = rollouts.GateOverride(by=auth.current_operator(), reason=str(data["reason"]).strip())
-        return jsonify(plane.rollouts.start(data.get("alias") or settings.model.alias, data["candidate"],
+            override = rollouts.GateOverride(by=auth.current_operator(), reason=data.reason.strip())
+        return jsonify(plane.rollouts.start(data.alias or settings.model.alias, data.candidate,
                                             override=override)), 201
 
     @app.get("/api/rollouts/<alias>")
@@ -117,15 +113,13 @@ def create_api(settings: Settings, plane) -> Flask:
 
     @app.post("/api/rollouts/<alias>/<action>")
     def rollout_act(alias: str, action: str):
-        data = request.get_json(silent=True) or {}
-        return jsonify(plane.rollouts.act(alias, action, reason=data.get("reason")))
+        return jsonify(plane.rollouts.act(alias, action, reason=parse(RolloutAction, optional=True).reason))
 
     @app.get("/api/audit")
     @requires("admin")
     def audit_list():
-        limit = request.args.get("limit", default=100, type=int)
         with plane.reader() as cur:
-            return jsonify({"data": audit.list_entries(cur, max(1, min(limit, 1000)), request.args.get("action"))})
+            return jsonify({"data": audit.list_entries(cur, query_limit(100), request.args.get("action"))})
 
     curation.init_app(app, settings, plane)
     review_api.init_app(app, settings, plane)

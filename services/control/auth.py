@@ -27,11 +27,12 @@ from datetime import timedelta
 from typing import Callable
 from urllib.parse import quote
 
-from flask import Flask, g, jsonify, redirect, request, session
+from flask import Flask, g, redirect, request, session
 
 from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
 from services.control import audit
+from services.control.errors import error_json
 from services.control.operators import RANK, LiveOperators, Operator, write_private
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def init_app(app: Flask, settings: Settings, plane, operators: LiveOperators) ->
     @app.errorhandler(AuthError)
     def _auth_error(e: AuthError):
         kind = "authentication_error" if e.status == 401 else "permission_error"
-        resp = jsonify({"error": {"message": str(e), "type": kind}})
+        resp, _ = error_json(str(e), e.status, type=kind)
         resp.status_code = e.status
         if e.status == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="flywheel-control"'

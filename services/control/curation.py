@@ -10,6 +10,8 @@ from flask import Flask, jsonify, request
 
 from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
+from services.control.errors import error_json
+from services.control.protocol import CurationStart, parse, query_limit
 from streams.schemas import new_id
 from training.curation.pipeline import CurationBusy
 
@@ -76,16 +78,15 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
     @app.errorhandler(CurationBusy)
     @app.errorhandler(CurationNotFound)
     def _curation_error(e: FlywheelError):
-        return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), e.status
+        return error_json(str(e), e.status)
 
     @app.post("/api/curation/runs")
     def curation_start():
-        data = request.get_json(silent=True) or {}
-        return jsonify(runner.start(full=bool(data.get("full")))), 202
+        return jsonify(runner.start(full=parse(CurationStart, optional=True).full)), 202
 
     @app.get("/api/curation/runs")
     def curation_list():
-        limit = request.args.get("limit", default=20, type=int)
+        limit = query_limit(20)
         with plane.reader() as cur:
             return jsonify({"data": list_runs(cur, limit)})
 

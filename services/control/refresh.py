@@ -13,6 +13,8 @@ from flask import Flask, jsonify, request
 
 from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
+from services.control.errors import error_json
+from services.control.protocol import Empty, parse, query_limit
 from streams.schemas import new_id
 
 log = logging.getLogger(__name__)
@@ -151,16 +153,17 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
 
     @app.errorhandler(RefreshBusy)
     def _busy(e: RefreshBusy):
-        return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), e.status
+        return error_json(str(e), e.status)
 
     @app.post("/api/refresh")
     def refresh_start():
+        parse(Empty, optional=True)
         return jsonify(runner.start()), 202
 
     @app.get("/api/refresh")
     def refresh_list():
         with plane.reader() as cur:
-            return jsonify({"data": list_runs(cur, request.args.get("limit", default=20, type=int)),
+            return jsonify({"data": list_runs(cur, query_limit(20)),
                             "running": runner.current if runner.running else None, "schedule": runner.schedule()})
 
     @app.get("/api/refresh/<run_id>")
@@ -168,6 +171,5 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
         with plane.reader() as cur:
             run = get_run(cur, run_id)
         if run is None:
-            return jsonify({"error": {"message": f"no flywheel turn {run_id!r}; `flywheel refresh --list` shows them",
-                                      "type": "invalid_request_error"}}), 404
+            return error_json(f"no flywheel turn {run_id!r}; `flywheel refresh --list` shows them", 404)
         return jsonify(run)

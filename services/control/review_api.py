@@ -7,14 +7,17 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 
 from flywheel.settings import Settings
+from services.console import reviewing
 from services.control.auth import current_operator, require_role, requires
+from services.control.errors import error_json
+from services.control.protocol import ReviewDecision, parse
 from training.curation import review
 
 
 def init_app(app: Flask, settings: Settings, plane) -> None:
     @app.errorhandler(review.ReviewError)
     def _review_error(e: review.ReviewError):
-        return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), e.status
+        return error_json(str(e), e.status)
 
     def _filter() -> review.ReviewFilter:
         try:
@@ -45,6 +48,20 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
         with plane.reader() as cur:
             return jsonify(review.get_candidate(cur, candidate_id))
 
+    @app.get("/api/review/candidates/<candidate_id>/similar")
+    def review_similar(candidate_id: str):
+        """The nearest candidates by prompt vector (the console's find-similar), most similar first."""
+        k = request.args.get("k", default=8, type=int)
+        with plane.reader() as cur:
+            review.get_candidate(cur, candidate_id)  # 404 for an unknown one
+            return jsonify({"data": reviewing.similar(cur, candidate_id, max(1, min(k, 100)))})
+
+    @app.get("/api/review/conflicts")
+    def review_conflicts():
+        """Candidates whose reviewers' votes disagree, with the votes, and the agreement figures."""
+        with plane.reader() as cur:
+            return jsonify({"data": reviewing.conflicts(cur), "agreement": reviewing.agreement_stats(cur)})
+
     @app.get("/api/review/landed/<batch>")
     def review_landed(batch: str):
         with plane.reader() as cur:
@@ -56,21 +73,19 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
         """Decisions on named candidates need a reviewer; by filter (approve-all and the
         like: every candidate a filter picks) an admin. ``reviewer`` defaults to the name of
         the operator token; the audit log keeps the token either way."""
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict) or not data.get("action"):
-            raise review.ReviewError("send {'action': approve|reject|edit|reset, 'reviewer': ..., 'candidate_ids': [...] "
-                                     "or 'filter': {...}, 'reason': ..., 'edited_response': ... (edit)}")
-        if not data.get("candidate_ids"):
+        data = parse(ReviewDecision)
+        if not data.candidate_ids:
             require_role("admin")
-        reviewer = str(data.get("reviewer") or "").strip() or current_operator().name
+        reviewer = (data.reviewer or "").strip() or current_operator().name
+        flt = data.filter.model_dump(exclude_none=True) if data.filter else {}
         with plane.reader() as cur:
-            ids = data.get("candidate_ids") or review.select_ids(cur, review.ReviewFilter.from_mapping(data.get("filter") or {}))
+            ids = data.candidate_ids or review.select_ids(cur, review.ReviewFilter.from_mapping(flt))
             known = set(review.review_state(cur, ids))
         missing = [i for i in ids if i not in known]
         if missing:
             raise review.CandidateNotFound(f"unknown candidate ids: {', '.join(missing[:10])}")
-        events = review.make_reviews(ids, data["action"], reviewer=reviewer, reason=data.get("reason"),
-                                     edited_response=data.get("edited_response"), source="api")
+        events = review.make_reviews(ids, data.action, reviewer=reviewer, reason=data.reason,
+                                     edited_response=data.edited_response, source="api")
         topic = settings.topic("reviews")
         plane.producer.emit_many([(topic, e.candidate_id, e) for e in events])
         batch = events[0].event_id.split("-")[1] if events else None

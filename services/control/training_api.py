@@ -12,6 +12,8 @@ from flask import Flask, jsonify, request
 
 from flywheel.settings import Settings
 from services.control.auth import current_operator, requires
+from services.control.errors import error_json
+from services.control.protocol import Empty, EvaluationRecord, parse
 from training.errors import DatasetError
 
 
@@ -21,10 +23,11 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
     @app.errorhandler(DatasetError)
     def _dataset_error(e: DatasetError):
         status = 404 if "no dataset" in str(e) else 422
-        return jsonify({"error": {"message": str(e), "type": "invalid_request_error"}}), status
+        return error_json(str(e), status)
 
     @app.post("/api/datasets")
     def datasets_build():
+        parse(Empty, optional=True)
         with plane.reader() as cur:
             return jsonify(build_dataset(cur, settings).to_dict()), 201
 
@@ -47,13 +50,11 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
         refresh records its own job's report in-process and never reads these."""
         from training.evaluation.evaluate import record_evaluation
 
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict) or not data.get("folder"):
-            raise DatasetError("send {'folder': the report folder `flywheel eval` wrote under DATA_DIR/evals}")
+        data = parse(EvaluationRecord)
         evals = (settings.data_path / "evals").resolve()
-        folder = Path(str(data["folder"])).expanduser().resolve()
+        folder = Path(data.folder).expanduser().resolve()
         if not folder.is_relative_to(evals) or folder == evals or not (folder / "report.json").is_file():
-            raise DatasetError(f"{data['folder']} is not a report folder an evaluation job wrote under {evals}")
+            raise DatasetError(f"{data.folder} is not a report folder an evaluation job wrote under {evals}")
         try:
             report = json.loads((folder / "report.json").read_text())
             op = current_operator()

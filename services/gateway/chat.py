@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from serving.backends.base import BackendError, Generation, GenerationRequest, ResponseFormat, SamplingParams
 from services.gateway.context import Caller, RequestContext
 from services.gateway.errors import APIError, from_backend, not_found, too_large
+from services.gateway.limits import ReleasingIterator
 from services.gateway.gateway import Gateway
 from services.gateway.protocol import (
     ChatCompletion,
@@ -35,6 +36,7 @@ from services.gateway.protocol import (
 )
 from streams.event_size import EventTooLarge, fit_interaction, json_size
 from streams.schemas import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Interaction, new_id, utcnow
+from streams.spool import Reservation
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,12 @@ class _Call:
     ctx: RequestContext
     request: GenerationRequest
     params: dict  # as recorded on the interaction
+    reservation: Reservation  # room in the spool for the interaction, held since before generation
 
     def emit(self, gen: Generation | None, drafts: list[tuple[str, str]] | None = None,
              error: Exception | None = None) -> None:
-        emit_interaction(self.gw, self.ctx, self.request.messages, self.params, gen, drafts=drafts, error=error)
+        emit_interaction(self.gw, self.ctx, self.request.messages, self.params, gen, drafts=drafts, error=error,
+                         reservation=self.reservation)
 
 
 def create_chat_completion(gw: Gateway, req: ChatCompletionRequest, caller: Caller) -> ChatCompletion | ChatStream:
@@ -71,14 +75,21 @@ def create_chat_completion(gw: Gateway, req: ChatCompletionRequest, caller: Call
     except BackendError as e:
         call.emit(None, error=e)
         raise from_backend(e) from None
+    except BaseException:
+        call.reservation.release()
+        raise
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return ChatStream(call.ctx, _stream(call, gen, include_usage))
+        # Closed by the server even when never started (the client left first): the room goes back.
+        return ChatStream(call.ctx, ReleasingIterator(_stream(call, gen, include_usage), call.reservation))
     try:
         drafts = gen.collect()
     except BackendError as e:
         call.emit(gen, error=e)
         raise from_backend(e) from None
+    except BaseException:
+        call.reservation.release()
+        raise
     call.emit(gen, drafts=drafts)
     usage = _usage(gen)
     gw.metrics.tokens.labels("completion").inc(usage.completion_tokens)
@@ -141,20 +152,27 @@ def _accept(gw: Gateway, req: ChatCompletionRequest, caller: Caller) -> _Call:
                 "stop": list(req.stop or []), "seed": req.seed, "stream": req.stream}
     if response_format:
         recorded["response_format"] = response_format
-    _check_recordable(gw, messages, recorded, meta)
+    size = _check_recordable(gw, messages, recorded, meta)
+    # Room for the interaction, held until it is spooled: a full spool refuses the request here (503),
+    # before generation, so an answer is never given without its record.
+    reservation = gw.reserve(min(size + req.n * max_tokens * _BYTES_PER_TOKEN, gw.settings.events.max_event_bytes))
     gw.bindings.remember(ctx.request_id, caller.key_id, user_id, req.n)  # feedback on it is checked against these
-    return _Call(gw, ctx, GenerationRequest(messages=messages, params=params, n=req.n, version=version), recorded)
+    return _Call(gw, ctx, GenerationRequest(messages=messages, params=params, n=req.n, version=version), recorded,
+                 reservation)
 
 
 #: What an interaction holds besides its messages, params and drafts (ids, times, usage, tags), generously.
 _EVENT_OVERHEAD = 2048
+#: Spool room held per token a draft may have (a token is a few characters; JSON escapes some).
+#: A longer answer is still recorded while the spool has room beyond what is held.
+_BYTES_PER_TOKEN = 16
 
 
-def _check_recordable(gw: Gateway, messages: tuple[dict, ...], recorded: dict, meta: dict) -> None:
+def _check_recordable(gw: Gateway, messages: tuple[dict, ...], recorded: dict, meta: dict) -> int:
     """Refuse, before generation, a request whose interaction could not be recorded: a
     message over the event schema's per-message cap (400), or a prompt whose event would be
     over ``events.max_event_bytes`` before any draft is added (413). Drafts are cut to fit
-    later (streams.event_size)."""
+    later (streams.event_size). Returns the event's size without drafts."""
     for i, m in enumerate(messages):
         if len(m["content"]) > MAX_TEXT_CHARS:
             raise APIError(400, f"Invalid value for 'messages[{i}].content': at most {MAX_TEXT_CHARS:,} characters "
@@ -164,6 +182,7 @@ def _check_recordable(gw: Gateway, messages: tuple[dict, ...], recorded: dict, m
     if size > limit:
         raise too_large(f"The request is too large to record: its messages take {size:,} bytes as an event, over the "
                         f"limit of {limit:,} bytes (events.max_event_bytes). Send a shorter prompt.", param="messages")
+    return size
 
 
 def _usage(gen: Generation) -> UsageInfo:
@@ -215,7 +234,7 @@ def _stream(call: _Call, gen: Generation, include_usage: bool) -> Iterator[str]:
 
 def emit_interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...], params: dict,
                      gen: Generation | None, drafts: list[tuple[str, str]] | None = None,
-                     error: Exception | None = None) -> None:
+                     error: Exception | None = None, reservation: Reservation | None = None) -> None:
     """Record one chat completion (answered or failed) as an ``interaction`` event. It never
     fails the request (the answer is already computed): drafts too large for the event are
     cut (streams.event_size); an event that still cannot be spooled (spool full, invalid) is
@@ -226,7 +245,7 @@ def emit_interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...
         if event.tags.get("labels", {}).get("truncated"):
             log.warning("interaction %s: drafts cut by %s characters to fit events.max_event_bytes",
                         event.request_id, event.tags["labels"]["truncated_chars"])
-        gw.emit([(gw.topics["interactions"], event.session_id, data)])
+        gw.emit([(gw.topics["interactions"], event.session_id, data)], reservation)
     except Exception as e:  # noqa: BLE001 - after the answer nothing may turn into a 500 or a broken stream
         reason = ("spool_full" if isinstance(e, APIError) and e.status == 503 else
                   "too_large" if isinstance(e, EventTooLarge) or (isinstance(e, APIError) and e.status == 413) else
@@ -234,6 +253,9 @@ def emit_interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...
         gw.metrics.events_lost.labels(reason).inc()
         log.error("interaction %s was not recorded (%s): %s", ctx.request_id, reason, e,
                   exc_info=reason == "error")
+    finally:
+        if reservation is not None:
+            reservation.release()  # a no-op once the event used it
 
 
 def _interaction(gw: Gateway, ctx: RequestContext, messages: tuple[dict, ...], params: dict,

@@ -19,7 +19,7 @@ from services.gateway.protocol import ModelCard, ModelList
 from streams.event_size import EventTooLarge
 from streams.privacy import Privacy
 from streams.producer import EventProducer
-from streams.spool import SpoolFull
+from streams.spool import Reservation, SpoolFull
 from streams.topics import topic_names
 
 
@@ -67,17 +67,25 @@ class Gateway:
     def redact(self, text: str | None) -> str | None:
         return self.privacy.redact(text)
 
-    def emit(self, items: list[tuple[str, str | None, object]]) -> None:
+    def emit(self, items: list[tuple[str, str | None, object]], reservation: Reservation | None = None) -> None:
         """Spool ``items`` (events or their bytes), all or none: 503 when the spool is full,
-        413 when one is over ``events.max_event_bytes``."""
+        413 when one is over ``events.max_event_bytes``. ``reservation``: room `reserve` held."""
         try:
-            self.producer.emit_many(items)
+            self.producer.emit_many(items, reservation)
         except SpoolFull as e:
-            raise APIError(503, str(e), type="service_unavailable", code="event_spool_full") from None
+            raise spool_full(e) from None
         except EventTooLarge as e:
             raise too_large(f"The request is too large to record: {e}. Send less text.") from None
         for topic, _, _ in items:
             self.metrics.events.labels(topic).inc()
+
+    def reserve(self, nbytes: int) -> Reservation:
+        """Hold room in the spool for an event this request will emit once answered (a chat
+        request is refused with 503 before generation rather than answered and not recorded)."""
+        try:
+            return self.producer.reserve(nbytes)
+        except SpoolFull as e:
+            raise spool_full(e) from None
 
     def models(self) -> ModelList:
         """The public aliases of the current routing table, with their versions' weights."""
@@ -101,6 +109,10 @@ class Gateway:
         self.router.close()
         self.producer.close(drain_timeout=drain_timeout)
         self.backend.close()
+
+
+def spool_full(e: SpoolFull) -> APIError:
+    return APIError(503, str(e), type="service_unavailable", code="event_spool_full", headers={"Retry-After": "5"})
 
 
 def make_router(settings: Settings, backend: Backend) -> Router:

@@ -36,8 +36,16 @@ class TextPart(BaseModel):
     text: str
 
 
+def _content_required(schema: dict) -> None:
+    """In the JSON Schema, ``content`` is required and not null, as ``_has_text`` enforces."""
+    schema["required"] = sorted({*schema.get("required", ()), "content"})
+    content = schema["properties"]["content"]
+    content["anyOf"] = [s for s in content["anyOf"] if s.get("type") != "null"]
+    content.pop("default", None)
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_content_required)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=64)

@@ -22,6 +22,7 @@ from services.gateway.limits import Lease, ReleasingIterator
 from services.gateway.feedback import record_feedback
 from services.gateway.gateway import Gateway
 from services.gateway.ingest import ingest_events
+from services.gateway.openapi import openapi
 from services.gateway.protocol import ChatCompletionRequest, EventsRequest, FeedbackRequest
 from streams.schemas import MAX_ID_CHARS, MAX_NAME_CHARS
 
@@ -153,6 +154,11 @@ def healthz():
 @bp.get("/metrics")
 def metrics():
     return Response(_gateway().metrics.render(), mimetype=gm.CONTENT_TYPE)
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return jsonify(openapi(_gateway().settings.gateway.auth))
 
 
 # -- request metrics -------------------------------------------------------------------------

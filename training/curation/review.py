@@ -324,12 +324,14 @@ def auto_decisions(rows: Iterable[dict], rules, *, now: datetime | None = None) 
         label, conf = r.get("label") or "unknown", float(r.get("label_confidence") or 0.0)
         if types and not any(task_type == t or task_type.startswith(t.rstrip("/") + "/") for t in types):
             continue
-        if label == "good" and conf >= cfg.approve_min_confidence:
+        # An edit's label is "good" because its user wrote it (training.curation.pipeline): it
+        # vouches for no more than that user, so only the user's trust can approve it.
+        trust = float(r.get("user_trust") or 0.0)
+        if label == "good" and conf >= cfg.approve_min_confidence and source != "edit":
             approve.append((cid, f"auto: label good (confidence {conf:.2f} >= {cfg.approve_min_confidence})"))
-        elif (cfg.approve_edits and source == "edit" and label != "bad"
-              and float(r.get("user_trust") or 0.0) >= cfg.approve_edits_min_trust):
+        elif cfg.approve_edits and source == "edit" and label != "bad" and trust >= cfg.approve_edits_min_trust:
             approve.append((cid, f"auto: the answer is the correction of a trusted user (trust "
-                                 f"{float(r.get('user_trust') or 0.0):.2f} >= {cfg.approve_edits_min_trust})"))
+                                 f"{trust:.2f} >= {cfg.approve_edits_min_trust})"))
         elif cfg.reject_bad and label == "bad" and conf >= cfg.reject_min_confidence:
             reject.append((cid, f"auto: label bad (confidence {conf:.2f} >= {cfg.reject_min_confidence})"))
     batch, now = new_batch(), now or datetime.now(timezone.utc)
