@@ -20,13 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), 'torch was replaced: ' + v"
 	touch $(STAMP)
 
-# The loop for a newcomer: the stack, 300 sessions of earlier traffic (straight to Kafka),
+# The loop for a newcomer: the stack, 600 sessions of earlier traffic (straight to Kafka),
 # a minute of live simulated users through the gateway, and the turn the scheduler starts
 # once 200 feedback events have landed (mine, dataset, train, evaluate, canary), followed
 # to its end; then the stack keeps serving until Ctrl-C.
 run: install
 	FLYWHEEL_REFRESH__AFTER_FEEDBACK=200 FLYWHEEL_REFRESH__CHECK_S=15 \
-	  $(BIN)/flywheel up --history 300 --simulate 60 --refresh
+	  $(BIN)/flywheel up --history 600 --simulate 60 --refresh
 
 test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider

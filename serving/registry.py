@@ -112,7 +112,10 @@ class Registry:
             raise RegistryError(f"version {version!r} exists already: version names are immutable", 409)
         if parent is not None:
             self.get(parent)
-        src = Path(adapter_src).expanduser().resolve()
+        try:
+            src = Path(adapter_src).expanduser().resolve()
+        except RuntimeError:  # "~name" of no user: no home to expand
+            raise RegistryError(f"adapter folder {adapter_src} does not exist") from None
         if not src.is_dir():
             raise RegistryError(f"adapter folder {src} does not exist")
         dest = self.models_dir / version

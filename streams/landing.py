@@ -41,7 +41,7 @@ from flywheel.errors import BrokerError
 from flywheel.settings import Settings
 from streams.event_size import json_size
 from streams.privacy import Privacy
-from streams.schemas import DeadLetter, Deployment, Feedback, Interaction, Metrics, Review
+from streams.schemas import SCHEMA_VERSION, DeadLetter, Deployment, Feedback, Interaction, Metrics, Review
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,15 @@ _INTERACTION_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","reque
  "session_id":"VARCHAR","turn":"INTEGER","user_id":"VARCHAR","app":"VARCHAR","created_at":"TIMESTAMPTZ",
  "model_alias":"VARCHAR","model_version":"VARCHAR","messages":"JSON","drafts":"JSON","params":"JSON",
  "usage":{"prompt_tokens":"INTEGER","completion_tokens":"INTEGER"},"timing":{"ttft_ms":"DOUBLE","total_ms":"DOUBLE"},
- "status":"VARCHAR","error":"JSON","tags":"JSON"}"""
+ "status":"VARCHAR","error":"JSON","tags":"JSON","tools":"JSON","tool_choice":"JSON","response_format":"JSON"}"""
 _FEEDBACK_STRUCT = """{"schema_version":"INTEGER","event_id":"VARCHAR","request_id":"VARCHAR","draft":"INTEGER",
  "kind":"VARCHAR","value":"INTEGER","text":"VARCHAR","user_id":"VARCHAR","session_id":"VARCHAR","app":"VARCHAR",
- "created_at":"TIMESTAMPTZ","comment":"VARCHAR"}"""
+ "created_at":"TIMESTAMPTZ","comment":"VARCHAR","tool_call_id":"VARCHAR","tool_calls":"JSON"}"""
+
+#: A JSON field as a column: SQL NULL when absent or JSON null.
+def _json_or_null(expr: str) -> str:
+    return f"CASE WHEN json_type({expr}) = 'NULL' THEN NULL ELSE {expr} END"
+
 _DEPLOY_STRUCT = """{"alias":"VARCHAR","candidate":"VARCHAR","production":"VARCHAR","action":"VARCHAR",
  "status":"VARCHAR","weights":"JSON","reason":"VARCHAR","figures":"JSON"}"""
 _METRICS_STRUCT = """{"alias":"VARCHAR","model_version":"VARCHAR","window_start":"TIMESTAMPTZ","window_s":"DOUBLE",
@@ -83,20 +88,23 @@ _INSERTS = {
     "interactions": f"""
         INSERT OR IGNORE INTO interactions (event_id, schema_version, request_id, session_id, turn, user_id, app,
             created_at, model_alias, model_version, messages, drafts, params, prompt_tokens, completion_tokens,
-            ttft_ms, total_ms, status, error, tags, task_type, source, kafka_partition, kafka_offset)
-        SELECT id, coalesce(j.schema_version, 1), j.request_id, j.session_id, coalesce(j.turn, 1), j.user_id,
+            ttft_ms, total_ms, status, error, tags, task_type, source, tools, tool_choice, response_format,
+            kafka_partition, kafka_offset)
+        SELECT id, coalesce(j.schema_version, {SCHEMA_VERSION}), j.request_id, j.session_id, coalesce(j.turn, 1), j.user_id,
             coalesce(j.app, 'default'), ts, j.model_alias, j.model_version, j.messages, coalesce(j.drafts, '[]'),
             coalesce(j.params, '{{}}'), coalesce(j.usage.prompt_tokens, 0), coalesce(j.usage.completion_tokens, 0),
             j.timing.ttft_ms, coalesce(j.timing.total_ms, 0), coalesce(j.status, 'ok'),
-            CASE WHEN json_type(j.error) = 'NULL' THEN NULL ELSE j.error END, coalesce(j.tags, '{{}}'),
-            j.tags->>'task_type', j.tags->>'source', p, o
+            {_json_or_null("j.error")}, coalesce(j.tags, '{{}}'),
+            j.tags->>'task_type', j.tags->>'source', {_json_or_null("j.tools")}, {_json_or_null("j.tool_choice")},
+            coalesce({_json_or_null("j.response_format")}, {_json_or_null("j.params->'response_format'")}), p, o
         FROM (SELECT json_transform(raw, '{_INTERACTION_STRUCT}') AS j, event_id AS id, created_at AS ts,
                      partition AS p, "offset" AS o FROM staged)""",
     "feedback": f"""
         INSERT OR IGNORE INTO feedback (event_id, schema_version, request_id, draft, kind, value, text, user_id,
-            session_id, app, created_at, comment, kafka_partition, kafka_offset)
-        SELECT id, coalesce(j.schema_version, 1), j.request_id, coalesce(j.draft, 0), j.kind, j.value, j.text,
-            j.user_id, j.session_id, coalesce(j.app, 'default'), ts, j.comment, p, o
+            session_id, app, created_at, comment, tool_call_id, tool_calls, kafka_partition, kafka_offset)
+        SELECT id, coalesce(j.schema_version, {SCHEMA_VERSION}), j.request_id, coalesce(j.draft, 0), j.kind, j.value, j.text,
+            j.user_id, j.session_id, coalesce(j.app, 'default'), ts, j.comment, j.tool_call_id,
+            {_json_or_null("j.tool_calls")}, p, o
         FROM (SELECT json_transform(raw, '{_FEEDBACK_STRUCT}') AS j, event_id AS id, created_at AS ts,
                      partition AS p, "offset" AS o FROM staged)""",
     "deployments": f"""

@@ -156,5 +156,20 @@ def m007_review_decisions(conn: duckdb.DuckDBPyConnection) -> None:
                                    ORDER BY created_at DESC, landed_at DESC, kafka_offset DESC NULLS LAST, event_id DESC) = 1""")
 
 
+def m008_tool_calls(conn: duckdb.DuckDBPyConnection) -> None:
+    # Event schema version 2 (issue #12): an interaction's tools, tool_choice and response_format
+    # as sent (tool calls and tool results stay in its messages and drafts JSON); feedback about one
+    # tool call, and an edit's corrected calls. Version 1 kept response_format in params: it is
+    # copied here, and the landing does the same for version-1 events still arriving.
+    conn.execute("ALTER TABLE interactions ADD COLUMN tools JSON")
+    conn.execute("ALTER TABLE interactions ADD COLUMN tool_choice JSON")
+    conn.execute("ALTER TABLE interactions ADD COLUMN response_format JSON")
+    conn.execute("UPDATE interactions SET response_format = params->'response_format' "
+                 "WHERE json_type(params->'response_format') = 'OBJECT'")
+    conn.execute("ALTER TABLE feedback ADD COLUMN tool_call_id VARCHAR")
+    conn.execute("ALTER TABLE feedback ADD COLUMN tool_calls JSON")
+
+
+# New migrations go at the end: a database applies what it has not recorded, in this order.
 MIGRATIONS = [m001_interactions, m002_feedback, m003_dead_letters, m004_landing_offsets, m005_deployments,
-              m006_live_metrics, m007_review_decisions]
+              m006_live_metrics, m007_review_decisions, m008_tool_calls]

@@ -9,7 +9,12 @@ checks that every schema field has one. docs/privacy.md lists them.
 - ``redact_json``: every string of a JSON value, keys and values, is redacted (params:
   stop strings, a response_format schema; tags: task type, labels).
 - ``messages``/``drafts``/``error``: the text parts of these (content, name, message,
-  type) are redacted; roles, indices, finish reasons and statuses are kept.
+  type) are redacted; roles, indices, finish reasons and statuses are kept. Tool calls in
+  messages and drafts (``tool_calls``): the function's name is redacted as text, its
+  ``arguments`` as JSON (:meth:`Privacy.redact_arguments`), a call's id and a tool
+  result's ``tool_call_id`` by the ``identifier`` rule (so feedback naming a call still
+  finds it). A tool's result is a ``tool`` message: its content is redacted as any other.
+- ``tool_calls`` (feedback): the corrected calls, as in drafts.
 - ``identifier``: an id a client may choose (session, request, event ids) is kept as sent,
   so that it still joins, unless the redactor finds PII in it; then it becomes ``h_`` and
   24 hex digits of HMAC-SHA256(salt, id). The same id always gives the same value, so
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -56,8 +62,9 @@ PUBLIC_SALTS = frozenset({"", "flywheel-dev-salt"})
 SALT_FILE = "user_salt"
 
 _PSEUDONYM = re.compile(r"u_[0-9a-f]{24}")
-#: The ids `streams.schemas.new_id` makes: a short prefix and a random UUID's 32 hex digits.
-_OWN_ID = re.compile(r"[a-z]{1,16}-[0-9a-f]{32}")
+#: The ids `streams.schemas.new_id` makes: a short prefix and a random UUID's 32 hex digits
+#: (tool call ids: ``call_`` and 32 hex digits).
+_OWN_ID = re.compile(r"[a-z]{1,16}[-_][0-9a-f]{32}")
 
 #: One rule per field of each stored event (see the module docstring).
 RULES: dict[type[BaseModel], dict[str, str]] = {
@@ -66,12 +73,13 @@ RULES: dict[type[BaseModel], dict[str, str]] = {
         "session_id": "identifier", "turn": "kept", "user_id": "pseudonym", "app": "redact", "created_at": "kept",
         "model_alias": "redact", "model_version": "redact", "messages": "messages", "drafts": "drafts",
         "params": "redact_json", "usage": "kept", "timing": "kept", "status": "kept", "error": "error",
-        "tags": "redact_json",
+        "tags": "redact_json", "tools": "redact_json", "tool_choice": "redact_json", "response_format": "redact_json",
     },
     Feedback: {
         "type": "kept", "schema_version": "kept", "event_id": "identifier", "request_id": "identifier",
         "draft": "kept", "kind": "kept", "value": "kept", "text": "redact", "user_id": "pseudonym",
         "session_id": "identifier", "app": "redact", "created_at": "kept", "comment": "redact",
+        "tool_call_id": "identifier", "tool_calls": "tool_calls",
     },
     # The landing keeps what it could not read; the key, reason and payload are redacted
     # as text (the landing has no salt, and a dead letter's key joins nothing).
@@ -96,8 +104,9 @@ class Privacy:
             "redact_json": self.redact_json,
             "identifier": self.identifier,
             "pseudonym": lambda v: v if v is None or _PSEUDONYM.fullmatch(v) else self.pseudonym(v),
-            "messages": lambda ms: [{**m, **{k: self.redact(m[k]) for k in ("content", "name") if m.get(k)}} for m in ms],
-            "drafts": lambda ds: [{**d, "content": self.redact(d["content"])} for d in ds],
+            "messages": lambda ms: [self._message(m) for m in ms],
+            "drafts": lambda ds: [self._with_calls({**d, "content": self.redact(d["content"])}) for d in ds],
+            "tool_calls": lambda cs: cs and self.tool_calls(cs),
             "error": lambda e: e and {**e, "type": self.redact(e["type"]), "message": self.redact(e["message"])},
         }
 
@@ -122,6 +131,50 @@ class Privacy:
         if isinstance(value, (list, tuple)):
             return [self.redact_json(v) for v in value]
         return value
+
+    def redact_arguments(self, text: str) -> str:
+        """A tool call's ``arguments`` (JSON text) made safe: every string of the JSON value,
+        keys included, is redacted, and a number whose digits the redactor takes (a card
+        number sent as a number) becomes its placeholder; the text is kept as written when
+        nothing changes. Text that is not JSON is redacted as text."""
+        if self.redactor is None or not text:
+            return text
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return self.redactor.redact(text)
+        safe = self._redact_values(value)
+        return text if safe == value else json.dumps(safe, ensure_ascii=False, separators=(",", ":"))
+
+    def _redact_values(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redactor.redact(value)
+        if isinstance(value, dict):
+            return {self.redactor.redact(k): self._redact_values(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redact_values(v) for v in value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            digits = json.dumps(value)
+            safe = self.redactor.redact(digits)
+            return value if safe == digits else safe
+        return value
+
+    def tool_calls(self, calls: list[dict]) -> list[dict]:
+        """Tool calls made safe: the id as an identifier, the name as text, the arguments as JSON."""
+        return [{**c, "id": self.identifier(c["id"]),
+                 "function": {"name": self.redact(c["function"]["name"]),
+                              "arguments": self.redact_arguments(c["function"]["arguments"])}} for c in calls]
+
+    def _with_calls(self, item: dict) -> dict:
+        if item.get("tool_calls"):
+            item["tool_calls"] = self.tool_calls(item["tool_calls"])
+        return item
+
+    def _message(self, m: dict) -> dict:
+        out = {**m, **{k: self.redact(m[k]) for k in ("content", "name") if m.get(k)}}
+        if m.get("tool_call_id"):
+            out["tool_call_id"] = self.identifier(m["tool_call_id"])
+        return self._with_calls(out)
 
     def _hash(self, prefix: str, value: str) -> str:
         if self._salt is None:

@@ -12,12 +12,14 @@ the 2xx feedback answers, nothing from a refused request, no dead letter.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 
 pytest.importorskip("schemathesis")
@@ -35,8 +37,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from tests.conftest import count, operator_token, query, wait_for  # noqa: E402
 
-EXAMPLES = {"gateway": 120, "control": 40}  # per operation and generation mode (the control plane has 32 operations)
-BUDGET_S = 75.0  # per app: operations not reached in time are reported, not fuzzed
+EXAMPLES = {"gateway": 120, "control": 35}  # per operation and generation mode (the control plane has 35 operations)
+BUDGET_S = 90.0  # per app: operations not reached in time are reported, not fuzzed
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -72,22 +74,26 @@ def _error_format(body: bytes) -> str | None:
 
 
 def fuzz(schema, base_url: str, headers: dict, *, examples: int, budget_s: float = BUDGET_S,
-         exempt_errors: tuple[str, ...] = (), steer=None) -> FuzzRun:
+         exempt_errors: tuple[str, ...] = (), steer=None, negative_from=None) -> FuzzRun:
     """Every operation of ``schema``, positive then negative examples, against ``base_url``.
     ``steer(case)`` may change a positive case (e.g. name a model that exists), as a client
-    that read the model list would."""
+    that read the model list would. ``negative_from`` (another schema) gives the negative
+    examples of the operations it has."""
     run = FuzzRun()
     deadline = time.monotonic() + budget_s
     operations = [r.ok() for r in schema.get_all_operations()]
+    lean = {o.label: o for o in (r.ok() for r in negative_from.get_all_operations())} if negative_from else {}
     for op in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            source = lean.get(op.label, op) if mode is GenerationMode.NEGATIVE else op
             if time.monotonic() > deadline:
                 run.skipped.append(f"{op.label} ({mode.value})")
                 continue
+            print(f"fuzzing {op.label} ({mode.value})", flush=True)
 
             @hsettings(max_examples=examples, derandomize=True, deadline=None, database=None,
                        phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-            @given(case=op.as_strategy(generation_mode=mode).map(
+            @given(case=source.as_strategy(generation_mode=mode).map(
                 steer if steer is not None and mode is GenerationMode.POSITIVE else (lambda c: c)))
             def one(case):
                 if time.monotonic() > deadline:
@@ -138,19 +144,31 @@ def test_fuzz_the_gateway(settings, control_plane, start_gateway):
     from serving.backends.scripted import ScriptedBackend
 
     gw = start_gateway(settings, ScriptedBackend())
-    schema = schemathesis.openapi.from_url(f"{gw.url}/openapi.json")
+    doc = httpx.get(f"{gw.url}/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(doc)
+    # Negating the event schemas of /v1/events exhausts schemathesis' memory (4.32: a case of
+    # gigabytes): its negative examples come from a copy where an item is any object.
+    lean = copy.deepcopy(doc)
+    lean["components"]["schemas"]["EventsRequest"]["properties"]["events"]["items"] = {"type": "object"}
+    lean["paths"] = {"/v1/events": lean["paths"]["/v1/events"]}
     t0 = time.monotonic()
     alias = settings.model.alias
 
     def steer(case):
-        # Most chat requests name the served alias (a random name only gets 404); a few keep theirs.
+        # Most chat requests name the served alias (a random name only gets 404) and have a plain
+        # history (the schema cannot say which fields each role takes: random ones mostly get 400);
+        # a few keep what was generated.
         if case.operation.path == "/v1/chat/completions" and isinstance(case.body, dict) and zlib.crc32(
                 json.dumps(case.body, sort_keys=True, default=str).encode()) % 8:
             case.body["model"] = alias
+            case.body["messages"] = [
+                {"role": m.get("role") if m.get("role") in ("system", "developer", "user") else "user",
+                 "content": m["content"] if isinstance(m.get("content"), (str, list)) and m["content"] else "hello"}
+                for m in case.body.get("messages") or [{}] if isinstance(m, dict)] or [{"role": "user", "content": "hi"}]
         return case
 
     run = fuzz(schema, gw.url, {"Authorization": f"Bearer {gw.tokens['admin']}"}, examples=EXAMPLES["gateway"],
-               exempt_errors=("/healthz",), steer=steer)
+               exempt_errors=("/healthz",), steer=steer, negative_from=schemathesis.openapi.from_dict(lean))
     seconds = time.monotonic() - t0
 
     # What was accepted: chat answers (by request id), feedback (by event id), ingest items.

@@ -50,8 +50,10 @@ BAD_CHATS = [
     ({**CHAT, "max_tokens": 0}, "max_tokens", None),
     ({**CHAT, "max_tokens": 10**6}, "max_tokens", None),
     ({**CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop", None),
-    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported_parameter"),
-    ({**CHAT, "logprobs": True}, "logprobs", "unsupported_parameter"),
+    ({**CHAT, "functions": [{"name": "f"}]}, "functions", "unsupported_parameter"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {
+        "type": "function", "function": {"name": "g"}}}, "tool_choice", "invalid_value"),
+    ({**CHAT, "logprobs": True}, "logprobs", "unsupported_parameter"),  # the scripted backend cannot
     ({**CHAT, "messages": [{"role": "assistant", "content": None}]}, "messages[0]", None),
 ]
 

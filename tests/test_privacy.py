@@ -114,6 +114,34 @@ def test_feedback_and_dead_letters_are_redacted(privacy):
     assert landing.dead_letter(dead).model_dump(include={"key", "payload"}) == {"key": "<EMAIL>", "payload": '{"x": "<EMAIL>"}'}
 
 
+def test_tool_calls_and_tool_results_are_redacted(privacy):
+    call = {"id": "call-ada@example.com", "type": "function",
+            "function": {"name": "mail_ada@example.com", "arguments": '{"to": "ada@example.com", "card": 4111111111111111, '
+                                                                      '"n": 3, "ok": true}'}}
+    own = {"id": "call_0e13861130444c3ab59f5a115ffb38ad", "type": "function",
+           "function": {"name": "lookup", "arguments": '{"order": 12, "note": "fine"}'}}
+    event = _interaction(messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "", "tool_calls": [call, own]},
+        {"role": "tool", "tool_call_id": "call-ada@example.com", "content": "sent to 07700 900123"}],
+        drafts=[{"index": 0, "content": "", "finish_reason": "tool_calls", "tool_calls": [call]}],
+        tools=[{"type": "function", "function": {"name": "mail", "description": "writes to ada@example.com"}}])
+    out = privacy.interaction(event)
+    assert "ada@example.com" not in out.model_dump_json() and "4111111111111111" not in out.model_dump_json()
+    redacted = out.messages[1]["tool_calls"][0]
+    assert redacted["id"] == privacy.identifier("call-ada@example.com") == out.messages[2]["tool_call_id"]
+    assert redacted["function"] == {"name": "<EMAIL>",
+                                    "arguments": '{"to":"<EMAIL>","card":"<BANK_CARD>","n":3,"ok":true}'}
+    assert out.messages[1]["tool_calls"][1] == own  # nothing to redact: kept exactly as written
+    assert out.messages[2]["content"] == "sent to <PHONE>" and out.drafts[0]["tool_calls"] == [redacted]
+    assert out.tools[0]["function"]["description"] == "writes to <EMAIL>"
+    assert privacy.redact_arguments("not json, ada@example.com") == "not json, <EMAIL>"
+    fb = Feedback(event_id="fb-1", request_id="r", kind="edit", tool_call_id="call-ada@example.com", tool_calls=[call],
+                  created_at=datetime.now(timezone.utc))
+    out = privacy.feedback(fb)
+    assert out.tool_call_id == redacted["id"] and out.tool_calls == [redacted]
+
+
 def test_without_redaction_text_is_kept_but_users_are_still_pseudonymised():
     p = Privacy(None, SALT)
     event = _interaction(user_id="ada", messages=[{"role": "user", "content": "ada@example.com"}])
@@ -208,6 +236,24 @@ def test_pii_in_every_stored_field_is_found_nowhere(scripted_gateway, control_pl
         model="flywheel-chat", messages=[{"role": "user", "content": _pii_text("streamed")}], stream=True,
         user=OTHER_USER, metadata={"session_id": f"s-{PHONE_FR}", "app": f"a {SSN}", "task_type": f"t passport {PASSPORT}"})
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    # Tools (#12): descriptions of the tools offered, a call and a tool's result in the history, the calls the
+    # model makes (arguments: PII in strings, and a card number sent as a number), an edit that corrects a call.
+    tools = [{"type": "function", "function": {"name": "lookup", "description": f"look up {EMAIL}", "parameters": {
+        "type": "object", "properties": {"note": {"type": "string", "description": f"ring {PHONE_UK}"}}}}}]
+    history = [{"role": "user", "content": "find my order"},
+               {"role": "assistant", "content": None, "tool_calls": [{"id": f"call-{EMAIL}", "type": "function", "function": {
+                   "name": "lookup", "arguments": json.dumps({"note": _pii_text("history arguments")})}}]},
+               {"role": "tool", "tool_call_id": f"call-{EMAIL}", "content": _pii_text("tool result")}]
+    backend.enqueue([{"name": "lookup", "arguments": {"note": _pii_text("call"), "card": int(CARD.replace(" ", ""))}}])
+    called = client.chat.completions.create(model="flywheel-chat", messages=history, tools=tools, tool_choice="required",
+                                            user=USER)
+    call = called.choices[0].message.tool_calls[0]
+    assert EMAIL in call.function.arguments  # the client's own answer is not redacted
+    resp = client.post("/feedback", cast_to=httpx.Response, body={
+        "request_id": called.id, "kind": "edit", "tool_call_id": call.id, "user": USER, "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": "lookup",
+                                                             "arguments": json.dumps({"note": _pii_text("fixed")})}}]})
+    assert resp.status_code == 200, resp.text
     # A failed generation: its error message holds PII.
     backend.fail_next(502, f"upstream refused {_pii_text('error')}")
     with pytest.raises(Exception):
@@ -251,7 +297,7 @@ def test_pii_in_every_stored_field_is_found_nowhere(scripted_gateway, control_pl
                            value=json.dumps({"type": "interaction", "note": _pii_text("poison")}).encode()).get(timeout=30)
     producer.close()
 
-    wait_for(lambda: count(control_plane, "interactions") == 5 and count(control_plane, "feedback") == fed + 1
+    wait_for(lambda: count(control_plane, "interactions") == 6 and count(control_plane, "feedback") == fed + 2
              and count(control_plane, "dead_letters") == 1, timeout=60, what="everything to land")
     spooled = b"".join(p.read_bytes() for p in settings.data_path.rglob("*") if p.is_file())
     assert b"<EMAIL>" in spooled  # the spool holds the events, redacted

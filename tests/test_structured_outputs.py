@@ -58,10 +58,10 @@ def test_json_schema_and_json_object_streaming_and_not(model_gateway, control_pl
     assert create(client, stream=True, messages=ASK_OBJECT, response_format={"type": "json_object"},
                   max_tokens=40) == (obj, finish)
 
-    # The interaction records the response_format as sent.
+    # The interaction records the response_format as sent (its own field since event schema version 2, #12).
     wait_for(lambda: len(query(control_plane, "SELECT 1 FROM interactions")) == 4, what="four interactions")
-    formats = sorted(json.dumps(json.loads(p).get("response_format"), sort_keys=True)
-                     for (p,) in query(control_plane, "SELECT params FROM interactions"))
+    formats = sorted(json.dumps(json.loads(f), sort_keys=True)
+                     for (f,) in query(control_plane, "SELECT response_format FROM interactions"))
     assert formats == sorted([json.dumps(AS_ANIMAL, sort_keys=True)] * 2 + [json.dumps({"type": "json_object"})] * 2)
 
 

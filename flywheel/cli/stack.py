@@ -118,7 +118,10 @@ def _print_turn_outcome(s, run: dict) -> None:
         folder = Path(rows[0]["report_path"])
         if (folder / "report.json").is_file():
             print_report(json.loads((folder / "report.json").read_text()), folder)
-    rollout = control(s, "GET", f"/api/rollouts/{s.model.alias}") or {}
+    try:
+        rollout = control(s, "GET", f"/api/rollouts/{s.model.alias}") or {}
+    except click.ClickException:  # no rollout of the alias yet (the gate said no, or auto_rollout is off)
+        rollout = {}
     if rollout.get("candidate") == candidate:
         console.print(f"canary: {candidate} at {rollout.get('weights')} ({rollout.get('status')}); "
                       "follow it with `flywheel rollout status` or the console")

@@ -40,12 +40,9 @@ MODEL_VERSION = "base"
 DEFECTS = ("secret", "garbage-encoding", "model-error", "empty")
 
 
-def _params(n: int, response_format: dict | None) -> dict:
+def _params(n: int) -> dict:
     """The sampling parameters the gateway records for a request of the app."""
-    params = {"temperature": 0.0 if n == 1 else 0.8, "max_tokens": 200, "n": n}
-    if response_format:
-        params["response_format"] = response_format
-    return params
+    return {"temperature": 0.0 if n == 1 else 0.8, "max_tokens": 200, "n": n}
 
 
 class SyntheticTruth(dict):
@@ -291,7 +288,8 @@ def synthetic_events(
                     app=app, created_at=at, model_alias=MODEL_ALIAS, model_version=MODEL_VERSION,
                     messages=messages,
                     drafts=[] if error else [{"index": i, "content": d, "finish_reason": "stop"} for i, d in enumerate(drafts)],
-                    params=_params(turn.n, app_response_format(config, task.task_type, messages)),
+                    params=_params(turn.n),
+                    response_format=app_response_format(config, task.task_type, messages),  # as the gateway records it
                     usage={"prompt_tokens": sum(len(m["content"]) for m in messages) // 4,
                            "completion_tokens": sum(len(d) for d in drafts) // 4},
                     timing={"total_ms": round(200 + rng.random() * 800, 3)},

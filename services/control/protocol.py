@@ -74,8 +74,8 @@ class ReviewFilterBody(_Body):
     label: Name | None = None
     status: Name | None = None
     candidate_ids: list[Name] | None = None
-    limit: Annotated[int, Field(ge=1)] | None = None
-    offset: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, lt=2**62)] | None = None  # DuckDB takes a LIMIT/OFFSET below 2**63
+    offset: Annotated[int, Field(ge=0, lt=2**62)] = 0
 
 
 class ReviewDecision(_Body):

@@ -21,9 +21,12 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
 
     def _filter() -> review.ReviewFilter:
         try:
-            return review.ReviewFilter.from_mapping(request.args.to_dict())
+            flt = review.ReviewFilter.from_mapping(request.args.to_dict())
         except ValueError as e:  # e.g. limit=abc
             raise review.ReviewError(f"bad filter: {e}") from None
+        if not 0 <= flt.offset < 2**62 or (flt.limit is not None and not 1 <= flt.limit < 2**62):
+            raise review.ReviewError("bad filter: limit must be at least 1 and offset at least 0 (both below 2**62)")
+        return flt
 
     @app.get("/api/review/candidates")
     def review_candidates():

@@ -52,7 +52,10 @@ def init_app(app: Flask, settings: Settings, plane) -> None:
 
         data = parse(EvaluationRecord)
         evals = (settings.data_path / "evals").resolve()
-        folder = Path(data.folder).expanduser().resolve()
+        try:
+            folder = Path(data.folder).expanduser().resolve()
+        except RuntimeError:  # "~name" of no user: no home to expand
+            raise DatasetError(f"{data.folder} is not a report folder an evaluation job wrote under {evals}") from None
         if not folder.is_relative_to(evals) or folder == evals or not (folder / "report.json").is_file():
             raise DatasetError(f"{data.folder} is not a report folder an evaluation job wrote under {evals}")
         try:

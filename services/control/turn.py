@@ -20,6 +20,7 @@ failed when it starts again (:func:`reconcile_interrupted`).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -32,6 +33,8 @@ from pathlib import Path
 import duckdb
 
 from flywheel.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -112,6 +115,29 @@ def _job(argv: list[str], log_path: Path, env: dict | None = None, *, on_progres
             raise
 
 
+def _wait_auto_review(conn, settings: Settings, review: dict, say: Callable[[str], None]) -> None:
+    """Wait (up to review.wait_landed_s) until the auto review's decisions, produced to Kafka
+    by the curation run, have landed: the dataset is built from landed decisions only."""
+    from training.curation.review import landed_count
+
+    batch, total = review.get("batch"), sum(v for k, v in review.items() if k in ("approve", "reject"))
+    if not batch or not total:
+        return
+    deadline = time.monotonic() + settings.review.wait_landed_s
+    while (landed := landed_count(conn, batch)) < total and time.monotonic() < deadline:
+        say(f"auto review: {landed}/{total} decisions landed")
+        time.sleep(0.5)
+    if landed < total:
+        log.warning("auto review: %d of %d decisions landed within %ss; the dataset is built without the rest",
+                    landed, total, settings.review.wait_landed_s)
+
+
+def _review_summary(review: dict) -> str:
+    if not review.get("auto"):
+        return ""
+    return f"; auto review approved {review.get('approve', 0)}, rejected {review.get('reject', 0)}"
+
+
 def _job_report(settings: Settings, candidate: str, since: float) -> Path | None:
     """The report folder the evaluation job wrote for ``candidate`` after ``since`` (a turn's
     candidate name is its own, so the newest such folder is this turn's job's)."""
@@ -177,7 +203,9 @@ def refresh(conn: duckdb.DuckDBPyConnection, settings: Settings, run_id: str, *,
         mining = step("mine")
         result = curate(conn, settings, progress=lambda stage, done, total: note(mining, f"{stage} {done}/{total}"))
         kept = len(result.kept)
-        end(mining, "done", f"curation run {result.run_id}: {kept} kept of {len(result.candidates)}")
+        _wait_auto_review(conn, settings, result.funnel.get("review") or {}, lambda m: note(mining, m))
+        end(mining, "done", f"curation run {result.run_id}: {kept} kept of {len(result.candidates)}"
+            + _review_summary(result.funnel.get("review") or {}))
 
         dataset_step = step("dataset")
         try:

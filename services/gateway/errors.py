@@ -44,9 +44,15 @@ def param_of(loc: tuple) -> str:
     return out
 
 
+def _in_param(part) -> bool:
+    """Whether a part of pydantic's error location names a field (validator and union tags,
+    a dict key's ``[key]`` marker, do not)."""
+    return not (isinstance(part, str) and (part.startswith(("function-", "union-")) or part == "[key]"))
+
+
 def from_validation(error: ValidationError, prefix: tuple = ()) -> APIError:
     first = error.errors()[0]
-    loc = prefix + tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    loc = prefix + tuple(x for x in first["loc"] if _in_param(x))
     param = param_of(loc) or None
     msg = first["msg"]
     if first["type"] == "missing":

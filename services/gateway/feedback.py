@@ -1,5 +1,7 @@
 """Recording feedback on an answer (POST /v1/feedback): redacted, pseudonymised, bound to
-the request id the client got in its answer, and emitted as a ``feedback`` event."""
+the request id the client got in its answer, and emitted as a ``feedback`` event. On an
+answer that called tools, ``tool_call_id`` points at one call and an ``edit`` may carry the
+corrected calls (docs/tools.md)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ def record_feedback(gw: Gateway, body: FeedbackRequest, caller: Caller) -> Feedb
             event_id=new_id("fb-"), request_id=body.request_id, draft=body.draft, kind=body.kind,
             value=body.value, text=body.text, user_id=gw.pseudonym(body.user),
             session_id=body.session_id or caller.session_id, app=caller.app or gw.settings.gateway.app,
-            created_at=utcnow(), comment=body.comment,
+            created_at=utcnow(), comment=body.comment, tool_call_id=body.tool_call_id,
+            tool_calls=[c.model_dump(mode="json") for c in body.tool_calls] if body.tool_calls else None,
         )
         event = gw.privacy.feedback(event)  # every stored field made safe (streams/privacy.py)
     except ValidationError as e:

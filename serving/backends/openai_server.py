@@ -5,8 +5,15 @@ Each request is streamed from the upstream (``stream=True``), so the gateway can
 too and time the first token. With vLLM, LoRA versions are loaded by their immutable
 version name through ``POST /v1/load_lora_adapter`` (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``
 must be on) and selected through the request's ``model`` field; the base model is
-served under ``upstream_model``. ``response_format`` is passed on as the client sent it
-(vLLM decodes under the schema with its own structured-outputs engine).
+served under ``upstream_model``. ``response_format``, the tool fields (``tools``,
+``tool_choice``, ``parallel_tool_calls``, assistant ``tool_calls`` and ``tool`` messages in
+the history), ``logprobs``/``top_logprobs``, the penalties and ``logit_bias`` are passed on
+as the client sent them (vLLM decodes under a schema with its own structured-outputs
+engine, and parses tool calls out of the model's text with the tool parser it was started
+with: ``--enable-auto-tool-choice --tool-call-parser hermes`` for Hermes-style models;
+without them vLLM refuses ``tool_choice: "auto"``, and that 400 comes back to the client).
+The upstream's tool-call deltas (ids, names, argument pieces) and token log-probabilities
+come back piece by piece, unchanged.
 
 Failures map to the gateway's statuses: upstream unreachable, timing out or overloaded
 (429/503) → 503; any other failure or a broken stream → 502; a 400 keeps its message.
@@ -22,13 +29,14 @@ from pathlib import Path
 
 import httpx
 
-from serving.backends.base import BackendError, Generation, GenerationRequest
+from serving.backends.base import FEATURES, BackendError, Generation, GenerationRequest, ToolCallDelta
 
 log = logging.getLogger(__name__)
 
 
 class OpenAIServerBackend:
     name = "openai"
+    supports = FEATURES  # everything is passed on; the upstream says what it cannot do (its 400 comes back)
 
     def __init__(self, base_url: str, *, model: str, api_key: str = "", timeout_s: float = 120.0,
                  max_concurrency: int = 64):
@@ -99,6 +107,22 @@ class OpenAIServerBackend:
             body["seed"] = p.seed
         if p.response_format is not None:  # as the client sent it: vLLM decodes under it itself
             body["response_format"] = p.response_format.to_openai()
+        if p.presence_penalty:
+            body["presence_penalty"] = p.presence_penalty
+        if p.frequency_penalty:
+            body["frequency_penalty"] = p.frequency_penalty
+        if p.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in p.logit_bias}
+        if p.logprobs:
+            body["logprobs"] = True
+            if p.top_logprobs:
+                body["top_logprobs"] = p.top_logprobs
+        if request.tools:
+            body["tools"] = [dict(t) for t in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
         return body
 
     def _run(self, request: GenerationRequest, gen: Generation) -> None:
@@ -127,9 +151,12 @@ class OpenAIServerBackend:
                         for i in range(request.n):
                             gen.completion_tokens[i] = total // request.n + (1 if i < total % request.n else 0)
                     for choice in chunk.get("choices", []):
-                        text = (choice.get("delta") or {}).get("content") or ""
-                        if text:
-                            gen.put(choice["index"], text)
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content") or ""
+                        calls = tuple(_tool_call_delta(c) for c in delta.get("tool_calls") or ())
+                        logprobs = tuple((choice.get("logprobs") or {}).get("content") or ())
+                        if text or calls or logprobs:
+                            gen.put(choice["index"], text, tool_calls=calls, logprobs=logprobs)
                         if choice.get("finish_reason"):
                             reasons[choice["index"]] = choice["finish_reason"]
             if gen.cancelled:
@@ -156,3 +183,10 @@ class OpenAIServerBackend:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+
+
+def _tool_call_delta(piece: dict) -> ToolCallDelta:
+    """One streamed piece of a tool call, as OpenAI's protocol has it."""
+    function = piece.get("function") or {}
+    return ToolCallDelta(index=piece.get("index", 0), id=piece.get("id"), name=function.get("name"),
+                         arguments=function.get("arguments") or "")

@@ -475,6 +475,8 @@ def _auto_review(conn, settings, run_id: str, funnel: dict, emit) -> None:
         for e in events:
             decided[e.action] = decided.get(e.action, 0) + 1
         funnel["review"] = {"auto": bool(settings.review.auto_approve), **decided}
+        if events:  # the batch of the decisions' event ids (rv-<batch>-n): a caller waits for them to land
+            funnel["review"]["batch"] = events[0].event_id.split("-")[1]
     except Exception as e:  # noqa: BLE001 - candidates stay pending; the operator sees why
         log.exception("auto review of curation run %s failed", run_id)
         funnel["review"] = {"auto": True, "error": f"{type(e).__name__}: {e}"}

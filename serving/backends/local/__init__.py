@@ -16,10 +16,13 @@ One concept a module, in the order a request meets them:
 - ``rows.py``: the state of a request and of each of its drafts (rows) in flight.
 - ``kv_cache.py``: the preallocated, left-padded KV cache of the running batch and the
   transformers ``Cache`` adapters the model writes through.
-- ``sampling.py``: the next token per row (greedy, temperature, top-p; a random stream per
-  draft).
-- ``grammar.py``: structured outputs (``response_format``): a grammar per draft
-  (llguidance) that masks the row's logits and says when its document is complete.
+- ``tools.py``: tool calls: the tools and the tool turns of the history rendered into the
+  prompt (Hermes format), the grammar of forced calls, the calls parsed out of each draft.
+- ``sampling.py``: the next token per row (``logit_bias`` and penalties, greedy,
+  temperature, top-p; a random stream per draft).
+- ``logprobs.py``: the chosen tokens' log-probabilities and the likeliest alternatives.
+- ``grammar.py``: structured outputs (``response_format``, forced tool calls): a grammar
+  per draft (llguidance) that masks the row's logits and says when its document is complete.
 - ``detokenize.py``: token ids to streamed text, and stop strings.
 - ``adapters.py``: LoRA adapters: reading and checking adapter files, installing and
   removing them in the model, the per-row ``adapter_names`` of a mixed-version forward.

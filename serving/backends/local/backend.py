@@ -1,7 +1,9 @@
 """:class:`LocalBackend`: the public face of the in-process backend.
 
 It loads the model and tokenizer, validates and encodes requests on the caller's thread
-(prompt length against the context, ``n`` against the batch), and hands them to the
+(prompt length against the context, ``n`` against the batch, ``logit_bias`` token ids
+against the vocabulary; tools rendered into the prompt and the grammar of a
+``response_format`` or of forced tool calls compiled, ``tools.py``), and hands them to the
 :class:`~serving.backends.local.engine.Engine`, whose worker thread does all the model
 work. Adapter lifecycle: :meth:`LocalBackend.load_adapter` reads and checks the adapter on
 the calling thread, then has the worker install it between two decode steps (the caller
@@ -19,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.base import BackendError, Generation, GenerationRequest, PromptTooLong
+from serving.backends.base import FEATURES, BackendError, Generation, GenerationRequest, PromptTooLong
 from serving.backends.local.adapters import BASE_VERSION, AdapterFiles, Adapters
 from serving.backends.local.detokenize import TextTail
 from serving.backends.local.engine import Engine
-from serving.backends.local.grammar import Grammars
+from serving.backends.local.grammar import Constraint, Grammars
+from serving.backends.local.logprobs import TokenBytes
 from serving.backends.local.rows import Request
+from serving.backends.local.tools import generation_for, render_messages, tool_grammar
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class LocalBackend:
     """
 
     name = "local"
+    supports = FEATURES  # tools, response_format, logprobs, penalties, logit_bias: all decoded here
 
     def __init__(
         self,
@@ -77,12 +82,14 @@ class LocalBackend:
         eos = _eos_ids(model, self.tokenizer)
         # response_format: compiled on the request threads (grammar.py)
         self.grammars = Grammars(self.tokenizer, eos, model.config.vocab_size, tokenizer_lock=self._encode_lock)
+        self.vocab_size = model.config.vocab_size
         self.engine = Engine(
             self.adapters,
             TextTail.for_tokenizer(self.tokenizer),
             eos,
             max_batch=max_batch,
             max_queue=max_queue,
+            token_bytes=TokenBytes(self.tokenizer, self.vocab_size),
         )
         self.engine.start()
 
@@ -104,15 +111,23 @@ class LocalBackend:
             raise BackendError("n must be at least 1", 400)
         if request.n > self.max_batch:
             raise BackendError(f"n={request.n} exceeds this backend's batch size {self.max_batch}", 400)
-        grammars = self.grammars.matchers(request.params.response_format, request.n)  # 400 if unusable
-        prompt_ids = self._encode(request.messages)
+        bad = [t for t, _ in request.params.logit_bias if t >= self.vocab_size]
+        if bad:
+            raise BackendError(f"'logit_bias' names token {bad[0]}, past this model's vocabulary "
+                               f"(ids 0 to {self.vocab_size - 1})", 400, param="logit_bias")
+        fmt = request.params.response_format
+        schema = fmt.schema if fmt is not None else None
+        tools = tool_grammar(request, schema)  # forced calls, or calls | the document
+        grammars = self.grammars.for_constraint(  # 400 if unusable
+            tools or (Constraint.json_schema(schema) if schema is not None else None), request.n)
+        prompt_ids = self._encode(render_messages(request))
         if len(prompt_ids) >= self.max_context:
             raise PromptTooLong(
                 f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_context} tokens "
                 f"(including at least one generated token)"
             )
         max_new = max(0, min(request.params.max_tokens, self.max_context - len(prompt_ids)))
-        gen = Generation(request.n)
+        gen = generation_for(request, forced=tools is not None and request.effective_tool_choice != "auto")
         gen.prompt_tokens = len(prompt_ids)
         engine.enqueue(Request(request, gen, prompt_ids, max_new, grammars=grammars))
         return gen

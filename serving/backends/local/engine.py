@@ -18,9 +18,10 @@ step boundary the worker
    for long), its first token is sampled, and its KV cache is copied into the running
    batch (``n`` times, one per draft; see ``kv_cache.py``),
 4. runs one decode step for all rows together, samples the next token of each row with
-   its own parameters (``sampling.py``), turns tokens into text (``detokenize.py``) and
-   finishes rows (EOS, stop string, ``max_tokens``, context full, the document of a
-   ``response_format`` complete: ``grammar.py``), whose slots are freed at once.
+   its own parameters (``sampling.py``; the chosen token's log-probability for rows that
+   asked, ``logprobs.py``), turns tokens into text (``detokenize.py``) and finishes rows
+   (EOS, stop string, ``max_tokens``, context full, the document of a ``response_format``
+   or the forced tool calls complete: ``grammar.py``), whose slots are freed at once.
 
 A request's prefill starts from an empty ``DynamicCache`` at offset 0
 (:meth:`Engine._prefill_chunk`); KV already computed for the start of a prompt would enter
@@ -45,6 +46,7 @@ from serving.backends.local.grammar import advance as advance_grammar
 from serving.backends.local.adapters import BASE_VERSION, Adapters, VersionBusy
 from serving.backends.local.detokenize import TextTail
 from serving.backends.local.kv_cache import BatchKV, StepCache
+from serving.backends.local.logprobs import TokenBytes, token_logprobs
 from serving.backends.local.rows import Request, Row
 from serving.backends.local.sampling import make_generator, sample
 
@@ -71,10 +73,12 @@ class Engine:
     #: ... and at most this many prompt tokens per step boundary while rows are decoding
     prefill_budget = 512
 
-    def __init__(self, adapters: Adapters, text: TextTail, eos: set[int], *, max_batch: int, max_queue: int):
+    def __init__(self, adapters: Adapters, text: TextTail, eos: set[int], *, max_batch: int, max_queue: int,
+                 token_bytes: TokenBytes | None = None):
         self.adapters = adapters
         self.text = text
         self.eos = eos  # ids that end a draft
+        self.token_bytes = token_bytes  # for ``logprobs`` (None: a request asking for them gets none)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.kv = BatchKV.for_model(adapters.base_model, max_batch)
@@ -345,7 +349,9 @@ class Engine:
         cache, req.cache = req.cache, None
         grammars = req.grammars or [None] * request.n
         rows = [Row(req, i, make_generator(request.params, i), grammars[i]) for i in range(request.n)]
-        tokens = sample(out.logits[:, -1, :].expand(request.n, -1), rows)
+        logits = out.logits[:, -1, :].expand(request.n, -1)
+        tokens = sample(logits, rows)
+        self._note_logprobs(logits, rows, tokens)
         first = self.kv.add([(layer.keys, layer.values) for layer in cache.layers], request.n)
         del cache
         for j, row in enumerate(rows):
@@ -375,7 +381,17 @@ class Engine:
         kv.end_step()
         self._pos[:b] += 1
         tokens = sample(out.logits[:, -1, :], self.rows)
+        self._note_logprobs(out.logits[:, -1, :], self.rows, tokens)
         self._after_tokens(list(range(b)), tokens)
+
+    def _note_logprobs(self, logits: torch.Tensor, rows: list[Row], tokens: list[int]) -> None:
+        """Keep the chosen tokens' log-probabilities on the rows that asked (not EOS's: it is
+        no text); they go out with the row's next piece."""
+        if self.token_bytes is None:
+            return
+        for i, entry in token_logprobs(logits, rows, tokens, self.token_bytes).items():
+            if tokens[i] not in self.eos:
+                rows[i].logprobs.append(entry)
 
     # -- tokens -> text, finishing rows ---------------------------------------------------
     def _after_tokens(self, slots: list[int], tokens: list[int]) -> None:
@@ -396,18 +412,18 @@ class Engine:
                     piece, stopped = self.text.advance(row, self.text.new_text(row), final=False)
                     if stopped:
                         if piece:
-                            req.gen.put(row.index, piece)
+                            self._put(row, piece)
                         self._finish(row, "stop", flush=False)
-                    elif complete:  # the response_format's document is whole: nothing may follow
+                    elif complete:  # the grammar's document is whole: nothing may follow
                         if piece:
-                            req.gen.put(row.index, piece)
+                            self._put(row, piece)
                         self._finish(row, "stop")
                     elif req.gen.completion_tokens[row.index] >= req.max_new:
                         if piece:
-                            req.gen.put(row.index, piece)
+                            self._put(row, piece)
                         self._finish(row, "length")
                     elif piece:
-                        req.gen.put(row.index, piece)
+                        self._put(row, piece)
             except Exception as exc:
                 log.exception("post-processing failed")
                 self._fail_request(req, BackendError(f"generation failed: {exc}", 502))
@@ -427,7 +443,14 @@ class Engine:
                 reason = "stop"
         row.done = True
         row.req.open_rows -= 1
-        row.req.gen.put(row.index, text, finish_reason=reason)
+        self._put(row, text, reason)
+
+    @staticmethod
+    def _put(row: Row, text: str, finish_reason: str | None = None) -> None:
+        """Hand a piece of the row's draft to its request, with the log-probabilities of the
+        tokens behind it."""
+        logprobs, row.logprobs = tuple(row.logprobs), []
+        row.req.gen.put(row.index, text, finish_reason, logprobs=logprobs)
 
 
 __all__ = ["Engine"]

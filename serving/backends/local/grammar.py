@@ -1,7 +1,11 @@
-"""Structured outputs: decoding a draft under a grammar (``response_format``), with llguidance.
+"""Structured outputs: decoding a draft under a grammar (``response_format``, forced tool
+calls), with llguidance.
 
 A request with ``response_format`` ``json_schema`` (or ``json_object``: any JSON object)
-gets one llguidance matcher per draft. At each step the matcher says which tokens may
+gets one llguidance matcher per draft; so does a request whose tools ask for a grammar
+(``tool_choice`` ``required`` or a named function: ``tools.py`` writes a Lark grammar of
+tool calls, each call's arguments under its function's JSON Schema). Both are a
+:class:`Constraint`, compiled and cached the same way. At each step the matcher says which tokens may
 come next; every other token's logit is set to ``-inf`` before the row's token is chosen
 (:func:`mask_logits`, called by ``sampling.sample``), and the chosen token is then fed to
 the matcher (:func:`advance`, called by the engine), which says when the document is
@@ -29,11 +33,12 @@ call when the two cores are busy; the numpy path takes ~0.2 ms for a batch.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -54,6 +59,23 @@ JSON_OPTIONS = {"whitespace_flexible": False}
 
 class GrammarError(BackendError):
     """A matcher refused a token it had allowed (an engine bug, never the client's input)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """A grammar drafts decode under: a JSON Schema (``source`` its JSON) or an llguidance
+    Lark grammar, and the request field a 400 names when it cannot be used. ``parts``:
+    ``(field, JSON Schema)`` of the schemas a Lark grammar embeds, each compiled alone
+    when the whole fails, to name the one at fault."""
+
+    kind: Literal["json_schema", "lark"]
+    source: str
+    param: str = "response_format"
+    parts: tuple[tuple[str, Mapping[str, Any]], ...] = dataclasses.field(default=(), hash=False, compare=False)
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, Any], param: str = "response_format") -> "Constraint":
+        return cls("json_schema", json.dumps(schema, separators=(",", ":")), param)  # property order is the output's
 
 
 class Grammars:
@@ -84,27 +106,38 @@ class Grammars:
         schema = fmt.schema if fmt is not None else None
         if schema is None:
             return None
-        pristine = self._compiled(schema)
+        return self.for_constraint(Constraint.json_schema(schema), n)
+
+    def for_constraint(self, constraint: Constraint | None, n: int) -> list[LLMatcher] | None:
+        """One fresh matcher per draft under ``constraint`` (None: no grammar). Raises
+        :class:`BackendError` (400 naming ``constraint.param``, or the part at fault) when
+        llguidance cannot compile it."""
+        if constraint is None:
+            return None
+        pristine = self._compiled(constraint)
         return [pristine.deep_copy() for _ in range(n)]
 
-    def _compiled(self, schema: Mapping[str, Any]) -> LLMatcher:
+    def _compiled(self, constraint: Constraint) -> LLMatcher:
         from llguidance import LLMatcher
 
-        key = json.dumps(schema, separators=(",", ":"))  # property order matters: it is the output's
+        key = f"{constraint.kind}:{constraint.source}"
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
         try:
-            grammar = LLMatcher.grammar_from_json_schema(dict(schema), defaults=JSON_OPTIONS)
+            if constraint.kind == "lark":
+                grammar = LLMatcher.grammar_from_lark(constraint.source)
+            else:
+                grammar = LLMatcher.grammar_from_json_schema(constraint.source, defaults=JSON_OPTIONS)
             matcher = LLMatcher(self._tokenizer(), grammar, log_level=0)
         except ValueError as exc:  # not a JSON object at all (the gateway checks this first)
-            raise _refused(str(exc)) from None
+            raise self._refusal(constraint, str(exc)) from None
         if matcher.is_error():
-            raise _refused(matcher.get_error())
+            raise self._refusal(constraint, matcher.get_error())
         for warning in matcher.get_grammar_warnings():
-            log.info("response_format schema: %s", warning)
+            log.info("%s grammar: %s", constraint.param, warning)
         with self._lock:
             self._cache[key] = matcher
             while len(self._cache) > self._cache_size:
@@ -122,12 +155,23 @@ class Grammars:
         return self._llg_tokenizer
 
 
-def _refused(reason: str) -> BackendError:
+    def _refusal(self, constraint: Constraint, reason: str) -> BackendError:
+        """The 400 for a constraint llguidance refused: naming the embedded schema at fault
+        when one of its parts fails alone."""
+        for param, schema in constraint.parts:
+            try:
+                self._compiled(Constraint.json_schema(schema, param))
+            except BackendError as e:
+                return e
+        return _refused(reason, constraint.param)
+
+
+def _refused(reason: str, param: str = "response_format") -> BackendError:
     reason = " ".join(reason.split())
     if len(reason) > 500:
         reason = reason[:500] + "..."
-    return BackendError(f"the JSON Schema in 'response_format' cannot be used for constrained decoding: {reason}",
-                        400, param="response_format")
+    return BackendError(f"the JSON Schema in '{param}' cannot be used for constrained decoding: {reason}",
+                        400, param=param)
 
 
 def mask_logits(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
@@ -160,4 +204,4 @@ def advance(row: Row, token: int) -> bool:
     return matcher.is_stopped()
 
 
-__all__ = ["Grammars", "GrammarError", "JSON_OPTIONS", "advance", "mask_logits"]
+__all__ = ["Constraint", "Grammars", "GrammarError", "JSON_OPTIONS", "advance", "mask_logits"]

@@ -7,8 +7,9 @@ per-draft state on the row (sampling: ``params`` and ``generator``; detokenisati
 stop strings: ``ids``, the offsets, ``text``, ``emitted``; the batch: ``version``,
 ``position``), so those stages stay plain functions of a row and need no tables of their
 own; a stage that needs more per-draft state adds a slot here (the grammar of a
-``response_format``: ``grammar``, one matcher per draft, built on the request thread and
-kept on the request until its rows exist).
+``response_format`` or of forced tool calls: ``grammar``, one matcher per draft, built on
+the request thread and kept on the request until its rows exist; ``logprobs``, the
+entries of tokens not yet handed out).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Row:
 
     __slots__ = (
         "req", "index", "version", "params", "generator", "ids", "position",
-        "prefix_offset", "read_offset", "text", "emitted", "done", "grammar",
+        "prefix_offset", "read_offset", "text", "emitted", "done", "grammar", "logprobs",
     )
 
     def __init__(self, req: Request, index: int, generator: torch.Generator | None, grammar=None):
@@ -54,7 +55,8 @@ class Row:
         self.text = ""
         self.emitted = 0
         self.done = False
-        self.grammar = grammar  # an llguidance matcher (response_format), see grammar.py
+        self.grammar = grammar  # an llguidance matcher (response_format, forced tool calls), see grammar.py
+        self.logprobs: list[dict] = []  # entries of tokens not yet handed out (logprobs.py)
 
 
 __all__ = ["Request", "Row"]

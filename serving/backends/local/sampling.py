@@ -5,9 +5,11 @@ draft has its own random stream: :func:`make_generator` gives every sampled draf
 ``torch.Generator`` (seeded from the request's ``seed``, decorrelated per draft, or from
 the system's entropy), so a seeded request draws the same numbers whatever else shares its
 batch. :func:`sample` is vectorised over the rows and takes everything per row from the
-rows themselves (``row.params``, ``row.generator``, ``row.grammar``): a row decoding under
-a grammar (``response_format``) first has every token its grammar does not allow next set
-to ``-inf`` (``grammar.mask_logits``), then chooses as any other row.
+rows themselves (``row.params``, ``row.generator``, ``row.grammar``): a row with
+``logit_bias`` or penalties first has its logits changed (:func:`adjust_logits`, OpenAI's
+formula), a row decoding under a grammar (``response_format``, forced tool calls) then has
+every token its grammar does not allow next set to ``-inf`` (``grammar.mask_logits``), and
+chooses as any other row.
 """
 
 from __future__ import annotations
@@ -37,11 +39,32 @@ def make_generator(params: SamplingParams, index: int) -> torch.Generator | None
     return g
 
 
+def adjust_logits(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+    """``logits`` with each row's ``logit_bias`` added and its penalties subtracted, as
+    OpenAI defines them: ``frequency_penalty * count + presence_penalty * (count > 0)`` for
+    every token the draft has generated so far. Returns ``logits`` itself when no row asks
+    for either, else a copy."""
+    changed = [i for i, r in enumerate(rows) if r.params.penalised]
+    if not changed:
+        return logits
+    out = logits.float().clone()
+    vocab = out.shape[-1]
+    for i in changed:
+        p = rows[i].params
+        if p.logit_bias:
+            ids, bias = zip(*p.logit_bias)
+            out[i, list(ids)] += torch.tensor(bias, dtype=out.dtype)
+        if (p.presence_penalty or p.frequency_penalty) and rows[i].ids:
+            counts = torch.bincount(torch.tensor(rows[i].ids, dtype=torch.long), minlength=vocab)[:vocab].to(out.dtype)
+            out[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(out.dtype)
+    return out
+
+
 def sample(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
     """Next token per row: argmax for greedy rows; temperature + top-p (inverse CDF
     with each row's own generator) for the others, vectorised over the rows. A row with a
     grammar chooses among the tokens it allows."""
-    logits = mask_logits(logits, rows)
+    logits = mask_logits(adjust_logits(logits, rows), rows)
     tokens = logits.argmax(-1)
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:
@@ -67,4 +90,4 @@ def sample(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
     return tokens.tolist()
 
 
-__all__ = ["make_generator", "sample"]
+__all__ = ["adjust_logits", "make_generator", "sample"]
