@@ -158,7 +158,6 @@ def one_turn(turn: int, conn, settings, args, model_dir, parent: Path | None, p_
     from flywheel.simulate.synthetic import synthetic_events
     from streams.landing import land_events
     from training.curation.pipeline import curate
-    from training.curation.review import auto_approve
     from training.datasets.builder import build_dataset
     from training.trainers.job import run_job
 
@@ -167,10 +166,9 @@ def one_turn(turn: int, conn, settings, args, model_dir, parent: Path | None, p_
     land_events(conn, interactions, feedback)
     minutes["traffic"] = (time.monotonic() - t) / 60
     t = time.monotonic()
-    curate(conn, settings)
-    # The auto review rules, as the turn applies them (their decisions landed directly here:
-    # the bench has no Kafka); with review.auto_approve off, unreviewed candidates are used.
-    auto_approve(conn, settings, emit=lambda events: land_events(conn, reviews=events))
+    # The auto review rules apply as in a turn; their decisions land directly here (the bench
+    # has no Kafka). With --review none, unreviewed candidates are used instead.
+    curate(conn, settings, emit=lambda events: land_events(conn, reviews=events))
     minutes["mine"] = (time.monotonic() - t) / 60
     t = time.monotonic()
     built = build_dataset(conn, settings)

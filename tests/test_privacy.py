@@ -306,7 +306,7 @@ def test_pii_in_every_stored_field_is_found_nowhere(scripted_gateway, control_pl
     rows = query(control_plane, "SELECT user_id, session_id, app, task_type FROM interactions ORDER BY created_at")
     assert {u for u, *_ in rows} == {gw.gw.pseudonym(USER), gw.gw.pseudonym(OTHER_USER)}
     assert ("<EMAIL>" in rows[0][1] or rows[0][1].startswith("h_")) and rows[0][2] == "app <PHONE>"
-    assert query(control_plane, "SELECT count(*) FROM feedback f JOIN interactions i USING (request_id)")[0][0] == 2
+    assert query(control_plane, "SELECT count(*) FROM feedback f JOIN interactions i USING (request_id)")[0][0] == 3
     assert "<IBAN>" in query(control_plane, "SELECT payload FROM dead_letters")[0][0]
 
     consumer = KafkaConsumer(*topics.values(), bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest",

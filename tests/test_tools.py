@@ -327,6 +327,37 @@ def test_tools_and_tool_turns_are_rendered_in_the_hermes_format():
     assert render_messages(GenerationRequest(messages=tuple(ASK))) == ASK
 
 
+def test_the_vllm_chat_template_renders_what_the_local_backend_renders(model_dir):
+    """serving/chat_templates/smollm2_tools.jinja (docker-compose's vLLM ``--chat-template``)
+    gives the prompt the local backend builds, so either serves a model the same text.
+    vLLM hands a call's arguments to templates as an object."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import REPO
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = (REPO / "serving" / "chat_templates" / "smollm2_tools.jinja").read_text()
+    history = [{"role": "system", "content": "Be brief."}, *ASK,
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                   {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"city":"Paris"}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+               {"role": "tool", "tool_call_id": "call_2", "content": "10:00"},
+               {"role": "assistant", "content": "Sunny, 10:00."}, {"role": "user", "content": "thanks"}]
+
+    def as_vllm(messages):
+        return [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
+                                     for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+
+    for messages, tools in ((history, TOOLS), (history[1:], TOOLS), (history, None), (ASK, None), (ASK, TOOLS)):
+        local = tokenizer.apply_chat_template(render_messages(GenerationRequest(messages=tuple(messages),
+                                                                                tools=tuple(tools or ()))),
+                                              tokenize=False, add_generation_prompt=True)
+        served = tokenizer.apply_chat_template(as_vllm(messages), tools=tools, chat_template=template, tokenize=False,
+                                               add_generation_prompt=True)
+        assert served == local
+
+
 def feed_in_pieces(parser: CallParser, text: str, size: int = 1):
     content, calls = "", []
     for k in range(0, len(text), size):
@@ -429,3 +460,18 @@ def test_old_and_new_interactions_land_and_v1_cannot_carry_tool_fields():
     v, tools, choice, response_format, drafts = rows["new"]
     assert (v, json.loads(tools), json.loads(choice), json.loads(response_format)) == (2, TOOLS, "required", fmt)
     assert json.loads(drafts)[0]["tool_calls"] == [call]
+
+
+def test_flywheel_schema_documents_version_2():
+    from click.testing import CliRunner
+
+    from flywheel.cli import main
+
+    result = CliRunner().invoke(main, ["schema", "--event", "interaction"])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.output)
+    assert schema["properties"]["schema_version"]["enum"] == [1, 2] and schema["properties"]["schema_version"]["default"] == 2
+    assert {"tools", "tool_choice", "response_format"} <= set(schema["properties"])
+    assert "tool_calls" in schema["$defs"]["Draft"]["properties"] and "tool_call_id" in schema["$defs"]["Message"]["properties"]
+    feedback = json.loads(CliRunner().invoke(main, ["schema", "--event", "feedback"]).output)
+    assert {"tool_call_id", "tool_calls"} <= set(feedback["properties"])

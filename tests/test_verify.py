@@ -159,3 +159,35 @@ def test_generic_verifiers():
     assert not has_verifier("something/else")
     assert verify("something/else", math, "A fine answer to the question.").passed
     assert not verify("something/else", math, None).passed
+
+
+def test_tool_calls_are_verified_against_the_tools_offered():
+    """#12: the called function was offered, its arguments validate against its JSON Schema
+    (jsonschema), required calls are present, parallel_tool_calls false means one call."""
+    from training.labeling.verify import verify_tool_calls
+
+    city = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+            "required": ["city"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": city}},
+             {"type": "function", "function": {"name": "ping"}}]
+
+    def call(name, arguments):
+        return {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+    ok = verify_tool_calls(tools, [call("get_weather", '{"city": "Paris", "days": 2}'), call("ping", "{}")])
+    assert ok.passed and ok.score == 1.0 and ok.reasons == []
+    bad = verify_tool_calls(tools, [call("get_weather", '{"city": "Paris", "days": 0}')], "required")
+    assert not bad.passed and bad.reasons == ["call 0 (get_weather): arguments at days: 0 is less than the minimum of 1"]
+    assert 0 < bad.score < 1
+    assert verify_tool_calls(tools, [call("get_mood", "{}")]).reasons[0] == \
+        "call 0: function 'get_mood' was not offered (get_weather, ping)"
+    assert "not JSON" in verify_tool_calls(tools, [call("get_weather", "{city: Paris")]).reasons[0]
+    assert verify_tool_calls(tools, [call("ping", '{"x": 1}')]).reasons[0].startswith("call 0 (ping): arguments")
+    assert verify_tool_calls(tools, [], "required").reasons == ["no tool call, though tool_choice is 'required'"]
+    named = {"type": "function", "function": {"name": "ping"}}
+    assert not verify_tool_calls(tools, [call("get_weather", '{"city": "Paris"}')], named).passed
+    assert verify_tool_calls(tools, [call("ping", "{}")], named).passed
+    two = [call("ping", "{}"), call("ping", "{}")]
+    assert verify_tool_calls(tools, two, parallel_tool_calls=False).reasons == [
+        "2 tool calls, though parallel_tool_calls is false"]
+    assert verify_tool_calls(tools, [], "auto").passed and not verify_tool_calls(tools, two, "none").passed

@@ -154,7 +154,7 @@ class OpenAIServerBackend:
                         delta = choice.get("delta") or {}
                         text = delta.get("content") or ""
                         calls = tuple(_tool_call_delta(c) for c in delta.get("tool_calls") or ())
-                        logprobs = tuple((choice.get("logprobs") or {}).get("content") or ())
+                        logprobs = tuple(_logprob(e) for e in (choice.get("logprobs") or {}).get("content") or ())
                         if text or calls or logprobs:
                             gen.put(choice["index"], text, tool_calls=calls, logprobs=logprobs)
                         if choice.get("finish_reason"):
@@ -190,3 +190,11 @@ def _tool_call_delta(piece: dict) -> ToolCallDelta:
     function = piece.get("function") or {}
     return ToolCallDelta(index=piece.get("index", 0), id=piece.get("id"), name=function.get("name"),
                          arguments=function.get("arguments") or "")
+
+
+def _logprob(entry: dict) -> dict:
+    """A token's log-probability entry with OpenAI's fields only (an upstream may add its own)."""
+    out = {k: entry[k] for k in ("token", "logprob", "bytes") if k in entry}
+    out["top_logprobs"] = [{k: t[k] for k in ("token", "logprob", "bytes") if k in t}
+                           for t in entry.get("top_logprobs") or ()]
+    return out

@@ -16,12 +16,22 @@ Generic checks: non-empty, length bounds, no broken encoding, no runaway repetit
 refusal or error boilerplate (`training.curation.clean.rule_violation`), English
 (`training.curation.clean.detect_language`). A task type without a verifier of its own
 gets the generic checks (`has_verifier` is False).
+
+Tool calls (#12) have their own check, whatever the task type: `verify_tool_calls` takes
+the tools offered, the ``tool_choice`` and the calls an answer made (OpenAI's shapes, as an
+interaction records them) and checks that each called function was offered (the named one
+for a named choice), that its arguments parse as a JSON object and validate against the
+function's JSON Schema (`jsonschema`), that a required or named choice got a call, and that
+``parallel_tool_calls: false`` got at most one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flywheel.domains import Domains, GenericChecks, Verdict, active_domains
 from flywheel.domains.chart import CHART_TASK, chart_target, extract_json, lists_from_messages
@@ -38,6 +48,7 @@ __all__ = [
     "verifiers",
     "verify",
     "verify_generic",
+    "verify_tool_calls",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,3 +149,53 @@ def verify_generic(messages: list[dict], answer: str) -> Verdict:
     """Length bounds, format (no refusal/error boilerplate, broken encoding, runaway
     repetition) and language."""
     return _generic_verdict(generic_reasons(messages, answer))
+
+
+def verify_tool_calls(tools: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[str, Any]],
+                      tool_choice: str | Mapping[str, Any] | None = None,
+                      parallel_tool_calls: bool | None = None) -> Verdict:
+    """Check the tool ``calls`` of an answer against the ``tools`` offered (see the module
+    docstring). ``tool_choice`` None: OpenAI's default (``auto`` with tools). The score is
+    the share of checks passed (one per call for the function, one for its arguments, one
+    for the choice), so a sample with right names and wrong arguments ranks above one with
+    neither."""
+    from jsonschema import Draft202012Validator, exceptions, validators
+
+    functions = {t["function"]["name"]: t["function"] for t in tools if t.get("type", "function") == "function"}
+    named = tool_choice["function"]["name"] if isinstance(tool_choice, Mapping) else None
+    reasons: list[str] = []
+    checks = 1
+    if (tool_choice == "required" or named) and not calls:
+        reasons.append(f"no tool call, though tool_choice is {named or tool_choice!r}")
+    elif tool_choice == "none" and calls:
+        reasons.append("a tool call, though tool_choice is 'none'")
+    elif parallel_tool_calls is False and len(calls) > 1:
+        reasons.append(f"{len(calls)} tool calls, though parallel_tool_calls is false")
+    for i, call in enumerate(calls):
+        checks += 2
+        name = (call.get("function") or {}).get("name")
+        function = functions.get(name) if named is None or name == named else None
+        if function is None:
+            offered = named or ", ".join(functions) or "none"
+            reasons.append(f"call {i}: function {name!r} was not offered ({offered})")
+            reasons.append(f"call {i}: arguments not checked")
+            continue
+        try:
+            arguments = json.loads((call.get("function") or {}).get("arguments") or "{}")
+        except ValueError as e:
+            reasons.append(f"call {i} ({name}): arguments are not JSON ({e.msg})")
+            continue
+        if not isinstance(arguments, dict):
+            reasons.append(f"call {i} ({name}): arguments are not a JSON object")
+            continue
+        schema = function.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
+        try:
+            validator = validators.validator_for(schema, default=Draft202012Validator)(schema)
+            error = next(iter(sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))), None)
+        except exceptions.SchemaError as e:
+            reasons.append(f"call {i} ({name}): the function's parameters are not a valid JSON Schema ({e.message})")
+            continue
+        if error is not None:
+            where = "/".join(str(p) for p in error.path)
+            reasons.append(f"call {i} ({name}): arguments{f' at {where}' if where else ''}: {error.message}")
+    return Verdict(not reasons, max(0.0, 1.0 - len(reasons) / checks), reasons)
