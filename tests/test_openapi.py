@@ -95,6 +95,9 @@ def test_the_control_plane_document_covers_every_api_route(control_app):
     ("POST", "/api/models", {"version": "v1", "adapter_path": "~no-such-user-x"}, 400, "invalid_request", None),
     ("POST", "/api/rollouts", {"candidate": {"NaN": []}}, 400, "invalid_value", "candidate"),
     ("POST", "/api/curation/runs", "7", 400, "invalid_value", None),
+    ("POST", "/api/evaluations", {"folder": "\u0000evals"}, 400, "invalid_value", "folder"),
+    ("POST", "/api/evaluations", {"folder": "evals\udae2"}, 400, "invalid_value", "folder"),
+    ("POST", "/api/models", {"version": "v1", "adapter_path": "/tmp/\u0000x"}, 400, "invalid_value", "adapter_path"),
 ])
 def test_control_plane_errors_are_openai_shaped(control_app, method, path, body, status, code, param):
     app, auth = control_app

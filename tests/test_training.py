@@ -232,6 +232,7 @@ def test_flywheel_train_killed_after_a_checkpoint_resumes_and_registers(tmp_path
     tiny_snapshot(data / "datasets" / "tiny-1", dpo=False)
     env = {**os.environ, "FLYWHEEL_DATA_DIR": str(data), "FLYWHEEL_MODEL__CACHE_DIR": str(MODEL_CACHE),
            "FLYWHEEL_CONTROL__PORT": str(free_port()), "FLYWHEEL_TRAINING__CHECKPOINT_STEPS": "2",
+           "FLYWHEEL_TRAINING__DPO": "true",  # on, so the stage is skipped for the snapshot's lack of pairs
            "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "flywheel.cli", "train", "--dataset", "tiny-1", "--run-id", "r1",
            "--set", "sft.args.max_steps=6", "--set", "sft.args.max_length=96",

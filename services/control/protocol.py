@@ -8,13 +8,30 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from services.control.errors import BodyError
 from training.curation.review import ACTIONS
 
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 Text = Annotated[str, Field(max_length=100_000)]
+
+
+def _path_text(value: str) -> str:
+    """A path the file system can take: no NUL byte, no lone surrogate (JSON can carry both;
+    ``pathlib`` raises on them)."""
+    if "\x00" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a path must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+#: A folder on the control plane's machine, as a client names it (found by the fuzzer: a NUL
+#: in a path was a 500).
+PathText = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_path_text)]
 #: A routing weight in percent: JSON lets a client send NaN or Infinity, and neither is one.
 Weight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 
@@ -27,7 +44,7 @@ class ModelRegistration(_Body):
     """POST /api/models: register an adapter folder as a candidate version."""
 
     version: Name
-    adapter_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    adapter_path: PathText
     parent: Name | None = None
     notes: Text | None = None
     dataset: Name | None = None
@@ -93,7 +110,7 @@ class ReviewDecision(_Body):
 class EvaluationRecord(_Body):
     """POST /api/evaluations: record the report an evaluation job wrote under DATA_DIR/evals."""
 
-    folder: Annotated[str, Field(min_length=1, max_length=4096)]
+    folder: PathText
 
 
 class Empty(_Body):
