@@ -1,6 +1,7 @@
 """A small process supervisor for `flywheel up`: starts children in order, waits until each
 is ready, notices when one dies, and stops them in reverse order (each gets SIGTERM and
-time to drain before SIGKILL). Children are tracked by PID; nothing is left behind."""
+time to drain before SIGKILL). Each child leads its own process group and the signals go to
+the group, so what a child started (the control plane's training job, say) stops with it."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def http_ready(url: str) -> Callable[[], bool]:
             return False
 
     return check
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the process group the child leads (it was started in a new session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -78,13 +87,15 @@ class Supervisor:
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(child.stop_timeout)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0fs; killing it", child.name, child.stop_timeout)
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
+        # What the child started and left behind (a job whose parent died first) goes too.
+        _signal_group(proc, signal.SIGTERM)
         child.proc = None
         return proc.returncode
 

@@ -83,6 +83,8 @@ def create_app(settings: Settings, ready_file: Path | None = None):
         topic_disable_leader=True,
         producer_acks=-1,
         autodiscover=False,
+        # faust's default data folder is "<app id>-data" in the working directory; keep it with the rest.
+        datadir=str(settings.data_path / "stream-worker"),
     )
     # BatchReader consumes; faust's own consumer (and its per-message hand-off) stays off.
     app.boot_strategy = app.BootStrategy(app, enable_kafka_consumer=False)
