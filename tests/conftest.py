@@ -240,3 +240,16 @@ def record_gate(plane, candidate: str, passed: bool = True, reasons: tuple[str, 
 def operator_token(settings: Settings) -> str:
     """The local admin token the control plane's first start wrote (DATA_DIR/operator_token)."""
     return settings.operator_token_path.read_text().strip()
+
+
+def operator_get(plane, url: str, path: str) -> tuple[int, str]:
+    """GET ``url + path`` as the local admin operator: (status, body), errors included."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {operator_token(plane.settings)}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

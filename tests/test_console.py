@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from serving.registry import Registry
 from services.control.plane import ControlPlane
-from tests.conftest import operator_token, query, record_gate, seed_candidates, wait_for
+from tests.conftest import operator_get, operator_token, query, record_gate, seed_candidates, wait_for
 from training.curation import review
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -234,15 +233,8 @@ def test_datasets_page_builds_a_version_or_says_why_not(console, page):
 def test_pages_answer_bad_input_and_empty_state_clearly(console):
     plane, url = console
 
-    token = operator_token(plane.settings)
-
     def get(path: str) -> tuple[int, str]:
-        req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return operator_get(plane, url, path)
 
     status, body = get("/console/metrics?minutes=abc")
     assert status == 400 and "minutes must be a number" in body

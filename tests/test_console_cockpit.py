@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from serving.registry import Registry
 from services.control.plane import ControlPlane
 from services.control.turn import RefreshRun, Step, save_run
 from streams.topics import ensure_topics, topic_names
-from tests.conftest import REPO, make_settings, operator_token, query, wait_for
+from tests.conftest import REPO, make_settings, operator_get, operator_token, query, wait_for
 from tests.test_console import CHROMIUM_ARGS, chromium_path, log_in
 from training.curation import review
 
@@ -245,12 +244,7 @@ def test_bad_range_and_unknown_session_are_answered_clearly(stack):
     plane, url = stack
 
     def get(path):
-        req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {operator_token(plane.settings)}"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return operator_get(plane, url, path)
 
     status, body = get("/console/?range=2y")
     assert status == 400 and "unknown range" in body

@@ -60,24 +60,22 @@ def register(bp: Blueprint, plane, page, safe) -> None:
             stats = safe(lambda: reviewing.agreement_stats(cur), "reviewer agreement", {})
         return page("conflicts.html", rows=rows, stats=stats)
 
-    @bp.get("/review/<candidate_id>")
-    def candidate(candidate_id: str):
+    def card_page(candidate_id: str, template: str):
         with plane.reader() as cur:
             try:
                 card = _card_context(cur, candidate_id)
             except review.ReviewError as e:
                 return page("message.html", title="No such candidate", message=str(e)), e.status
-        return page("candidate.html", c=card["c"], card=card)
+        return page(template, c=card["c"], card=card)
+
+    @bp.get("/review/<candidate_id>")
+    def candidate(candidate_id: str):
+        return card_page(candidate_id, "candidate.html")
 
     @bp.get("/review/<candidate_id>/card")
     def candidate_card(candidate_id: str):
         """The review card alone (HTML), for the desk to load ahead."""
-        with plane.reader() as cur:
-            try:
-                card = _card_context(cur, candidate_id)
-            except review.ReviewError as e:
-                return page("message.html", title="No such candidate", message=str(e)), e.status
-        return page("_card.html", card=card, c=card["c"])
+        return card_page(candidate_id, "_card.html")
 
 
 def _card_context(cur, candidate_id: str) -> dict:

@@ -17,7 +17,6 @@ sends it, and you paste it into the console's login page.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flywheel.errors import ConfigError
+from services.credentials import holder, matches, token_digest
 
 if TYPE_CHECKING:
     from flywheel.settings import Settings
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 ROLES = ("viewer", "reviewer", "admin")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
 BOOTSTRAP_NAME = "local-admin"
-
-
-def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ class OperatorStore:
             raise ConfigError("an operator token needs a name (who holds it); it is recorded with every change")
         token = f"fwop-{secrets.token_urlsafe(32)}"
         op = Operator(f"op_{secrets.token_hex(6)}", name.strip(), role, datetime.now(timezone.utc).isoformat(),
-                      digest(token))
+                      token_digest(token))
         self.operators.append(op)
         return op, token
 
@@ -118,12 +114,7 @@ class OperatorStore:
     def verify(self, token: str) -> Operator | None:
         """The operator holding ``token``. Every stored hash is compared, each in constant
         time, so the timing says nothing about which token (or how much of one) matched."""
-        wanted = digest(token)
-        found = None
-        for op in self.operators:
-            if hmac.compare_digest(wanted, op.hash):
-                found = op
-        return found
+        return holder(token, self.operators, lambda op: op.hash)
 
 
 class LiveOperators:
@@ -152,7 +143,7 @@ class LiveOperators:
 
     def verify(self, token: str) -> Operator | None:
         for plain, op in self.extra.items():
-            if hmac.compare_digest(digest(plain), digest(token)):
+            if hmac.compare_digest(token_digest(plain), token_digest(token)):
                 return op
         return self._current().verify(token)
 
@@ -194,7 +185,7 @@ def revoke_operator(settings: Settings, op_id: str) -> Operator | None:
     store.save()
     local = settings.operator_token_path
     try:
-        if hmac.compare_digest(digest(local.read_text().strip()), op.hash):
+        if matches(local.read_text().strip(), op.hash):
             local.unlink()
     except FileNotFoundError:
         pass

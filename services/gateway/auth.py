@@ -7,8 +7,6 @@ when created (``flywheel keys create``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -17,15 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.credentials import holder, token_digest
+
 if TYPE_CHECKING:
     from flywheel.settings import Settings
 
 # What each role may call.
 ROLES = {"chat": {"chat", "feedback", "models"}, "ingest": {"events", "models"}, "admin": {"chat", "feedback", "events", "models"}}
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -65,7 +61,7 @@ class KeyStore:
             raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
         token = f"fw-{role}-{secrets.token_urlsafe(32)}"
         key_id = f"key_{secrets.token_hex(6)}"
-        self.keys.append(ApiKey(key_id, role, _digest(token), datetime.now(timezone.utc).isoformat(), name))
+        self.keys.append(ApiKey(key_id, role, token_digest(token), datetime.now(timezone.utc).isoformat(), name))
         return token
 
     def revoke(self, key_id: str) -> bool:
@@ -76,12 +72,7 @@ class KeyStore:
     def verify(self, token: str) -> ApiKey | None:
         """The key matching ``token``. Every stored hash is compared, in constant time each,
         so the answer's timing says nothing about which key (or how much of one) matched."""
-        digest = _digest(token)
-        found = None
-        for key in self.keys:
-            if hmac.compare_digest(digest, key.hash):
-                found = key
-        return found
+        return holder(token, self.keys, lambda key: key.hash)
 
 
 def allowed(key: ApiKey, action: str) -> bool:
