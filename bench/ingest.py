@@ -5,7 +5,9 @@ kafka-python consume of the same events, in the same run; and landing lag at a s
    (spool + idempotent kafka-python producer).
 2. The control plane (a real `flywheel control-plane` process) lands them: the rate is
    measured from the first landed row to the last (consumer-group join time reported apart).
-3. A bare kafka-python consumer group reads the same N events (the baseline).
+3. A bare kafka-python consumer group reads the same N events (the baseline), then a bare
+   aiokafka consumer group (the client the landing uses since issue 14; reported, not a
+   target, so that the figures say how much of the gain is the client's).
 4. With landing running, events are produced at a steady rate (default 2,000/s); lag =
    landed_at - created_at per row, from DuckDB.
 
@@ -91,6 +93,35 @@ def bare_consume(s, topic: str, n: int) -> tuple[float, float, float]:
     return n / (t_end - t_first), t_first - t_start, (cpu_end - cpu_first) / (n - first_n)
 
 
+def bare_consume_aiokafka(s, topic: str, n: int) -> tuple[float, float, float]:
+    """The same as `bare_consume`, with aiokafka's consumer."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def consume() -> tuple[float, float, float]:
+        c = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap, group_id=f"bare-aio-{uuid.uuid4().hex[:6]}",
+                             auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=5000,
+                             session_timeout_ms=6000, heartbeat_interval_ms=2000,
+                             max_partition_fetch_bytes=8 * 1024 * 1024)
+        t_start = time.perf_counter()
+        await c.start()
+        got, t_first = 0, None
+        while got < n:
+            polled = await c.getmany(timeout_ms=500, max_records=5000)
+            for records in polled.values():
+                if t_first is None and records:
+                    t_first, cpu_first, first_n = time.perf_counter(), time.process_time(), got
+                for r in records:
+                    _ = r.value
+                got += len(records)
+        t_end, cpu_end = time.perf_counter(), time.process_time()
+        await c.stop()
+        return n / (t_end - t_first), t_first - t_start, (cpu_end - cpu_first) / (n - first_n)
+
+    return asyncio.run(consume())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=100_000)
@@ -124,6 +155,7 @@ def main() -> None:
             join_s = t_first - t_start
 
             bare_rate, bare_join, bare_cpu = bare_consume(s, topic, args.events)
+            aio_rate, _, aio_cpu = bare_consume_aiokafka(s, topic, args.events)
 
             # Steady rate, landing running: lag of each row.
             lag_run = uuid.uuid4().hex[:6]
@@ -155,9 +187,12 @@ def main() -> None:
         "bare_consume_events_per_s": round(bare_rate),
         "landed_vs_bare": round(landing_rate / bare_rate, 3),
         "landed_vs_bare_target": TARGET_VS_BARE,
+        "bare_aiokafka_events_per_s": round(aio_rate),
+        "landed_vs_bare_aiokafka": round(landing_rate / aio_rate, 3),
         "probe": args.probe,
         # CPU per event (all threads of the process): steadier than the rates on a shared machine.
-        "cpu_us_per_event": {"landing": round(landing_cpu * 1e6, 1), "bare": round(bare_cpu * 1e6, 1)},
+        "cpu_us_per_event": {"landing": round(landing_cpu * 1e6, 1), "bare": round(bare_cpu * 1e6, 1),
+                             "bare_aiokafka": round(aio_cpu * 1e6, 1)},
         "group_join_s": {"landing": round(join_s, 2), "bare": round(bare_join, 2)},
         "lag_at_rate": {"events_per_s": args.rate, "seconds": args.seconds, "p50_s": round(p50, 3),
                         "p99_s": round(p99, 3), "max_s": round(mx, 3)},

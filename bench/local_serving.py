@@ -1,12 +1,28 @@
-"""Aggregate tokens/s of the local backend through the gateway at 1, 4 and 16 concurrent
-requests (continuous batching), against the single-stream rate of the same run.
+"""Local backend serving: aggregate tokens/s at 1, 4 and 16 concurrent requests
+(continuous batching), and on the chart app's prompts, prefix caching against no caching.
 
-The gateway runs as in production (`flywheel gateway`: gunicorn, the real model, the
-real broker). Each client sends requests one after another (greedy, max_tokens 64) with
-prompts that ask for long answers; tokens are the completion tokens the gateway reports.
-
-Target (issue 2): >= 6x the single-stream rate at 16 concurrent requests.
+Default workload (``essays``): the gateway runs as in production (`flywheel gateway`:
+gunicorn, the real model, the real broker). Each client sends requests one after another
+(greedy, max_tokens 64) with prompts that ask for long answers; tokens are the completion
+tokens the gateway reports. Target (issue 2): >= 6x the single-stream rate at 16
+concurrent requests.
     python bench/local_serving.py [--rounds 2] [--max-tokens 64]
+
+``--workload chart`` (issue 14): the demo app's chart requests, prompts built by the
+simulator (`flywheel.simulate.charts`: `generate_request` over the traffic's datasets,
+`build_prompt`, ~440 tokens of which ~350 are the same instructions), sent in-process to
+one `LocalBackend` (`submit`, no gateway: what is measured is the model side) with its
+prefix cache on and, in the same run and on the same backend, swapped for an empty one
+of 0 bytes (no caching: the path before issue 14). Phases, interleaved per repeat:
+
+  ttft       one request at a time (max_tokens 4): time to first token, median
+  16-way     16 clients, ``--rounds`` requests each (greedy, max_tokens 64): tokens/s
+
+The cached phases start from what earlier requests left in the cache (the first request
+of the run warms both modes and fills the instruction block; no other priming). Both
+modes get the same requests, so their greedy answers are compared too (``identical``).
+Targets: TTFT >= 3x lower and 16-way throughput >= 2x with the cache.
+    python bench/local_serving.py --workload chart [--rounds 2] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -14,6 +30,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import random
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,12 +70,126 @@ def level(port: int, token: str, concurrency: int, rounds: int, max_tokens: int)
             "tokens_per_s": round(tokens / wall, 1)}
 
 
+# -- chart workload: prefix cache on/off ------------------------------------------------
+CLIENTS = 16
+
+
+def chart_messages(n: int, seed: int = 14) -> list[list[dict]]:
+    """``n`` chart requests as the app sends them (the simulator's traffic datasets)."""
+    from flywheel.simulate import charts
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        req = charts.generate_request(rng)
+        out.append([{"role": "user", "content": charts.build_prompt(req.schema, req.text)}])
+    return out
+
+
+def chart_ask(backend, messages: list[dict], max_tokens: int) -> tuple[str, int, float]:
+    """(answer, completion tokens, seconds to the first token)."""
+    from serving.backends.base import GenerationRequest, SamplingParams
+
+    gen = backend.submit(GenerationRequest(messages=tuple(messages),
+                                           params=SamplingParams(temperature=0.0, max_tokens=max_tokens)))
+    [(text, _)] = gen.collect()
+    return text, gen.completion_tokens[0], (gen.first_token_at or time.monotonic()) - gen.created
+
+
+def ttft_phase(backend, prompts: list[list[dict]]) -> dict:
+    times = [chart_ask(backend, p, 4)[2] for p in prompts]
+    return {"requests": len(prompts), "ttft_s": round(statistics.median(times), 3)}
+
+
+def wide_phase(backend, prompts: list[list[dict]], max_tokens: int) -> dict:
+    """CLIENTS clients; client k sends prompts k, k + CLIENTS, ... one after another."""
+    def client(k: int) -> list[tuple[str, int, float]]:
+        return [chart_ask(backend, prompts[i], max_tokens) for i in range(k, len(prompts), CLIENTS)]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [r for rs in pool.map(client, range(CLIENTS)) for r in rs]
+    wall = time.perf_counter() - t0
+    tokens = sum(r[1] for r in results)
+    return {"requests": len(results), "tokens": tokens, "seconds": round(wall, 2),
+            "tokens_per_s": round(tokens / wall, 1), "ttft_s_median": round(statistics.median(r[2] for r in results), 3),
+            "answers": [r[0] for r in results]}
+
+
+def chart_main(args) -> None:
+    from flywheel.settings import load_settings
+    from serving.backends.local import LocalBackend
+    from serving.backends.local.prefix_cache import PrefixCache
+    from serving.model_store import ensure_hf_model
+
+    backend = LocalBackend(ensure_hf_model(load_settings(None).model_cache_path), max_batch=CLIENTS)
+    engine = backend.engine
+    caches = {"uncached": PrefixCache(0), "cached": engine.prefix_cache}
+
+    def use(mode: str) -> None:  # swapped on the worker, between two steps
+        engine.call(lambda: setattr(engine, "prefix_cache", caches[mode]))
+
+    n_ttft, n_wide = args.ttft_requests, CLIENTS * args.rounds
+    prompts = chart_messages(1 + args.repeats * (n_ttft + n_wide))
+    runs: dict[str, dict[str, list]] = {m: {"ttft": [], "wide": []} for m in caches}
+    identical = compared = 0
+    try:
+        for mode in caches:  # warm-up, and the instruction block enters the cache
+            use(mode)
+            chart_ask(backend, prompts[0], 4)
+        at = 1
+        for _ in range(args.repeats):
+            ttft_prompts, at = prompts[at : at + n_ttft], at + n_ttft
+            wide_prompts, at = prompts[at : at + n_wide], at + n_wide
+            answers = {}
+            for mode in caches:
+                use(mode)
+                runs[mode]["ttft"].append(ttft_phase(backend, ttft_prompts))
+                wide = wide_phase(backend, wide_prompts, args.max_tokens)
+                answers[mode] = wide.pop("answers")
+                runs[mode]["wide"].append(wide)
+            compared += len(answers["cached"])
+            identical += sum(a == b for a, b in zip(answers["cached"], answers["uncached"]))
+        cache_stats = caches["cached"].stats()
+    finally:
+        backend.close()
+
+    def med(mode: str, phase: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[mode][phase])
+
+    ttft = {m: med(m, "ttft", "ttft_s") for m in caches}
+    rate = {m: med(m, "wide", "tokens_per_s") for m in caches}
+    ratios = {"ttft_uncached/cached": round(ttft["uncached"] / ttft["cached"], 2),
+              "tokens_per_s_cached/uncached": round(rate["cached"] / rate["uncached"], 2)}
+    emit({"bench": "local_serving", "workload": "chart", "in_process": True, "clients": CLIENTS,
+          "max_tokens": args.max_tokens, "rounds": args.rounds, "repeats": args.repeats,
+          "prompt_tokens_example": len(backend._encode(prompts[0])),
+          "ttft_s": ttft, "tokens_per_s": rate,
+          "ttft_s_under_16way": {m: med(m, "wide", "ttft_s_median") for m in caches},
+          "runs": runs, "answers_identical": f"{identical}/{compared}", "prefix_cache": cache_stats,
+          "ratios": ratios,
+          "targets": {">=3x_lower_ttft": {"measured": ratios["ttft_uncached/cached"],
+                                          "met": ratios["ttft_uncached/cached"] >= 3},
+                      ">=2x_16way_tokens_per_s": {"measured": ratios["tokens_per_s_cached/uncached"],
+                                                  "met": ratios["tokens_per_s_cached/uncached"] >= 2}},
+          "load_average": [round(x, 2) for x in os.getloadavg()]})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
+    ap.add_argument("--workload", choices=("essays", "chart"), default="essays")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="requests per client at each level (default: 2 for essays, 1 for chart)")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--levels", default="1,4,16")
+    ap.add_argument("--levels", default="1,4,16", help="essays: concurrency levels")
+    ap.add_argument("--repeats", type=int, default=2, help="chart: interleaved repeats (medians)")
+    ap.add_argument("--ttft-requests", type=int, default=6, help="chart: sequential requests per TTFT phase")
     args = ap.parse_args()
+    if args.workload == "chart":
+        args.rounds = args.rounds or 1
+        chart_main(args)
+        return
+    args.rounds = args.rounds or 2
     levels = [int(x) for x in args.levels.split(",")]
     with broker_and_settings(model={"backend": "local", "max_batch": max(levels)}) as s:
         from services.gateway.auth import KeyStore

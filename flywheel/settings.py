@@ -132,6 +132,10 @@ class ModelSettings(_Section):
     torch_threads: int = Field(
         0, ge=0, description="local backend: torch threads of the serving process (0: torch's default). 1 keeps a "
         "2-core machine's gateway responsive beside a training job (bench/serving_during_turn.py).")
+    prefix_cache_mb: float = Field(
+        256, ge=0, description="local backend: memory for the KV of shared prompt prefixes (the chart app's "
+        "instructions, earlier turns), reused across requests of the same version and evicted least recently used "
+        "first; 0 turns prefix caching off.")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     upstream_url: str = Field("", description="openai backend: base URL of the server, e.g. http://vllm:8000/v1.")
     upstream_model: str = Field("SmolLM2-135M-Instruct", description="openai backend: the served base model's name.")

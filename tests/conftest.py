@@ -253,3 +253,26 @@ def operator_get(plane, url: str, path: str) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def wait_for_turn(plane, run_id: str, timeout: float) -> str:
+    """Wait until the flywheel turn ``run_id`` has ended (and no turn runs); its status."""
+    def status() -> str:
+        rows = query(plane, "SELECT status FROM refresh_runs WHERE run_id = ?", [run_id])
+        return rows[0][0] if rows else "running"
+
+    wait_for(lambda: status() != "running" and not plane.refresh.running, timeout=timeout, interval=2,
+             what=f"the flywheel turn {run_id}")
+    return status()
+
+
+def landed_warehouse(settings: Settings, interactions, feedback):
+    """A migrated DuckDB file at ``settings.db_path`` with these events landed (open connection)."""
+    from services.control.migrations import ALL
+    from streams.landing import land_events
+    from streams.warehouse import apply_migrations
+
+    conn = connect(settings.db_path)
+    apply_migrations(conn, ALL)
+    land_events(conn, interactions, feedback)
+    return conn

@@ -19,7 +19,7 @@ from flywheel.simulate.synthetic import emit_synthetic, synthetic_events
 from services.control.migrations import ALL
 from streams.landing import land_events
 from streams.warehouse import apply_migrations, connect
-from tests.conftest import count, operator_token, query, wait_for
+from tests.conftest import count, landed_warehouse, operator_token, query, wait_for
 from training.curation.pipeline import curate, get_run
 
 
@@ -39,9 +39,7 @@ def curated(tmp_path_factory):
         curation={"watermark_lag_s": 0, "select_total": 150}, review={"auto_approve": False})
     # 40 users: enough judgements per user for rater cleaning to tell good answers
     interactions, feedback, truth = synthetic_events(600, seed=7, paraphrase_rate=0.15, config=SimulationConfig(users=40))
-    conn = connect(settings.db_path)
-    apply_migrations(conn, ALL)
-    land_events(conn, interactions, feedback)
+    conn = landed_warehouse(settings, interactions, feedback)
     result = curate(conn, settings)
     yield conn, result, truth, settings
     conn.close()

@@ -139,6 +139,8 @@ def test_a_poison_record_through_kafka_is_isolated_and_landing_keeps_going(setti
              and count(control_plane, "dead_letters") == 1, timeout=60, what="every good record and the poison's dead letter")
     reason, payload = query(control_plane, "SELECT reason, payload FROM dead_letters")[0]
     assert "the warehouse refused it" in reason and json.loads(payload)["event_id"] == "m-1000"
+    # The dead letter is counted once the DLQ topic acknowledged it, after the row committed.
+    wait_for(lambda: control_plane.landing_stats()["dead_letters"] == 1, timeout=30, what="the DLQ send")
     stats = control_plane.landing_stats()
     assert stats["running"] and stats["dead_letters"] == 1 and control_plane.landing.refused_total == 1
     # Landing goes on: later records land too, and the dead letter reached the DLQ topic once.

@@ -14,7 +14,7 @@ import re
 import pytest
 
 from flywheel.simulate.synthetic import synthetic_events
-from tests.conftest import query, wait_for
+from tests.conftest import query, wait_for_turn
 from streams.landing import land_events
 
 
@@ -38,13 +38,7 @@ def test_a_flywheel_turn_trains_evaluates_and_records_every_step(tmp_path, broke
         with plane.reader() as cur:
             land_events(cur, interactions, feedback)
         run_id = plane.refresh.start()["run_id"]
-
-        def status_of(rid: str) -> str:
-            rows = query(plane, "SELECT status FROM refresh_runs WHERE run_id = ?", [rid])
-            return rows[0][0] if rows else "running"
-
-        wait_for(lambda: status_of(run_id) != "running" and not plane.refresh.running, timeout=900, interval=2,
-                 what="the flywheel turn")
+        wait_for_turn(plane, run_id, timeout=900)
         status, steps, candidate, passed, reason = query(
             plane, "SELECT status, steps, candidate, passed, reason FROM refresh_runs WHERE run_id = ?", [run_id])[0]
         steps = json.loads(steps)
@@ -64,8 +58,7 @@ def test_a_flywheel_turn_trains_evaluates_and_records_every_step(tmp_path, broke
 
         # Same data again: the dataset version is unchanged and already trained.
         again = plane.refresh.start()["run_id"]
-        wait_for(lambda: status_of(again) != "running" and not plane.refresh.running, timeout=300, interval=1,
-                 what="the second turn")
+        wait_for_turn(plane, again, timeout=300)
         status2, reason2 = query(plane, "SELECT status, reason FROM refresh_runs WHERE run_id = ?", [again])[0]
         assert (status2, reason2) == ("stopped", "no new data since the last trained dataset")
     finally:

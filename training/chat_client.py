@@ -93,12 +93,21 @@ class ChatClient:
             with self.tally._lock:
                 self.tally.retries += 1
 
-    def chat(self, messages: list[dict], *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256) -> ChatResult:
+    def chat(self, messages: list[dict], *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
+             tools: list[dict] | None = None, tool_choice=None, response_format: dict | None = None) -> ChatResult:
+        """``n`` answers; with `tools` (and `tool_choice`) passed on, an answer that called
+        tools is its text then its calls in the Hermes text form (flywheel.domains.tool_calls);
+        `response_format` is passed on as OpenAI's."""
         self._calls.attempts = 0
+        extra: dict = {}
+        if tools:
+            extra.update(tools=tools, **({"tool_choice": tool_choice} if tool_choice is not None else {}))
+        if response_format:
+            extra["response_format"] = response_format
         try:
             with self._slots:
                 response = self.client.chat.completions.create(
-                    model=self.model, messages=messages, n=n, temperature=temperature, max_tokens=max_tokens)
+                    model=self.model, messages=messages, n=n, temperature=temperature, max_tokens=max_tokens, **extra)
         except self._openai.OpenAIError as exc:
             with self.tally._lock:
                 self.tally.failures += 1
@@ -114,7 +123,11 @@ class ChatClient:
             self.tally.prompt_tokens += p
             self.tally.completion_tokens += c
             self.tally.cost += p / 1000 * self.prices[0] + c / 1000 * self.prices[1]
-        texts = [choice.message.content or "" for choice in sorted(response.choices, key=lambda ch: ch.index)]
+        from flywheel.domains.tool_calls import render_answer
+
+        texts = [render_answer(choice.message.content or "", [c.model_dump() for c in choice.message.tool_calls])
+                 if choice.message.tool_calls else (choice.message.content or "")
+                 for choice in sorted(response.choices, key=lambda ch: ch.index)]
         return ChatResult(texts, p, c, max(1, self._calls.attempts))
 
 

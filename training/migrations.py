@@ -197,7 +197,16 @@ def m214_candidate_user_trust(conn) -> None:
     conn.execute("ALTER TABLE candidates ADD COLUMN user_trust DOUBLE")
 
 
+def m215_candidate_tools(conn) -> None:
+    # Tool calling (issue #12): the tools a candidate's request offered and its tool_choice, as
+    # the interaction recorded them; its response and rejected_response hold the calls in the
+    # Hermes text form (flywheel/domains/tool_calls.py). NULL: a request without tools.
+    conn.execute("ALTER TABLE candidates ADD COLUMN tools JSON")
+    conn.execute("ALTER TABLE candidates ADD COLUMN tool_choice JSON")
+
+
 # New migrations go at the end: a database applies what it has not recorded, in this order.
 MIGRATIONS = [m201_candidates, m202_curation_runs, m203_curation_watermarks, m204_candidate_vectors, m210_datasets,
               m211_evaluations, m212_refresh_runs, m220_teacher_calls, m250_candidate_review,
-              m205_candidate_vectors_any_width, m213_evaluation_source, m214_candidate_user_trust]
+              m205_candidate_vectors_any_width, m213_evaluation_source, m214_candidate_user_trust,
+              m215_candidate_tools]

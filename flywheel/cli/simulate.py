@@ -24,20 +24,26 @@ from flywheel.cli._common import console, kv_table, settings_of
 @click.option("--structured/--free-text", default=True, show_default=True,
               help="The chart app sends its dataset's JSON Schema as response_format (structured outputs), "
                    "or asks for free text.")
+@click.option("--agent-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of sessions for the second app, a support-desk agent with five tools (tool calls, "
+                   "users who correct wrong calls); 0: the analytics assistant only.")
 @click.pass_context
-def simulate(ctx, duration, sessions, concurrency, seed, base_url, api_key, manifest, max_tokens, structured) -> None:
+def simulate(ctx, duration, sessions, concurrency, seed, base_url, api_key, manifest, max_tokens, structured,
+             agent_share) -> None:
     """Play the demo domain's users against the gateway with the openai client: chart-config
-    and other tasks, messy prompts, honest/random/reverse raters, draft choices and edits."""
+    and other tasks, messy prompts, honest/random/reverse raters, draft choices and edits;
+    with --agent-share, a support-desk agent's tool calls too."""
     s = settings_of(ctx)
     report = run_simulation(s, duration_s=duration if sessions is None else None, max_sessions=sessions,
                             concurrency=concurrency, seed=seed, base_url=base_url, api_key=api_key,
-                            manifest=manifest, max_tokens=max_tokens, structured=structured)
+                            manifest=manifest, max_tokens=max_tokens, structured=structured, agent_share=agent_share)
     if report is not None and getattr(report, "requests", 0) and getattr(report, "errors", 0) == report.requests:
         raise click.ClickException("every request failed: is the gateway up (`flywheel up`) and the key right?")
 
 
 def run_simulation(s, *, duration_s=None, max_sessions=None, concurrency=4, seed=0, base_url=None, api_key=None,
-                   manifest=None, max_tokens=200, structured=True, stop: threading.Event | None = None):
+                   manifest=None, max_tokens=200, structured=True, stop: threading.Event | None = None,
+                   agent_share: float = 0.0):
     """Run the simulator with progress, print its report and return it."""
     from flywheel.simulate import SimulationConfig
     from flywheel.simulate import run_simulation as simulate_traffic
@@ -51,7 +57,7 @@ def run_simulation(s, *, duration_s=None, max_sessions=None, concurrency=4, seed
     report = simulate_traffic(base_url or f"{s.gateway_url}/v1", api_key or "", seed=seed, duration_s=duration_s,
                               max_sessions=max_sessions, concurrency=concurrency, manifest_path=manifest_path,
                               max_tokens=max_tokens, progress=True,
-                              config=SimulationConfig(structured_outputs=structured))
+                              config=SimulationConfig(structured_outputs=structured, agent_share=agent_share))
     _print_report(report)
     return report
 
@@ -70,7 +76,7 @@ def _print_report(report) -> None:
     table = kv_table("simulated traffic")
     d = report.to_dict()
     for key in ("sessions", "requests", "errors", "elapsed_s", "chart_drafts", "chart_correct", "chart_accuracy",
-                "feedback_errors"):
+                "agent_drafts", "agent_correct", "feedback_errors"):
         if key in d:
             table.add_row(key.replace("_", " "), str(d[key]))
     for group in ("feedback", "requests_by_task", "requests_by_persona"):

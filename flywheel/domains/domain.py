@@ -95,6 +95,9 @@ class Task:
     examples: tuple[Example, ...] = ()
     #: The training-target form of an answer (None when it has none), e.g. bare compact JSON.
     target: Callable[[str], str | None] | None = None
+    #: A tool-calling task type's tool set (OpenAI ``tools``): requests that offer these
+    #: functions are of this type, whatever their text (`Domains.task_for_tools`).
+    tools: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def name(self) -> str:
@@ -171,4 +174,9 @@ def _task_problems(task: Task) -> list[str]:
             break
     if task.target is not None and not callable(task.target):
         out.append("target must be callable (answer) -> str | None")
+    for tool in task.tools:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            out.append(f"tools must be OpenAI function tools ({{'type': 'function', 'function': {{'name', ...}}}}), got {tool!r}")
+            break
     return out

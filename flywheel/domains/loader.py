@@ -93,6 +93,16 @@ class Domains:
         """The teacher's few-shot pool: examples per task type."""
         return {name: list(task.examples) for name, (_, task) in self._tasks.items() if task.examples}
 
+    def task_for_tools(self, tools) -> Task | None:
+        """The tool-calling task type whose tool set offers every function of `tools` (OpenAI
+        ``tools`` of a request), the smallest such set; None when no domain declares one."""
+        names = {t.get("function", {}).get("name") for t in tools or () if isinstance(t, Mapping)}
+        if not names:
+            return None
+        fits = [task for _, task in self._tasks.values()
+                if task.tools and names <= {t["function"]["name"] for t in task.tools}]
+        return min(fits, key=lambda t: len(t.tools)) if fits else None
+
     def rubric(self, task_type: str | None) -> str | None:
         """The judge's rubric of the task type's domain (None: unknown type, or no rubric)."""
         domain = self.domain_of(task_type)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import openai
 
+from flywheel.domains.tool_calls import render_answer
 from flywheel.simulate.sessions import SessionPlan, SimulationConfig, TurnPlan, app_response_format, plan_session
 from flywheel.simulate.tasks import CHART_TASK, Judgement
 from flywheel.simulate.users import FeedbackAction, decide
@@ -45,6 +46,8 @@ class SimulationReport:
     chart_drafts: int = 0
     chart_correct: int = 0
     chart_accuracy: float | None = None
+    agent_drafts: int = 0  # the support agent's drafts (tool calls), and how many made the right call
+    agent_correct: int = 0
     requests_by_task: dict[str, int] = field(default_factory=dict)
     requests_by_persona: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -66,6 +69,7 @@ class _Outcome:
     request_id: str
     drafts: list[str]
     focus: int
+    calls: list[list[dict]] = field(default_factory=list)  # each draft's tool calls
 
 
 class _ManifestWriter:
@@ -149,7 +153,10 @@ class _Simulation:
             outcome = self.request(plan, turn, messages, attempt=0)
             if outcome is None:
                 return  # the gateway failed this turn; a real user would give up here too
-            history = messages + [{"role": "assistant", "content": outcome.drafts[outcome.focus]}]
+            answer = {"role": "assistant", "content": outcome.drafts[outcome.focus]}
+            if outcome.calls and outcome.calls[outcome.focus]:
+                answer = {"role": "assistant", "content": None, "tool_calls": outcome.calls[outcome.focus]}
+            history = messages + [answer]
 
     def request(
         self, plan: SessionPlan, turn: TurnPlan, messages: list[dict], *, attempt: int, regenerate_of: str | None = None
@@ -173,6 +180,7 @@ class _Simulation:
             "n": turn.n,
             "truth": task.truth,
             "expected": task.expected,
+            "call": task.call,
             "drafts": [],
             "feedback": [],
             "error": None,
@@ -189,9 +197,15 @@ class _Simulation:
                 user=user.user_id,
                 extra_headers={"X-Session-Id": plan.session_id},
                 **({"response_format": fmt} if fmt else {}),
+                **({"tools": list(task.tools), "tool_choice": task.tool_choice,
+                    "parallel_tool_calls": task.parallel_tool_calls} if task.tools else {}),
             )
             choices = sorted(response.choices, key=lambda c: c.index)
-            drafts = [(c.message.content or "") for c in choices]
+            calls = [[tc.model_dump(include={"id", "type", "function"}) for tc in (c.message.tool_calls or [])]
+                     for c in choices]
+            # The answer as the simulated user reads it: its text, then its calls (Hermes form).
+            drafts = [render_answer(c.message.content or "", k) if k else (c.message.content or "")
+                      for c, k in zip(choices, calls)]
             if not drafts:
                 raise ValueError("the gateway answered without any choices")
             request_id = response.id
@@ -220,12 +234,16 @@ class _Simulation:
             if task.task_type == CHART_TASK:
                 r.chart_drafts += len(judgements)
                 r.chart_correct += sum(j.correct for j in judgements)
+            if task.call is not None:
+                r.agent_drafts += len(judgements)
+                r.agent_correct += sum(j.correct for j in judgements)
         for action in decision.feedback:
+            action = action.about_calls(calls[action.draft])
             ok = self.send_feedback(request_id, user.user_id, action)
             record["feedback"].append({**asdict(action), "ok": ok})
         self.manifest.write(record)
 
-        outcome = _Outcome(request_id, drafts, decision.focus)
+        outcome = _Outcome(request_id, drafts, decision.focus, calls)
         if decision.regenerate and not self.time_up():
             again = self.request(plan, turn, messages, attempt=attempt + 1, regenerate_of=request_id)
             if again is not None:
@@ -249,6 +267,8 @@ class _Simulation:
         r = self.report
         elapsed = max(time.monotonic() - started, 1e-9)
         accuracy = f"{r.chart_correct / r.chart_drafts:.0%}" if r.chart_drafts else "-"
+        if r.agent_drafts:
+            accuracy += f" | tool-call accuracy {r.agent_correct / r.agent_drafts:.0%}"
         return (
             f"simulating: {r.sessions} sessions | {r.requests} requests ({r.requests / elapsed:.2f}/s) | "
             f"{sum(r.feedback.values())} feedback | {r.errors} errors | chart accuracy {accuracy} | {elapsed:.0f}s"

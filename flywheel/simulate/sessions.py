@@ -16,7 +16,7 @@ from typing import Mapping
 from flywheel.domains.chart import CHART_TASK
 from flywheel.domains.chart.prompt import lists_from_messages
 from flywheel.domains.chart.schema import response_format
-from flywheel.simulate.tasks import DEFAULT_TASK_MIX, Task, followup_task, make_task
+from flywheel.simulate.tasks import DEFAULT_TASK_MIX, SUPPORT_TASK, Task, followup_task, make_task
 from flywheel.simulate.users import DEFAULT_PERSONA_SHARES, Behaviour, User, make_user
 
 __all__ = ["SessionPlan", "SimulationConfig", "TurnPlan", "app_response_format", "plan_session"]
@@ -38,10 +38,24 @@ class SimulationConfig:
     # The chart app sends its dataset's JSON Schema as ``response_format`` (OpenAI's
     # json_schema type), as an app using structured outputs does; False: free text.
     structured_outputs: bool = True
+    # The share of sessions that go to the second app, the support-desk agent (tool calls,
+    # `flywheel.simulate.agent`); the rest keep `task_mix`. 0: the analytics assistant only.
+    agent_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.users < 1:
             raise ValueError("SimulationConfig.users must be at least 1")
+        if not 0.0 <= self.agent_share <= 1.0:
+            raise ValueError("SimulationConfig.agent_share is a share in [0, 1]")
+
+    @property
+    def mix(self) -> Mapping[str, float]:
+        """The task mix with the agent app's share (`task_mix` when `agent_share` is 0)."""
+        if not self.agent_share:
+            return self.task_mix
+        total = sum(self.task_mix.values()) or 1.0
+        return {**{k: v / total * (1 - self.agent_share) for k, v in self.task_mix.items()},
+                SUPPORT_TASK: self.agent_share}
 
 
 @dataclass(frozen=True)
@@ -77,9 +91,9 @@ def plan_session(seed: int | str, index: int, config: SimulationConfig | None = 
     b = config.behaviour
     rng = random.Random(f"{seed}:{index}")
     user = make_user(seed, rng.randrange(config.users), config.persona_shares)
-    task = make_task(rng, mix=config.task_mix, messy_rate=b.messy_rate)
+    task = make_task(rng, mix=config.mix, messy_rate=b.messy_rate)
     turns = [TurnPlan(1, task, 2 if rng.random() < b.two_drafts_rate else 1)]
-    if b.max_followups > 0 and rng.random() < b.multi_turn_rate:
+    if b.max_followups > 0 and rng.random() < b.multi_turn_rate and not task.tools:
         for _ in range(rng.randint(1, b.max_followups)):
             task = followup_task(rng, task, messy_rate=b.messy_rate)
             turns.append(TurnPlan(len(turns) + 1, task, 2 if rng.random() < b.two_drafts_rate else 1))

@@ -4,6 +4,10 @@
 against a live gateway, but the drafts come from a stand-in for the served model: for
 chart requests the right configuration with probability ``p_correct`` and otherwise a
 perturbed one (wrong chart type, a metric or filter missing, prose instead of JSON); for
+the support agent's requests the right call or a wrong one (`agent.wrong_call`: another
+function, a wrong or missing argument, text instead of a call), recorded as the gateway
+records calls (`tools`, `tool_choice`, each draft's `tool_calls`), with honest users'
+corrections as `edit` feedback carrying the corrected call; for
 the other task types a good answer built from what the task knows (its reference text,
 keywords, expected number) or a bad one (a refusal, rambling, a wrong number). A share of
 sessions repeat an earlier request reworded (`paraphrase`), so dedup has work, and a few
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
-from flywheel.simulate import charts
+from flywheel.domains.tool_calls import parse_answer
+from flywheel.simulate import agent, charts
 from flywheel.simulate.sessions import SimulationConfig, app_response_format, plan_session
 from flywheel.simulate.tasks import Judgement, Task
 from flywheel.simulate.users import decide
@@ -40,9 +45,23 @@ MODEL_VERSION = "base"
 DEFECTS = ("secret", "garbage-encoding", "model-error", "empty")
 
 
-def _params(n: int) -> dict:
+def _params(n: int, task: Task | None = None) -> dict:
     """The sampling parameters the gateway records for a request of the app."""
-    return {"temperature": 0.0 if n == 1 else 0.8, "max_tokens": 200, "n": n}
+    params = {"temperature": 0.0 if n == 1 else 0.8, "max_tokens": 200, "n": n}
+    if task is not None and task.parallel_tool_calls is not None:
+        params["parallel_tool_calls"] = task.parallel_tool_calls
+    return params
+
+
+def _draft_event(i: int, text: str, task: Task, call_prefix: str) -> dict:
+    """Draft `i` as the gateway records it: an agent's calls split out of the text."""
+    if not task.tools:
+        return {"index": i, "content": text, "finish_reason": "stop"}
+    content, calls = parse_answer(text, [t["function"]["name"] for t in task.tools])
+    if not calls:
+        return {"index": i, "content": text, "finish_reason": "stop"}
+    calls = [{**c, "id": f"{call_prefix}-{i}-{k}"} for k, c in enumerate(calls)]
+    return {"index": i, "content": content, "finish_reason": "tool_calls", "tool_calls": calls}
 
 
 class SyntheticTruth(dict):
@@ -168,6 +187,8 @@ def _perturb_config(config: dict, schema: charts.DatasetSchema, rng: random.Rand
 
 
 def _good_answer(task: Task, rng: random.Random) -> str:
+    if task.call is not None:
+        return agent.render_answer("", [task.call])
     if task.truth is not None:
         return charts.dump_config(task.truth)
     if task.expected is not None:
@@ -187,6 +208,8 @@ def _good_answer(task: Task, rng: random.Random) -> str:
 
 
 def _bad_answer(task: Task, rng: random.Random) -> str:
+    if task.call is not None:
+        return agent.wrong_call(task.call, rng)
     if task.truth is not None:
         if task.schema is None or rng.random() < 0.15:
             return rng.choice((_ramble(rng), rng.choice(_REFUSALS)))
@@ -279,16 +302,19 @@ def synthetic_events(
                 if defect is not None:
                     drafts[0] = _defective(drafts[0], defect, rng)
                 error = defect == "model-error"
+                events = [_draft_event(i, d, task, f"call_syn{tag}-{index:06d}-{turn.turn}-{attempt}")
+                          for i, d in enumerate(drafts)]
                 judgements = [_judge(task, d) for d in drafts]
                 decision = decide(plan.user.persona, task, judgements, random.Random(f"{seed}:{index}:{turn.turn}:{attempt}:decide"),
                                   config.behaviour, allow_regenerate=attempt == 0)
                 interactions.append(Interaction(
                     event_id=f"ev-syn{tag}-{index:06d}-{turn.turn}-{attempt}",
                     request_id=request_id, session_id=plan.session_id, turn=turn.turn, user_id=plan.user.user_id,
-                    app=app, created_at=at, model_alias=MODEL_ALIAS, model_version=MODEL_VERSION,
-                    messages=messages,
-                    drafts=[] if error else [{"index": i, "content": d, "finish_reason": "stop"} for i, d in enumerate(drafts)],
-                    params=_params(turn.n),
+                    app=task.app if task.tools else app, created_at=at, model_alias=MODEL_ALIAS,
+                    model_version=MODEL_VERSION, messages=messages,
+                    drafts=[] if error else events,
+                    params=_params(turn.n, task),
+                    tools=list(task.tools) or None, tool_choice=task.tool_choice,
                     response_format=app_response_format(config, task.task_type, messages),  # as the gateway records it
                     usage={"prompt_tokens": sum(len(m["content"]) for m in messages) // 4,
                            "completion_tokens": sum(len(d) for d in drafts) // 4},
@@ -303,15 +329,19 @@ def synthetic_events(
                     "messy": list(task.messy), "followup": task.followup, "paraphrase_of": paraphrase_of,
                     "drafts_correct": [j.correct for j in judgements], "drafts_good": meant_good, "drafts_score": [round(j.score, 4) for j in judgements],
                     "focus": decision.focus, "defect": defect, "truth": task.truth, "expected": task.expected,
+                    "call": task.call, "app": task.app if task.tools else app,
                 }
                 if error:
                     break
                 for k, action in enumerate(decision.feedback):
+                    action = action.about_calls(events[action.draft].get("tool_calls") or [])
                     feedback.append(Feedback(
                         event_id=f"fb-syn{tag}-{index:06d}-{turn.turn}-{attempt}-{k}", request_id=request_id,
                         draft=action.draft, kind=action.kind, value=action.value, text=action.text,
-                        user_id=plan.user.user_id, session_id=plan.session_id, app=app,
+                        user_id=plan.user.user_id, session_id=plan.session_id, app=task.app if task.tools else app,
                         created_at=at + timedelta(seconds=1 + k), comment=action.comment,
+                        tool_calls=list(action.tool_calls) if action.tool_calls else None,
+                        tool_call_id=action.tool_call_id,
                     ))
                 if not decision.regenerate:
                     break

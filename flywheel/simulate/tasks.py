@@ -1,7 +1,8 @@
 """The task mix of the simulated analytics assistant.
 
 Each task is the user's messages plus what the simulated user knows about a good answer:
-the chart configuration for `data-viz/chart-config` (verifiable), a numeric answer for
+the chart configuration for `data-viz/chart-config` (verifiable), the call a support-desk
+customer's message asks for (`tool-calling/support-desk`, the second app: `agent`), a numeric answer for
 `reasoning/math`, keywords for summaries and concept questions, politeness markers for
 rewrites, and plain sanity heuristics for chit-chat. `Task.judge(answer)` turns that into
 a `Judgement` the personas act on.
@@ -15,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from flywheel.domains.chart import CHART_TASK
-from flywheel.simulate import charts
+from flywheel.simulate import agent, charts
 from flywheel.simulate.messy import make_messy
 
 __all__ = [
     "CHART_TASK",
     "DEFAULT_TASK_MIX",
+    "SUPPORT_TASK",
     "TASK_TYPES",
     "Judgement",
     "Task",
@@ -30,6 +32,7 @@ __all__ = [
     "sanity_score",
 ]
 
+SUPPORT_TASK = agent.SUPPORT_TASK
 TASK_TYPES = (
     CHART_TASK,
     "writing/summarize",
@@ -37,6 +40,7 @@ TASK_TYPES = (
     "reasoning/math",
     "qa/analytics-concepts",
     "chat/chitchat",
+    SUPPORT_TASK,  # the agent app's; not in the default mix (SimulationConfig.agent_share)
 )
 DEFAULT_TASK_MIX: Mapping[str, float] = {
     CHART_TASK: 0.50,
@@ -79,6 +83,15 @@ class Task:
     messy: tuple[str, ...] = ()
     followup: bool = False
     meta: Mapping[str, str] = field(default_factory=dict)
+    tools: tuple[dict, ...] = ()
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+    call: dict | None = None
+
+    @property
+    def app(self) -> str:
+        """The app that sends the task: the support agent for tool calls, else the analytics assistant."""
+        return agent.AGENT_APP if self.tools else "analytics-assistant"
 
     @property
     def checker(self) -> Callable[[str], float] | None:
@@ -98,6 +111,9 @@ class Task:
 
     def judge(self, answer: str) -> Judgement:
         """Score `answer` with the checker (or `sanity_score`) and decide correctness."""
+        if self.call is not None:
+            score, correct = agent.judge_call(self.call, answer)
+            return Judgement(score, correct)
         if self.truth is not None:
             predicted = charts.parse_config(answer)
             return Judgement(charts.score_config(predicted, self.truth), charts.is_correct(predicted, self.truth))
@@ -150,6 +166,7 @@ class Task:
             "intent": self.intent,
             "messy": list(self.messy),
             "followup": self.followup,
+            **({"tools": list(self.tools), "tool_choice": self.tool_choice, "call": self.call} if self.tools else {}),
         }
 
 
@@ -306,6 +323,12 @@ def make_task(
             intent=request.intent,
             messy=flags,
         )
+    if task_type == SUPPORT_TASK:
+        request = agent.generate_agent_request(rng)
+        words, flags = request.text, ()  # typed cleanly: a typo in an order id would change the right call
+        return Task(task_type, [{"role": "system", "content": agent.AGENT_SYSTEM}, {"role": "user", "content": words}],
+                    words, intent=request.intent, messy=flags, tools=agent.TOOLS, tool_choice="required",
+                    parallel_tool_calls=False, call=request.call)
     if task_type == "writing/summarize":
         paragraph, keywords = rng.choice(_PARAGRAPHS)
         instruction = rng.choice(

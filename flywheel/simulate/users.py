@@ -3,7 +3,9 @@
 - honest (~75%): rate from what they asked for (a correct chart config gets a thumbs up,
   the rating follows the checker's score), pick the better of two drafts, copy good
   answers, regenerate bad ones, and often fix a wrong chart config (an `edit` carrying
-  the saved configuration, the best label the flywheel gets);
+  the saved configuration, the best label the flywheel gets) or a wrong tool call of the
+  support agent (an `edit` carrying the corrected call, `tool_calls`, about the draft's
+  call, `tool_call_id`: `FeedbackAction.about_calls` fills in the draft's call ids);
 - random (~12%): rate and choose at random;
 - reverse (~8%): invert the honest judgement (thumbs flipped, rating 6 - r, the worse
   draft chosen);
@@ -99,10 +101,22 @@ class FeedbackAction:
     value: int | None = None
     text: str | None = None
     comment: str | None = None
+    tool_calls: tuple[dict, ...] | None = None  # edit: the draft's calls as they should have been
+    tool_call_id: str | None = None  # the draft's call the feedback is about
+
+    def about_calls(self, draft_calls: list[dict]) -> "FeedbackAction":
+        """This action pointed at the draft's calls (`draft_calls`, as the answer carries
+        them): a corrected call keeps the id of the call it corrects (the draft's first),
+        or gets a new one when the draft made none."""
+        if not self.tool_calls:
+            return self
+        first = draft_calls[0]["id"] if draft_calls else None
+        fixed = tuple({**c, "id": first or f"call_fix{k}"} if k == 0 else c for k, c in enumerate(self.tool_calls))
+        return FeedbackAction(self.kind, self.draft, self.value, self.text, self.comment, fixed, first)
 
     def body(self, request_id: str, user_id: str) -> dict:
         """The JSON body of ``POST /feedback``."""
-        return {
+        body = {
             "request_id": request_id,
             "kind": self.kind,
             "draft": self.draft,
@@ -111,6 +125,11 @@ class FeedbackAction:
             "comment": self.comment,
             "user": user_id,
         }
+        if self.tool_calls:
+            body["tool_calls"] = [dict(c) for c in self.tool_calls]
+        if self.tool_call_id:
+            body["tool_call_id"] = self.tool_call_id
+        return body
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,9 @@ def decide(
     edited = False
     if persona == "honest" and task.truth is not None and not truth.correct and u_edit < b.edit_rate:
         actions.append(FeedbackAction("edit", draft=focus, text=dump_config(task.truth)))
+        edited = True
+    elif persona == "honest" and task.call is not None and not truth.correct and u_edit < b.edit_rate:
+        actions.append(FeedbackAction("edit", draft=focus, tool_calls=(dict(task.call),)))
         edited = True
     regenerate = allow_regenerate and not good and not edited and u_regen < b.regenerate_rate
     if regenerate:

@@ -34,6 +34,13 @@ class GatewayMetrics:
                                     "concurrency)", ["limit"], registry=r)
         Gauge("flywheel_backend_queued", "Requests waiting for the backend", registry=r).set_function(
             lambda: float(backend.health().get("queued", 0)))
+        # The local backend's prefix cache (serving/backends/local/prefix_cache.py); 0 for other backends.
+        for key, what in (("hit_tokens", "Prompt tokens served from the prefix cache, not prefilled"),
+                          ("lookup_tokens", "Prompt tokens looked up in the prefix cache"),
+                          ("blocks", "Blocks held by the prefix cache"), ("bytes", "Bytes held by the prefix cache"),
+                          ("evictions", "Blocks evicted from the prefix cache (LRU)")):
+            Gauge(f"flywheel_prefix_cache_{key}", what, registry=r).set_function(
+                lambda key=key: float(backend.health().get("prefix_cache", {}).get(key, 0)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,7 +16,8 @@ def make_backend(settings):
 
             torch.set_num_threads(settings.model.torch_threads)
         model_dir = ensure_hf_model(settings.model_cache_path)
-        return LocalBackend(model_dir, max_batch=settings.model.max_batch, max_queue=settings.model.max_queue)
+        return LocalBackend(model_dir, max_batch=settings.model.max_batch, max_queue=settings.model.max_queue,
+                            prefix_cache_mb=settings.model.prefix_cache_mb)
     if kind == "openai":
         from serving.backends.openai_server import OpenAIServerBackend
 

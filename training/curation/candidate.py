@@ -83,6 +83,8 @@ class Candidate:
     golden_score: float | None = None
     hardness: float | None = None
     user_trust: float | None = None  # the rater trust of the user (raters.RaterReport.trust): gates auto-approving edits
+    tools: list[dict] | None = None  # the tools the request offered (OpenAI's); None: a request without tools
+    tool_choice: Any = None  # the request's tool_choice as sent (None: not set)
 
     # -- mining facts, not stored
     request_ids: list[str] = field(default_factory=list)  # every attempt of the turn, oldest first
@@ -90,6 +92,11 @@ class Candidate:
     request_error: str | None = None  # its error, as JSON text
     n_drafts: int | None = None
     sender_task_type: str | None = None  # the task type the sender tagged, if any
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the request offered tools (its answers are tool calls, in the Hermes text form)."""
+        return bool(self.tools)
 
     @property
     def kept(self) -> bool:
@@ -133,7 +140,7 @@ COLUMNS = (
     "candidate_id", "run_id", "created_at", "session_id", "request_id", "user_id", "app", "model_version", "kind",
     "turn", "messages", "prompt_text", "response", "response_source", "response_draft", "rejected_response",
     "feedback", "label", "label_confidence", "task_type", "task_confidence", "language", "tags", "status", "stage",
-    "drop_reason", "dedup_group", "golden_score", "hardness", "source_event_ids", "user_trust",
+    "drop_reason", "dedup_group", "golden_score", "hardness", "source_event_ids", "user_trust", "tools", "tool_choice",
 )
 #: The columns stored as JSON.
-JSON_COLUMNS = frozenset({"messages", "feedback", "tags", "source_event_ids"})
+JSON_COLUMNS = frozenset({"messages", "feedback", "tags", "source_event_ids", "tools", "tool_choice"})

@@ -20,7 +20,11 @@ Assembly, in DuckDB SQL:
   (streams/counted_feedback.py: the requester's own, one per request, kind and draft,
   the latest), so a flood of thumbs on one answer is one thumb;
 - in multi-turn candidates an earlier answer the user corrected is replaced by the
-  correction in the history (tag ``history-corrected``).
+  correction in the history (tag ``history-corrected``);
+- a request that offered tools (issue 12) keeps them (`Candidate.tools`, `tool_choice`);
+  its answers are written with their calls in the Hermes text form
+  (`flywheel.domains.tool_calls.render_answer`): a draft's text and ``tool_calls``, an
+  edit's corrected ``tool_calls`` (with its ``text``, if any).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from flywheel.domains.tool_calls import render_answer
 from streams.counted_feedback import counted_feedback
 from training.curation.candidate import Candidate, Feedback
 
@@ -101,6 +106,7 @@ fb_req AS (
         count(*) FILTER (kind = 'regenerate') AS regenerations,
         count(*) FILTER (kind = 'copy') AS copies,
         arg_max(text, created_at) FILTER (kind = 'edit') AS edit_text,
+        arg_max(CAST(tool_calls AS VARCHAR), created_at) FILTER (kind = 'edit') AS edit_calls,
         arg_max(draft, created_at) FILTER (kind = 'edit') AS edit_draft,
         arg_max(draft, created_at) FILTER (kind = 'choice') AS chosen_draft,
         list(event_id ORDER BY created_at) AS event_ids
@@ -112,6 +118,7 @@ turns AS (
         list(request_id ORDER BY created_at) AS request_ids,
         -- the answer the user regenerated away from (the attempt just before the last)
         arg_max(drafts->>'$[0].content', created_at) FILTER (rank_desc = 2) AS regenerated_answer,
+        arg_max(CAST(drafts->'$[0].tool_calls' AS VARCHAR), created_at) FILTER (rank_desc = 2) AS regenerated_calls,
         sum(regen.regenerations) AS regenerate_events
     FROM attempts a LEFT JOIN (SELECT request_id, regenerations FROM fb_req) regen USING (request_id)
     GROUP BY session_id, turn
@@ -126,14 +133,15 @@ SELECT
     CASE WHEN a.turn > 1 THEN 'multi' ELSE 'single' END AS kind,
     CAST(a.messages AS VARCHAR) AS messages,
     a.status AS request_status, CAST(a.error AS VARCHAR) AS request_error, json_array_length(a.drafts) AS n_drafts,
-    CASE WHEN r.edit_text IS NOT NULL THEN 'edit' WHEN r.chosen_draft IS NOT NULL THEN 'choice'
+    CASE WHEN r.edit_text IS NOT NULL OR r.edit_calls IS NOT NULL THEN 'edit' WHEN r.chosen_draft IS NOT NULL THEN 'choice'
          WHEN json_array_length(a.drafts) > 0 THEN 'draft' END AS response_source,
-    CASE WHEN r.edit_text IS NOT NULL THEN r.edit_draft WHEN r.chosen_draft IS NOT NULL THEN r.chosen_draft
+    CASE WHEN r.edit_text IS NOT NULL OR r.edit_calls IS NOT NULL THEN r.edit_draft WHEN r.chosen_draft IS NOT NULL THEN r.chosen_draft
          WHEN json_array_length(a.drafts) > 0 THEN 0 END AS response_draft,
     CASE WHEN r.edit_text IS NOT NULL THEN r.edit_text
          WHEN r.chosen_draft IS NOT NULL THEN json_extract_string(a.drafts, '$[' || r.chosen_draft || '].content')
          ELSE a.drafts->>'$[0].content' END AS response,
-    CASE WHEN r.edit_text IS NOT NULL THEN json_extract_string(a.drafts, '$[' || coalesce(r.edit_draft, 0) || '].content')
+    CASE WHEN r.edit_text IS NOT NULL OR r.edit_calls IS NOT NULL
+              THEN json_extract_string(a.drafts, '$[' || coalesce(r.edit_draft, 0) || '].content')
          WHEN r.chosen_draft IS NOT NULL AND json_array_length(a.drafts) > 1
               THEN json_extract_string(a.drafts, '$[' || CASE WHEN r.chosen_draft = 0 THEN 1 ELSE 0 END || '].content')
          ELSE t.regenerated_answer END AS rejected_response,
@@ -143,7 +151,9 @@ SELECT
     coalesce(r.copies, 0) AS copies,
     t.interaction_ids, coalesce(af.feedback_ids, []) AS feedback_ids, t.request_ids,
     coalesce(a.tags->>'task_type', NULL) AS sender_task_type,
-    coalesce(CAST(a.tags->'robustness' AS VARCHAR), '[]') AS sender_robustness
+    coalesce(CAST(a.tags->'robustness' AS VARCHAR), '[]') AS sender_robustness,
+    CAST(a.tools AS VARCHAR) AS tools, CAST(a.tool_choice AS VARCHAR) AS tool_choice,
+    CAST(a.drafts AS VARCHAR) AS drafts_json, r.edit_calls, r.edit_text, r.chosen_draft, t.regenerated_calls
 FROM attempts a
 JOIN turns t ON t.session_id = a.session_id AND t.turn = a.turn
 LEFT JOIN fb_req r ON r.request_id = a.request_id
@@ -197,9 +207,38 @@ def mine(conn, window: Window) -> MineResult:
             request_ids=list(r["request_ids"]), request_status=r["request_status"], request_error=r["request_error"],
             n_drafts=r["n_drafts"], sender_task_type=r["sender_task_type"],
         ))
+        if r["tools"] is not None or '"tool_calls"' in (r["drafts_json"] or "") or r["edit_calls"] is not None:
+            _with_calls(candidates[-1], r)
     _corrected_history(candidates)
     return MineResult(window=window, candidates=candidates, sessions=len(sessions), events=events,
                       orphan_feedback=orphans)
+
+
+def _with_calls(c: Candidate, r: dict) -> None:
+    """A request with tools or calls: its tools and tool_choice, and the response and
+    rejected answer with their calls (Hermes text form; see the module docstring), as the
+    SQL chose them (edit > choice > draft 0; the edited, not chosen or regenerated one)."""
+    c.tools = json.loads(r["tools"]) if r["tools"] else None
+    c.tool_choice = json.loads(r["tool_choice"]) if r["tool_choice"] else None
+    drafts = json.loads(r["drafts_json"] or "[]")
+
+    def draft(k: int | None) -> str | None:
+        if k is None or not 0 <= k < len(drafts):
+            return None
+        return render_answer(drafts[k].get("content") or "", drafts[k].get("tool_calls"))
+
+    if c.response_source == "edit":
+        fixed = json.loads(r["edit_calls"]) if r["edit_calls"] else None
+        c.response = render_answer(r["edit_text"] or "", fixed) if fixed else r["edit_text"]
+        c.rejected_response = draft(c.response_draft or 0)
+    elif c.response_source == "choice":
+        c.response = draft(r["chosen_draft"])
+        c.rejected_response = draft(1 if r["chosen_draft"] == 0 else 0) if len(drafts) > 1 else c.rejected_response
+    elif c.response_source == "draft":
+        c.response = draft(0)
+    if c.response_source != "edit" and r["regenerated_calls"] and c.rejected_response is not None and (
+            c.response_source != "choice" or len(drafts) < 2):
+        c.rejected_response = render_answer(c.rejected_response, json.loads(r["regenerated_calls"]))
 
 
 def _corrected_history(candidates: list[Candidate]) -> None:
@@ -216,6 +255,8 @@ def _corrected_history(candidates: list[Candidate]) -> None:
         for m in c.messages:
             if m.get("role") == "assistant":
                 k += 1
+                if m.get("tool_calls"):
+                    continue  # a call in the history is the call the tool answered: it stays
                 fix = edited.get((c.session_id, k))
                 if fix is not None and m.get("content") != fix:
                     m["content"] = fix

@@ -138,9 +138,15 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
             embedder = Embedder.shared()
         vectors = _encode(embedder, texts, cfg.embed_batch_size, progress)
         lap("embed")
-        classifier = TaskClassifier(taxonomy, embedder, threshold=cfg.task_threshold)
+        # Tool-calling types are found by the tools a request offers, never by its text.
+        domains = domains_for(settings)
+        by_text = Taxonomy(tuple(t for t in taxonomy.types if not _tool_type(domains, t.name)), taxonomy.source)
+        classifier = TaskClassifier(by_text, embedder, threshold=cfg.task_threshold)
         for c, k in zip(cands, classifier.classify(texts, embeddings=vectors)):
             c.task_type, c.task_confidence = k.task_type, round(float(k.confidence), 4)
+        for c in cands:
+            if c.calls_tools:
+                c.task_type, c.task_confidence = tool_task_type(domains, c.tools, c.app), 1.0
         _teacher_task_types(cands, settings)
         for c in cands:
             if cfg.drop_unknown_task_types and c.kept and c.task_type == "unknown":
@@ -230,6 +236,23 @@ def _run(conn, settings, run_id, full, progress, embedder, scorer, emit) -> Cura
 
 
 # ----------------------------------------------------------------------------- stages
+
+
+def _tool_type(domains, task_type: str) -> bool:
+    task = domains.task(task_type)
+    return bool(task is not None and task.tools)
+
+
+def tool_task_type(domains, tools, app: str | None) -> str:
+    """The task type of a request that offered `tools`: the domain task type that declares
+    that tool set (`Domains.task_for_tools`), else ``tool-calling/<app>`` (one type per app's
+    tool set, with the generic tool-call checks)."""
+    import re
+
+    task = domains.task_for_tools(tools)
+    if task is not None:
+        return task.name
+    return "tool-calling/" + (re.sub(r"[^a-z0-9]+", "-", (app or "default").lower()).strip("-") or "default")
 
 
 def _teacher_task_types(cands: list[Candidate], settings) -> None:
@@ -371,27 +394,38 @@ def _with_candidate_ids(reason: str, live: list[int], cands: list[Candidate]) ->
     return re.sub(r"of (\d+)", sub, reason, count=1)
 
 
+def label_feedback_sql() -> str:
+    """The raters' input: every counted feedback row landed up to ``?`` with its request's
+    user and number of drafts (bench/scaling.py times this query alone)."""
+    from streams.counted_feedback import counted_feedback
+
+    return ("SELECT f.request_id, f.draft, f.kind, f.value, i.user_id, json_array_length(i.drafts) AS n "
+            f"FROM {counted_feedback('interactions', 'f.landed_at <= ?')} f "
+            "JOIN interactions i ON i.request_id = f.request_id")
+
+
 def _label(conn, cands: list[Candidate], until, cfg) -> dict:
     """Clean labels from every user's feedback landed so far (more history, better rater
     estimates; only the feedback that counts, streams/counted_feedback.py); verifiable
     truth from chart verification and from users' edits. A candidate answered by the
     user's own edit is good. Every candidate gets its user's rater trust."""
     from flywheel.domains.chart import is_correct, parse_config
-    from streams.counted_feedback import counted_feedback
     from training.curation.dedup import normalise
     from training.curation.raters import chart_truth, clean_labels, judgements_from_feedback, rater_reliability
 
-    rows = conn.execute(
-        "SELECT f.request_id, f.draft, f.kind, f.value, i.user_id, json_array_length(i.drafts) AS n "
-        f"FROM {counted_feedback('interactions', 'f.landed_at <= ?')} f "
-        "JOIN interactions i ON i.request_id = f.request_id", [until],
-    ).fetchall()
+    rows = conn.execute(label_feedback_sql(), [until]).fetchall()
     feedback = [{"request_id": r[0], "draft": r[1], "kind": r[2], "value": r[3], "user_id": r[4]} for r in rows]
     drafts = {r[0]: r[5] for r in rows}
     judgements = judgements_from_feedback(feedback, drafts)
     live = [c for c in cands if c.kept]
     truth = chart_truth({_item(c): (c.messages, c.response) for c in live if c.response_source != "edit"})
     for c in live:
+        if c.calls_tools:
+            if c.response_source == "edit" and c.rejected_response is not None:
+                truth[_item(c)] = 1 if _same_calls(c.rejected_response, c.response) else -1
+            elif c.response is not None and not _calls_verdict(c, c.response).passed:
+                truth[_item(c)] = -1  # a call of a function not offered, or invalid arguments: provably bad
+            continue
         if c.response_source == "edit" and c.rejected_response is not None:
             edit = parse_config(c.response)
             if edit is not None:
@@ -422,6 +456,21 @@ def _label(conn, cands: list[Candidate], until, cfg) -> dict:
         statuses[stats.status] = statuses.get(stats.status, 0) + 1
     return {"judgements": len(judgements), "truth_items": len(truth), "labels": counts, "raters": statuses,
             "flagged": {r: s.status for r, s in report.raters.items() if s.status in ("random", "reverse")}}
+
+
+def _calls_verdict(c: Candidate, answer: str):
+    """The tool-call verifier on an answer to candidate `c` (its tools and tool_choice)."""
+    from flywheel.domains.tool_calls import parse_answer
+    from training.labeling.verify import verify_tool_calls
+
+    return verify_tool_calls(c.tools or [], parse_answer(answer)[1], c.tool_choice)
+
+
+def _same_calls(a: str | None, b: str | None) -> bool:
+    """Whether two answers (Hermes text form) make the same calls, arguments compared as JSON."""
+    from flywheel.domains.tool_calls import call_key, parse_answer
+
+    return sorted(map(call_key, parse_answer(a)[1])) == sorted(map(call_key, parse_answer(b)[1]))
 
 
 def _item(c: Candidate) -> str:

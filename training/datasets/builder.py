@@ -15,6 +15,13 @@ Targets, best first (a rejected review excludes the candidate):
 Targets of task types with a verifier must pass it (a user's edit included: it is the
 config they saved, but a broken one would teach the wrong thing).
 
+Tool calls (issue 12): a candidate whose request offered tools keeps them; its answers
+are in the Hermes text form (`flywheel.domains.tool_calls`) up to here, and its targets
+must pass the tool-call verifier (`verify_tool_calls`: offered functions, arguments valid
+under their schemas, the tool_choice honoured). Records are in TRL's tool format:
+``tools`` on the record, the answer an assistant message with ``tool_calls`` (arguments
+as objects); a user's corrected call against the draft's wrong one is a DPO pair.
+
 Preference pairs: the target vs what the user moved away from (the draft not chosen, the
 edited draft, the regenerated answer) or vs a bad answer to a near-identical prompt
 (same dedup group), or the teacher's answer vs the served model's failing one.
@@ -111,10 +118,14 @@ def _review_state(action: str) -> str:
 
 
 # -- targets and pairs ------------------------------------------------------------------
-def _passes(task_type: str, messages: list[dict], answer: str) -> bool | None:
-    """The task's verifier on an answer; None when the task type has none."""
-    from training.labeling.verify import has_verifier, verify
+def _passes(task_type: str, messages: list[dict], answer: str, tools: list[dict] | None = None,
+            tool_choice=None) -> bool | None:
+    """The task's verifier on an answer (the tool-call verifier when the request offered
+    tools); None when the task type has none."""
+    from training.labeling.verify import has_verifier, verify, verify_answer_calls
 
+    if tools:
+        return verify_answer_calls(tools, answer, tool_choice).passed
     if not has_verifier(task_type):
         return None
     return verify(task_type, messages, answer).passed
@@ -133,19 +144,20 @@ def _choose_target(item: _Item, teacher, excluded: Counter, unrated_drafts: bool
     vouched = unrated_drafts or item.review_action == "approve"
     if response and label == "good":
         candidates.append((response, c.response_source or "draft"))
-    elif unrated and vouched and _passes(item.task_type, messages, response):
+    elif unrated and vouched and _passes(item.task_type, messages, response, c.tools, c.tool_choice):
         candidates.append((response, "verified-draft"))
     elif unrated and not vouched and not candidates:
         excluded["unrated answer (datasets.unrated_drafts is off)"] += 1
         return
     for answer, source in candidates:
-        if _passes(item.task_type, messages, answer) is False:
+        if _passes(item.task_type, messages, answer, c.tools, c.tool_choice) is False:
             excluded[f"target failed the {item.task_type} verifier ({source})"] += 1
             continue
         item.target, item.target_source = answer, source
         break
     if item.target is None and teacher is not None and label == "bad":
-        answer = teacher.label(item.task_type, messages)
+        answer = (teacher.label(item.task_type, messages, tools=c.tools, tool_choice=c.tool_choice) if c.tools
+                  else teacher.label(item.task_type, messages))
         if answer is not None and answer.answer and answer.passed:  # the teacher's best sample passed the verifiers
             item.target, item.target_source = answer.answer, "teacher"
         else:
@@ -204,23 +216,40 @@ def _lineage(item: _Item) -> dict:
             "source_ids": list(item.candidate.source_event_ids), "target_source": item.target_source}
 
 
+def _assistant(answer: str, tools: list[dict] | None) -> dict:
+    """The answer as an assistant message: with tools, its calls as TRL's ``tool_calls``."""
+    if not tools:
+        return {"role": "assistant", "content": answer}
+    from flywheel.domains.tool_calls import arguments_of, parse_answer
+
+    content, calls = parse_answer(answer, [t["function"]["name"] for t in tools])
+    if not calls:
+        return {"role": "assistant", "content": answer}
+    return {"role": "assistant", "content": content, "tool_calls": [
+        {"type": "function", "function": {"name": c["function"]["name"], "arguments": arguments_of(c)}}
+        for c in calls]}
+
+
 def _records(items: list[_Item], eval_ids: set[str], cfg) -> tuple[list[dict], list[dict], list[dict]]:
     sft, dpo, evals = [], [], []
     for item in items:
         if item.target is None:
             continue
-        messages = list(item.candidate.messages)
-        conversation = messages + [{"role": "assistant", "content": item.target}]
+        c = item.candidate
+        tools = {"tools": c.tools} if c.tools else {}
+        messages = list(c.messages)
+        conversation = messages + [_assistant(item.target, c.tools)]
         if item.cid in eval_ids:
-            evals.append({"messages": conversation, "task_type": item.task_type, **_lineage(item)})
+            choice = {"tool_choice": c.tool_choice} if c.tools and c.tool_choice is not None else {}
+            evals.append({"messages": conversation, "task_type": item.task_type, **tools, **choice, **_lineage(item)})
             continue
-        hard = "hard" in item.candidate.tags
+        hard = "hard" in c.tags
         sft.append({"messages": conversation, "task_type": item.task_type,
-                    "weight": cfg.hard_weight if hard else 1.0, **_lineage(item)})
+                    "weight": cfg.hard_weight if hard else 1.0, **tools, **_lineage(item)})
         for answer, why in item.rejected:
-            dpo.append({"prompt": messages, "chosen": [{"role": "assistant", "content": item.target}],
-                        "rejected": [{"role": "assistant", "content": answer}], "task_type": item.task_type,
-                        "pair_source": why, **_lineage(item)})
+            dpo.append({"prompt": messages, "chosen": [_assistant(item.target, c.tools)],
+                        "rejected": [_assistant(answer, c.tools)], "task_type": item.task_type,
+                        "pair_source": why, **tools, **_lineage(item)})
     return sft, dpo, evals
 
 

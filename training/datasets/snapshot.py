@@ -11,6 +11,12 @@ builder (and by :func:`write_snapshot` in tests and benchmarks):
 - ``eval.jsonl``: the held-out split ``{"messages": [...], "task_type": str}`` (the last
   message is the reference answer); it never enters training.
 
+A tool-calling record (issue 12) is in TRL's tool format: it has ``tools`` (OpenAI's
+function tools), its assistant messages carry ``tool_calls`` (``{"type": "function",
+"function": {"name", "arguments": {...}}}``, ``content`` "" when they only call) and tool
+results are ``tool`` messages; eval records add ``tool_choice``. DPO pairs of corrected
+calls have ``tools`` too.
+
 The loader is strict: a record that does not fit the contract stops the job with the file
 and line, rather than being skipped (nothing is dropped silently).
 """
@@ -27,7 +33,7 @@ from training.errors import SnapshotError
 
 MANIFEST = "manifest.json"
 FILES = {"sft": "sft.jsonl", "dpo": "dpo.jsonl", "eval": "eval.jsonl"}
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # tool: a tool's result, after an assistant's tool_calls
 
 
 @dataclass(frozen=True)

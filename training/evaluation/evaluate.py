@@ -12,6 +12,13 @@ Per task type, paired on the same prompts:
 - **usability**: the mean of the per-answer verifier score and, when judged, the judge's
   per-item outcome (win 1, tie 0.5, loss 0).
 
+- **tool calls** (issue 12), for items whose request offered tools (per tool set: a
+  tool-calling task type is one app's tool set), what tool-calling benchmarks report:
+  function-name accuracy (the answer calls the reference's functions), argument
+  exact-match (the same calls with the same arguments, compared as JSON) and argument
+  validity (the tool-call verifier passes: offered functions, arguments valid under their
+  schemas). The answers are decoded with the request's ``tools`` and ``tool_choice``.
+
 Differences come with paired-bootstrap 95% intervals. A task type whose pass rate or
 usability seems to drop is resampled (`evaluate.resample_k` samples per prompt per
 version at temperature `evaluate.resample_temperature`): pass@k tells a fluctuation of
@@ -21,6 +28,8 @@ project (`training/data/general_eval.jsonl`) catches forgetting through its refe
 Gate rules (settings section `evaluate`): no task type significantly worse on reference
 loss (`max_loss_increase`) or usability (a regression confirmed by pass@k); the overall
 verifier pass rate not significantly lower than production's (beyond `max_pass_rate_drop`);
+no tool-calling type significantly worse on function-name accuracy or argument exact-match
+(beyond `max_pass_rate_drop` too);
 general reference loss not up by more than `max_forgetting`. The report is JSON plus a readable HTML page
 with charts (per-type deltas, and the training run's eval loss per task type when given).
 """
@@ -50,8 +59,10 @@ class EvaluationError(TrainingError):
 @dataclass(frozen=True)
 class EvalItem:
     messages: list[dict]  # the prompt (up to the last user turn)
-    reference: str
+    reference: str  # with tools: its calls in the Hermes text form (flywheel.domains.tool_calls)
     task_type: str
+    tools: list[dict] | None = None  # the tools the request offered, and its tool_choice
+    tool_choice: object = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,12 @@ class Version:
 
 
 def items_from_records(records: Sequence[dict]) -> list[EvalItem]:
-    return [EvalItem(list(r["messages"][:-1]), r["messages"][-1]["content"], r["task_type"]) for r in records]
+    from flywheel.domains.tool_calls import render_answer
+
+    return [EvalItem(list(r["messages"][:-1]),
+                     render_answer(r["messages"][-1]["content"], r["messages"][-1].get("tool_calls"))
+                     if r.get("tools") else r["messages"][-1]["content"],
+                     r["task_type"], r.get("tools"), r.get("tool_choice")) for r in records]
 
 
 def general_items() -> list[EvalItem]:
@@ -114,8 +130,10 @@ class ReferenceScorer:
         self.scorer.model = self.peft
 
     def nll(self, version: Version, items: Sequence[EvalItem]) -> np.ndarray:
+        from training.trainers.sft import render_tool_messages
+
         self._use(version)
-        return -self.scorer.mean_logprob([(it.messages, it.reference) for it in items])
+        return -self.scorer.mean_logprob([(render_tool_messages(it.messages, it.tools), it.reference) for it in items])
 
 
 class BackendGenerator:
@@ -129,15 +147,43 @@ class BackendGenerator:
             self.backend.load_adapter(version.name, version.adapter_path)
 
     def generate(self, version: Version, prompts: Sequence[list[dict]], *, n: int = 1, temperature: float = 0.0,
-                 max_tokens: int = 256, seed: int = 0) -> list[list[str]]:
+                 max_tokens: int = 256, seed: int = 0, tools: Sequence[tuple] | None = None) -> list[list[str]]:
+        """Answers per prompt; `tools`: per prompt ``(tools, tool_choice)`` or None, the
+        answers then carry their calls in the Hermes text form."""
+        from flywheel.domains.tool_calls import render_answer
         from serving.backends.base import GenerationRequest, SamplingParams
 
         self.ensure(version)
+        offered = list(tools) if tools is not None else [None] * len(prompts)
         gens = [self.backend.submit(GenerationRequest(
             messages=tuple(p), params=SamplingParams(temperature=temperature, max_tokens=max_tokens,
                                                      seed=None if temperature == 0 else seed + i),
-            n=n, version=version.name)) for i, p in enumerate(prompts)]
-        return [[text for text, _ in g.collect()] for g in gens]
+            n=n, version=version.name,
+            **({"tools": tuple(t[0]), "tool_choice": t[1]} if t and t[0] else {})))
+            for i, (p, t) in enumerate(zip(prompts, offered))]
+        return [[render_answer(d.text, d.tool_calls) if d.tool_calls else d.text for d in g.drafts()] for g in gens]
+
+
+def tool_call_scores(items: Sequence[EvalItem], answers: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per item (of those with tools): function-name accuracy (the answer calls the same
+    functions as the reference, in any order), argument exact-match (the same calls with the
+    same arguments, compared as JSON) and argument validity (the tool-call verifier passes)."""
+    from flywheel.domains.tool_calls import call_key, parse_answer
+    from training.labeling.verify import verify_answer_calls
+
+    name, exact, valid = [], [], []
+    for it, answer in zip(items, answers):
+        ref = sorted(call_key(c) for c in parse_answer(it.reference)[1])
+        got = sorted(call_key(c) for c in parse_answer(answer)[1])
+        name.append(float(bool(ref) and sorted(k[0] or "" for k in ref) == sorted(k[0] or "" for k in got)))
+        exact.append(float(bool(ref) and ref == got))
+        valid.append(float(bool(got) and verify_answer_calls(it.tools or [], answer, it.tool_choice).passed))
+    return {"name_accuracy": np.array(name), "arguments_exact": np.array(exact), "arguments_valid": np.array(valid)}
+
+
+def _tool_summary(items: Sequence[EvalItem], ans_c: Sequence[str], ans_p: Sequence[str]) -> dict:
+    c, p = tool_call_scores(items, ans_c), tool_call_scores(items, ans_p)
+    return {"n": len(items), **{k: _summary(c[k], p[k]) for k in c}}
 
 
 # -- the evaluation ---------------------------------------------------------------------------------
@@ -150,6 +196,9 @@ class TypeResult:
     usability: dict
     judge: dict | None = None
     resample: dict | None = None
+    #: Tool-calling types: name_accuracy, arguments_exact, arguments_valid (each candidate,
+    #: production, delta, ci) and n.
+    tool_calls: dict | None = None
     verdict: str = "ok"  # ok | better | fluctuation | regression | worse-loss
     reasons: list[str] = field(default_factory=list)
 
@@ -184,9 +233,10 @@ def _summary(c: np.ndarray, p: np.ndarray) -> dict:
 
 
 def _verify_scores(items: Sequence[EvalItem], answers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    from training.labeling.verify import verify
+    from training.labeling.verify import verify, verify_answer_calls
 
-    verdicts = [verify(it.task_type, it.messages, a) for it, a in zip(items, answers)]
+    verdicts = [verify_answer_calls(it.tools, a, it.tool_choice) if it.tools else verify(it.task_type, it.messages, a)
+                for it, a in zip(items, answers)]
     return (np.array([v.passed for v in verdicts], dtype=np.float64),
             np.array([v.score for v in verdicts], dtype=np.float64))
 
@@ -206,8 +256,9 @@ def evaluate(candidate: Version, production: Version, items: Sequence[EvalItem],
 
     say(f"answers from {candidate.name} and {production.name}")
     prompts = [it.messages for it in items]
-    ans_c = [a[0] for a in generator.generate(candidate, prompts, max_tokens=cfg.max_tokens)]
-    ans_p = [a[0] for a in generator.generate(production, prompts, max_tokens=cfg.max_tokens)]
+    offered = _offered(items)
+    ans_c = [a[0] for a in generator.generate(candidate, prompts, max_tokens=cfg.max_tokens, **offered)]
+    ans_p = [a[0] for a in generator.generate(production, prompts, max_tokens=cfg.max_tokens, **offered)]
     pass_c, score_c = _verify_scores(items, ans_c)
     pass_p, score_p = _verify_scores(items, ans_p)
     judged = np.full(len(items), np.nan)
@@ -227,6 +278,10 @@ def evaluate(candidate: Version, production: Version, items: Sequence[EvalItem],
         ix = np.array(idx)
         r = TypeResult(task_type, len(idx), _summary(loss_c[ix], loss_p[ix]), _summary(pass_c[ix], pass_p[ix]),
                        _summary(use_c[ix], use_p[ix]))
+        with_tools = [i for i in idx if items[i].tools]
+        if with_tools:
+            r.tool_calls = _tool_summary([items[i] for i in with_tools], [ans_c[i] for i in with_tools],
+                                         [ans_p[i] for i in with_tools])
         if judge is not None:
             j = judged[ix]
             r.judge = {"win_rate": float(np.mean(j)), "wins": int((j == 1).sum()), "ties": int((j == 0.5).sum()),
@@ -235,7 +290,15 @@ def evaluate(candidate: Version, production: Version, items: Sequence[EvalItem],
             r.verdict = "worse-loss"
             r.reasons.append(f"reference loss up {r.loss['delta']:+.3f} nats/token (95% CI {r.loss['ci'][0]:+.3f}.."
                              f"{r.loss['ci'][1]:+.3f}), beyond {cfg.max_loss_increase:+.3f}")
-        if r.pass_rate["delta"] < 0 or r.usability["delta"] < 0:
+        for key, what in (("name_accuracy", "function-name accuracy"), ("arguments_exact", "argument exact-match")):
+            fig = (r.tool_calls or {}).get(key)
+            if fig and fig["ci"][1] < -cfg.max_pass_rate_drop:
+                r.verdict = "regression"
+                r.reasons.append(f"{what} down {-fig['delta']:.1%} ({fig['production']:.0%} -> {fig['candidate']:.0%}, "
+                                 f"95% CI {fig['ci'][0]:+.1%}..{fig['ci'][1]:+.1%}; allowed {cfg.max_pass_rate_drop:.1%})")
+        if r.verdict == "regression":
+            pass  # tool-call accuracy fell: no resampling can make that a fluctuation
+        elif r.pass_rate["delta"] < 0 or r.usability["delta"] < 0:
             say(f"{task_type}: seems to drop; resampling {cfg.resample_k}x per prompt")
             r.resample = _resample(candidate, production, [items[i] for i in idx], generator, cfg)
             if r.resample["pass_at_k"]["ci"][1] < 0:
@@ -244,7 +307,8 @@ def evaluate(candidate: Version, production: Version, items: Sequence[EvalItem],
                                  f"{r.resample['pass_at_k']['ci'][0]:+.2f}..{r.resample['pass_at_k']['ci'][1]:+.2f})")
             elif r.verdict == "ok":
                 r.verdict = "fluctuation"
-        elif r.verdict == "ok" and (r.loss["ci"][1] < 0 or r.usability["ci"][0] > 0):
+        elif r.verdict == "ok" and (r.loss["ci"][1] < 0 or r.usability["ci"][0] > 0 or (
+                r.tool_calls and r.tool_calls["arguments_exact"]["ci"][0] > 0)):
             r.verdict = "better"
         results.append(r)
 
@@ -261,12 +325,19 @@ def evaluate(candidate: Version, production: Version, items: Sequence[EvalItem],
                       results, overall, general_fig, gate, samples)
 
 
+def _offered(items: Sequence[EvalItem]) -> dict:
+    """The ``tools`` keyword of `BackendGenerator.generate` for items (none without tools)."""
+    if not any(it.tools for it in items):
+        return {}
+    return {"tools": [(it.tools, it.tool_choice) if it.tools else None for it in items]}
+
+
 def _resample(candidate: Version, production: Version, items: list[EvalItem], generator, cfg) -> dict:
     prompts = [it.messages for it in items]
     out = {}
     for v in (candidate, production):
         answers = generator.generate(v, prompts, n=cfg.resample_k, temperature=cfg.resample_temperature,
-                                     max_tokens=cfg.max_tokens)
+                                     max_tokens=cfg.max_tokens, **_offered(items))
         passed = np.array([[p for p in _verify_scores([it] * len(a), a)[0]] for it, a in zip(items, answers)])
         out[v.name] = passed.max(axis=1)  # pass@k: any of the k samples passes
     return {"k": cfg.resample_k, "pass_at_k": _summary(out[candidate.name], out[production.name])}
@@ -321,6 +392,15 @@ def render_html(report: dict, run: dict | None = None) -> str:
         rows += (f"<tr><td>{html.escape(t['task_type'])}</td><td>{t['n']}</td><td>{t['loss']['delta']:+.3f}</td>"
                  f"<td>{t['pass_rate']['production']:.0%} → {t['pass_rate']['candidate']:.0%}</td>"
                  f"<td>{t['usability']['delta']:+.3f}</td><td>{judge}</td></tr>")
+    tool_rows = "".join(
+        f"<tr><td>{html.escape(t['task_type'])}</td><td>{t['tool_calls']['n']}</td>"
+        + "".join(f"<td>{t['tool_calls'][k]['production']:.0%} → {t['tool_calls'][k]['candidate']:.0%} "
+                  f"({t['tool_calls'][k]['ci'][0]:+.0%}..{t['tool_calls'][k]['ci'][1]:+.0%})</td>"
+                  for k in ("name_accuracy", "arguments_exact", "arguments_valid")) + "</tr>"
+        for t in types if t.get("tool_calls"))
+    if tool_rows:
+        tool_rows = ("<h2>Tool calls</h2><table><tr><th>task type</th><th>n</th><th>function name</th>"
+                     f"<th>arguments exact</th><th>arguments valid</th></tr>{tool_rows}</table>")
     verdicts = "".join(f"<li>{html.escape(t['task_type'])}: {t['verdict']}"
                        f"{' — ' + html.escape('; '.join(t['reasons'])) if t['reasons'] else ''}</li>" for t in types)
     charts = _bars("reference loss per task type", [(t["task_type"], t["loss"]["delta"], *t["loss"]["ci"]) for t in types],
@@ -350,7 +430,7 @@ td:first-child,th:first-child{{text-align:left}}</style></head><body>
 <p>Dataset {html.escape(str(report.get('dataset')))}, {report['overall']['n']} held-out items, {report['created_at']}.</p>
 <ul>{''.join(f'<li>{html.escape(r)}</li>' for r in report['gate']['reasons'])}</ul>
 <table><tr><th>task type</th><th>n</th><th>Δ loss</th><th>verifier pass</th><th>Δ usability</th><th>judge win</th></tr>
-{rows}</table><ul>{verdicts}</ul>{general}{agreement}{charts}{loss_chart}<h2>Samples</h2>{samples}</body></html>"""
+{rows}</table>{tool_rows}<ul>{verdicts}</ul>{general}{agreement}{charts}{loss_chart}<h2>Samples</h2>{samples}</body></html>"""
 
 
 def _run_channels(run: dict) -> dict[str, list[tuple[int, float]]]:

@@ -11,6 +11,14 @@ One interface, ``Teacher.label(task_type, messages) -> TeacherAnswer``, two kind
   constrained to the task's output JSON Schema where its domain gives one
   (`training.labeling.constrained`: chart JSON with names from the prompt's lists).
 
+Tool calls (issue 12): ``label(..., tools=, tool_choice=)`` labels a request that offered
+tools. The openai teacher passes ``tools`` and ``tool_choice`` to the endpoint
+(``ChatClient.chat`` passes a ``response_format`` too; the teacher sends none, so that a
+large model may reason before its final answer); the local teacher renders the tools as
+the local backend does (Hermes format) and decodes each sample under the serving side's
+llguidance grammar of one call (`ToolCallProcessor`: an offered function, arguments valid
+under its schema). Samples are verified with the tool-call verifier.
+
 Either way the verifiers (`training.labeling.verify`) choose the best sample (best-of-N: passing
 first, then the higher score, then the earlier sample) after `final_answer` strips any
 step-by-step reasoning. The answer is returned even when no sample passes
@@ -41,7 +49,7 @@ from flywheel.domains import DomainError, Domains, active_domains, domains_for
 from flywheel.domains.files import read_examples
 from training.chat_client import ChatClient
 from training.errors import TeacherError
-from training.labeling.verify import Verdict, verify
+from training.labeling.verify import Verdict, verify, verify_answer_calls
 
 __all__ = [
     "LocalTeacher",
@@ -180,25 +188,34 @@ class Teacher:
     def source(self) -> str:
         return f"teacher:{self.kind}:{self.model}" if self.model else f"teacher:{self.kind}"
 
-    def _sample(self, task_type: str, messages: list[dict]) -> tuple[list[str], int, int]:
+    def _sample(self, task_type: str, messages: list[dict], tools: list[dict] | None = None,
+                tool_choice=None) -> tuple[list[str], int, int]:
         raise NotImplementedError
 
-    def label(self, task_type: str, messages: list[dict]) -> TeacherAnswer:
-        """Samples for `messages`, verified; the best one's final answer. Raises
-        `TeacherError` when the teacher cannot answer at all (recorded too)."""
+    def label(self, task_type: str, messages: list[dict], *, tools: list[dict] | None = None,
+              tool_choice=None) -> TeacherAnswer:
+        """Samples for `messages`, verified; the best one's final answer. With `tools` (the
+        request offered them), answers are tool calls in the Hermes text form, checked by the
+        tool-call verifier. Raises `TeacherError` when the teacher cannot answer at all
+        (recorded too)."""
         started = time.monotonic()
         call = {"call_id": uuid.uuid4().hex, "created_at": datetime.now(timezone.utc), "kind": self.kind, "model": self.model,
                 "task_type": task_type, "prompt": messages, "samples": [], "verdicts": [], "chosen": None, "answer": None,
                 "passed": False, "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0.0, "error": None}
         try:
-            texts, prompt_tokens, completion_tokens = self._sample(task_type, messages)
+            texts, prompt_tokens, completion_tokens = (self._sample(task_type, messages, tools, tool_choice) if tools
+                                                       else self._sample(task_type, messages))
         except TeacherError as exc:
             call.update(error=str(exc), latency_ms=round((time.monotonic() - started) * 1000, 1))
             if self.audit:
                 self.audit.record(call)
             raise
-        finals = [final_answer(t, task_type, domains=self.domains) for t in texts]
-        verdicts = [verify(task_type, messages, f, domains=self.domains) for f in finals]
+        if tools:
+            finals = [t.strip() for t in texts]
+            verdicts = [verify_answer_calls(tools, f, tool_choice) for f in finals]
+        else:
+            finals = [final_answer(t, task_type, domains=self.domains) for t in texts]
+            verdicts = [verify(task_type, messages, f, domains=self.domains) for f in finals]
         chosen = choose_best(verdicts)
         answer = TeacherAnswer(
             answer=finals[chosen] if chosen is not None else None, samples=texts, verdicts=verdicts, chosen_index=chosen,
@@ -243,8 +260,9 @@ class OpenAITeacher(Teacher):
     def tally(self) -> dict:
         return self.client.tally.to_dict()
 
-    def _sample(self, task_type, messages):
-        result = self.client.chat(messages, n=self.samples, temperature=self.temperature, max_tokens=self.max_tokens)
+    def _sample(self, task_type, messages, tools=None, tool_choice=None):
+        result = self.client.chat(messages, n=self.samples, temperature=self.temperature, max_tokens=self.max_tokens,
+                                  tools=tools, tool_choice=tool_choice)
         return result.texts, result.prompt_tokens, result.completion_tokens
 
     def label_many(self, items, *, progress=None):
@@ -338,7 +356,7 @@ class LocalTeacher(Teacher):
             log.warning("decoding %s unconstrained: its output schema is beyond the decoder (%s)", task_type, exc)
             return None
 
-    def _sample(self, task_type, messages):
+    def _sample(self, task_type, messages, tools=None, tool_choice=None):
         import torch
 
         from training.labeling.constrained import JsonSchemaProcessor
@@ -346,11 +364,18 @@ class LocalTeacher(Teacher):
         with self._lock:
             model, tok = self._load()
             prompt = self.prompt_messages(task_type, messages)
+            if tools:
+                from training.trainers.sft import render_tool_messages
+
+                prompt = render_tool_messages(prompt, tools)  # the tools as the served model sees them
             ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
             eos = tok.convert_tokens_to_ids("<|im_end|>")
-            schema = self._schema(task_type, messages)
+            schema = None if tools else self._schema(task_type, messages)
             processors = []
             proc = None
+            if tools and self.constrained:
+                processors.append(ToolCallProcessor(tok, model, tools, tool_choice, ids.shape[1], eos,
+                                                    self.samples if self.temperature > 0 else 1))
             if schema is not None:
                 proc = JsonSchemaProcessor(tok, schema, ids.shape[1], eos, max_new_tokens=self.max_tokens)
                 processors.append(proc)
@@ -381,6 +406,47 @@ class LocalTeacher(Teacher):
 
     def close(self) -> None:
         self._model = self._tokenizer = None
+
+
+class ToolCallProcessor:
+    """A Hugging Face logits processor that decodes each sequence under the serving side's
+    llguidance grammar of one tool call (``serving.backends.local.tools.tool_grammar`` with
+    ``tool_choice`` ``required`` or the named function, ``parallel_tool_calls`` false): the
+    call names an offered function and its arguments validate against its schema. Once
+    the call is complete only the end token may follow."""
+
+    def __init__(self, tokenizer, model, tools: list[dict], tool_choice, prompt_len: int, eos: int, rows: int):
+        from serving.backends.base import GenerationRequest
+        from serving.backends.local.grammar import Grammars
+        from serving.backends.local.tools import tool_grammar
+
+        choice = tool_choice if isinstance(tool_choice, dict) else "required"
+        request = GenerationRequest(messages=({"role": "user", "content": ""},), tools=tuple(tools), tool_choice=choice,
+                                    parallel_tool_calls=False)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.matchers = Grammars(tokenizer, [eos], vocab).for_constraint(tool_grammar(request, None), rows)
+        self.prompt_len, self.eos = prompt_len, eos
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+        import torch
+
+        out = scores.clone()
+        vocab = scores.shape[-1]
+        nbytes = (vocab + 31) // 32 * 4
+        for row, matcher in enumerate(self.matchers):
+            if input_ids.shape[1] > self.prompt_len:
+                token = int(input_ids[row, -1])
+                if token != self.eos and not matcher.is_stopped():
+                    matcher.consume_token(token)
+            if matcher.is_stopped():
+                out[row] = -float("inf")
+                out[row, self.eos] = 0.0
+                continue
+            bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8, count=nbytes)
+            allowed = torch.from_numpy(np.unpackbits(bits, bitorder="little")[:vocab].astype(bool))
+            out[row] = torch.where(allowed, out[row], torch.tensor(-float("inf")))
+        return out
 
 
 def make_teacher(settings, *, conn=None, model_dir: str | Path | None = None, audit_path: str | Path | None = None) -> Teacher:

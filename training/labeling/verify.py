@@ -48,6 +48,7 @@ __all__ = [
     "verifiers",
     "verify",
     "verify_generic",
+    "verify_answer_calls",
     "verify_tool_calls",
 ]
 
@@ -155,47 +156,20 @@ def verify_tool_calls(tools: Sequence[Mapping[str, Any]], calls: Sequence[Mappin
                       tool_choice: str | Mapping[str, Any] | None = None,
                       parallel_tool_calls: bool | None = None) -> Verdict:
     """Check the tool ``calls`` of an answer against the ``tools`` offered (see the module
-    docstring). ``tool_choice`` None: OpenAI's default (``auto`` with tools). The score is
-    the share of checks passed (one per call for the function, one for its arguments, one
-    for the choice), so a sample with right names and wrong arguments ranks above one with
-    neither."""
-    from jsonschema import Draft202012Validator, exceptions, validators
+    docstring; `flywheel.domains.tool_calls.check_tool_calls` does it, so that a domain's
+    own verifier checks its tool set the same way)."""
+    from flywheel.domains.tool_calls import check_tool_calls
 
-    functions = {t["function"]["name"]: t["function"] for t in tools if t.get("type", "function") == "function"}
-    named = tool_choice["function"]["name"] if isinstance(tool_choice, Mapping) else None
-    reasons: list[str] = []
-    checks = 1
-    if (tool_choice == "required" or named) and not calls:
-        reasons.append(f"no tool call, though tool_choice is {named or tool_choice!r}")
-    elif tool_choice == "none" and calls:
-        reasons.append("a tool call, though tool_choice is 'none'")
-    elif parallel_tool_calls is False and len(calls) > 1:
-        reasons.append(f"{len(calls)} tool calls, though parallel_tool_calls is false")
-    for i, call in enumerate(calls):
-        checks += 2
-        name = (call.get("function") or {}).get("name")
-        function = functions.get(name) if named is None or name == named else None
-        if function is None:
-            offered = named or ", ".join(functions) or "none"
-            reasons.append(f"call {i}: function {name!r} was not offered ({offered})")
-            reasons.append(f"call {i}: arguments not checked")
-            continue
-        try:
-            arguments = json.loads((call.get("function") or {}).get("arguments") or "{}")
-        except ValueError as e:
-            reasons.append(f"call {i} ({name}): arguments are not JSON ({e.msg})")
-            continue
-        if not isinstance(arguments, dict):
-            reasons.append(f"call {i} ({name}): arguments are not a JSON object")
-            continue
-        schema = function.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
-        try:
-            validator = validators.validator_for(schema, default=Draft202012Validator)(schema)
-            error = next(iter(sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))), None)
-        except exceptions.SchemaError as e:
-            reasons.append(f"call {i} ({name}): the function's parameters are not a valid JSON Schema ({e.message})")
-            continue
-        if error is not None:
-            where = "/".join(str(p) for p in error.path)
-            reasons.append(f"call {i} ({name}): arguments{f' at {where}' if where else ''}: {error.message}")
-    return Verdict(not reasons, max(0.0, 1.0 - len(reasons) / checks), reasons)
+    return check_tool_calls(tools, calls, tool_choice, parallel_tool_calls)
+
+
+def verify_answer_calls(tools: Sequence[Mapping[str, Any]], answer: str | None,
+                        tool_choice: str | Mapping[str, Any] | None = None,
+                        parallel_tool_calls: bool | None = None) -> Verdict:
+    """`verify_tool_calls` on the calls of an answer in the Hermes text form (how curation,
+    the datasets, the teacher and the evaluation carry an answer that called tools)."""
+    from flywheel.domains.tool_calls import parse_answer
+
+    if answer is None:
+        return Verdict(False, 0.0, ["no answer"])
+    return verify_tool_calls(tools, parse_answer(answer)[1], tool_choice, parallel_tool_calls)

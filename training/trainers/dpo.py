@@ -19,7 +19,8 @@ from transformers import TrainerCallback
 from training.trainers.config import StageConfig, build_args, build_lora, device_plan
 from training.errors import TrainingError
 from training.trainers.lora import attach_adapter, load_base
-from training.trainers.sft import CHECKPOINTS, StageResult, TaskLossCallback, account_truncation, run_trainer
+from training.trainers.sft import (CHECKPOINTS, StageResult, TaskLossCallback, account_truncation,
+                                   render_tool_messages, run_trainer)
 from training.datasets.snapshot import Snapshot
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -45,7 +46,10 @@ class RewardCallback(TaskLossCallback):
 
 
 def dpo_rows(records: list[dict]) -> list[dict]:
-    return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in records]
+    """TRL's preference rows; a pair with ``tools`` (corrected tool calls) rendered as the
+    local backend renders it (`render_tool_messages`), the answers' calls as Hermes text."""
+    return [{"prompt": render_tool_messages(r["prompt"], r.get("tools")), "chosen": render_tool_messages(r["chosen"]),
+             "rejected": render_tool_messages(r["rejected"])} for r in records]
 
 
 def build_dpo_trainer(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Path | str, cfg: StageConfig,

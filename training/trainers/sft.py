@@ -12,6 +12,12 @@
   every ``eval_steps`` and at the end, gathered by :class:`TaskLossCallback`.
 - Checkpoints every ``save_steps`` under ``<out>/checkpoints``; a stage started again on
   the same folder resumes from the last one.
+- Tool calls (issue 12): a record with ``tools`` (TRL's tool format: assistant
+  ``tool_calls``, ``tool`` results) is rendered as the local backend renders a request
+  that offers tools (`render_tool_messages`: the Hermes format of
+  ``serving.backends.local.tools``, which ``serving/chat_templates/smollm2_tools.jinja``
+  writes for vLLM), because the bundled chat template ignores ``tools``: the model trains
+  on the very text it is served.
 - ``flywheel.shared_prefix_packing``: examples that start with the same prompt tokens share
   one copy of them in a training row (``packing.py``); the loss is unchanged, the compute of
   the shared prefix is paid once. A step then holds ``per_device_train_batch_size`` packed
@@ -20,6 +26,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -69,7 +76,30 @@ def channel_name(task_type: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", task_type.lower()).strip("_") or "unknown"
 
 
-def _conversation(messages: list[dict], assistant_turns: str) -> dict:
+def render_tool_messages(messages: list[dict], tools: list[dict] | None = None) -> list[dict]:
+    """Plain ``{role, content}`` messages of a conversation with tools, tool calls or tool
+    results, rendered exactly as the local backend renders a request (the tools in the
+    system message, each call a ``<tool_call>`` block, results as a user turn of
+    ``<tool_response>`` blocks); other conversations come back as they are."""
+    if not tools and not any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
+        return messages
+    from serving.backends.base import GenerationRequest
+    from serving.backends.local.tools import render_messages
+
+    def as_openai(m: dict) -> dict:
+        if not m.get("tool_calls"):
+            return m
+        calls = [{**c, "id": c.get("id") or f"call_{k}", "function": {
+            "name": c["function"]["name"],
+            "arguments": c["function"]["arguments"] if isinstance(c["function"]["arguments"], str)
+            else json.dumps(c["function"]["arguments"], ensure_ascii=False)}} for k, c in enumerate(m["tool_calls"])]
+        return {**m, "tool_calls": calls}
+
+    return render_messages(GenerationRequest(messages=tuple(as_openai(m) for m in messages), tools=tuple(tools or ())))
+
+
+def _conversation(messages: list[dict], assistant_turns: str, tools: list[dict] | None = None) -> dict:
+    messages = render_tool_messages(messages, tools)
     if assistant_turns == "last":
         return {"prompt": messages[:-1], "completion": messages[-1:]}
     return {"messages": messages}
@@ -79,14 +109,15 @@ def sft_rows(records: list[dict], assistant_turns: str = "all") -> list[dict]:
     """Training rows in TRL's conversational format, weights applied as repeats."""
     rows = []
     for rec in records:
-        rows += [_conversation(rec["messages"], assistant_turns)] * max(1, round(rec.get("weight", 1.0)))
+        rows += [_conversation(rec["messages"], assistant_turns, rec.get("tools"))] * max(1, round(rec.get("weight", 1.0)))
     return rows
 
 
 def eval_rows_by_task(records: list[dict], assistant_turns: str = "all") -> dict[str, list[dict]]:
     by_task: dict[str, list[dict]] = {}
     for rec in records:
-        by_task.setdefault(channel_name(rec["task_type"]), []).append(_conversation(rec["messages"], assistant_turns))
+        by_task.setdefault(channel_name(rec["task_type"]), []).append(
+            _conversation(rec["messages"], assistant_turns, rec.get("tools")))
     return by_task
 
 

@@ -16,6 +16,9 @@ One concept a module, in the order a request meets them:
 - ``rows.py``: the state of a request and of each of its drafts (rows) in flight.
 - ``kv_cache.py``: the preallocated, left-padded KV cache of the running batch and the
   transformers ``Cache`` adapters the model writes through.
+- ``prefix_cache.py``: the KV of prompt prefixes shared across requests (blocks chained
+  by their tokens, per model version, bounded memory, LRU), so a prompt's prefill runs
+  only its uncached part.
 - ``tools.py``: tool calls: the tools and the tool turns of the history rendered into the
   prompt (Hermes format), the grammar of forced calls, the calls parsed out of each draft.
 - ``sampling.py``: the next token per row (``logit_bias`` and penalties, greedy,

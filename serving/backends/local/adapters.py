@@ -228,6 +228,17 @@ class Adapters:
         self.names.clear()
 
     # -- forward ---------------------------------------------------------------------------
+    def kv_owner(self, version: str) -> str:
+        """Whose KV a prompt of ``version`` computes, for the prefix cache: the adapter's
+        PEFT name (unique per install, never reused, so an adapter unloaded and loaded again
+        under the same version name from another folder owns nothing of the first one's),
+        ``"__base__"`` for the base (whose rows compute the same KV with or without PEFT's
+        wrapper: a mixed-batch forward adds nothing to base rows). A version that is not
+        loaded owns nothing anyone else computed (its forward fails anyway)."""
+        if version == BASE_VERSION:
+            return _PEFT_BASE
+        return self.names.get(version, f"not-loaded:{version}")
+
     def forward_kwargs(self, versions: list[str]) -> dict:
         """Extra model kwargs for rows of these versions: nothing while no adapter is loaded
         (plain transformers model), else PEFT's per-row ``adapter_names`` (``"__base__"`` for

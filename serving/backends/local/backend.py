@@ -5,12 +5,14 @@ It loads the model and tokenizer, validates and encodes requests on the caller's
 against the vocabulary; tools rendered into the prompt and the grammar of a
 ``response_format`` or of forced tool calls compiled, ``tools.py``), and hands them to the
 :class:`~serving.backends.local.engine.Engine`, whose worker thread does all the model
-work. Adapter lifecycle: :meth:`LocalBackend.load_adapter` reads and checks the adapter on
-the calling thread, then has the worker install it between two decode steps (the caller
-waits); :meth:`LocalBackend.unload_adapter` has the worker retire the version (refused with
-:class:`~serving.backends.local.adapters.VersionBusy` while it is in use) and remove it.
-Version names are immutable: the same name with another path is refused, the same name
-with the same path is a no-op.
+work, reusing the KV of shared prompt prefixes (``prefix_cache.py``, ``prefix_cache_mb``
+of memory; its counters are in :meth:`LocalBackend.health`). Adapter lifecycle:
+:meth:`LocalBackend.load_adapter` reads and checks the adapter on the calling thread, then
+has the worker install it between two decode steps (the caller waits);
+:meth:`LocalBackend.unload_adapter` has the worker retire the version (refused with
+:class:`~serving.backends.local.adapters.VersionBusy` while it is in use), remove it and
+forget its cached prefixes. Version names are immutable: the same name with another path
+is refused, the same name with the same path is a no-op.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ from serving.backends.local.detokenize import TextTail
 from serving.backends.local.engine import Engine
 from serving.backends.local.grammar import Constraint, Grammars
 from serving.backends.local.logprobs import TokenBytes
+from serving.backends.local.prefix_cache import PrefixCache
 from serving.backends.local.rows import Request
 from serving.backends.local.tools import generation_for, render_messages, tool_grammar
 
 log = logging.getLogger(__name__)
+
+#: memory for the KV of shared prompt prefixes (``prefix_cache.py``); ~45 KB a token for
+#: SmolLM2-135M in fp32, so 256 MB keep ~5,800 tokens
+DEFAULT_PREFIX_CACHE_MB = 256
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -63,11 +70,12 @@ class LocalBackend:
         max_queue: int = 256,
         max_context: int | None = None,
         torch_threads: int | None = None,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ):
         from serving.model_store import load_model
 
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError("max_batch must be >= 1 and max_queue >= 0")
+        if max_batch < 1 or max_queue < 0 or prefix_cache_mb < 0:
+            raise ValueError("max_batch must be >= 1, max_queue >= 0 and prefix_cache_mb >= 0")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.model_dir = Path(model_dir)
@@ -90,6 +98,7 @@ class LocalBackend:
             max_batch=max_batch,
             max_queue=max_queue,
             token_bytes=TokenBytes(self.tokenizer, self.vocab_size),
+            prefix_cache=PrefixCache(int(prefix_cache_mb * 2**20)),
         )
         self.engine.start()
 
@@ -195,7 +204,9 @@ class LocalBackend:
     def _uninstall(self, version: str) -> None:
         """(Worker) stop admitting ``version`` unless it is in use, then remove its adapter."""
         if self.engine.retire_version(version):
+            owner = self.adapters.kv_owner(version)
             self.adapters.remove(version)
+            self.engine.prefix_cache.drop(owner)  # its KV serves no one any more
             log.info("unloaded adapter %s", version)
 
     # -- prompt --------------------------------------------------------------------------

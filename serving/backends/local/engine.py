@@ -13,7 +13,8 @@ step boundary the worker
 2. drops the rows whose client went away (``Generation.cancelled``),
 3. admits queued requests, FIFO, while there are free rows: each prompt is prefilled on
    its own (batch of one, no padding, in chunks cut at fixed offsets, so a prompt's
-   prefill is bitwise the same whatever else runs; while rows are decoding, at most
+   prefill is bitwise the same whatever else runs beside it; only the part of it that
+   is not in the prefix cache is run, see below; while rows are decoding, at most
    ``prefill_budget`` prompt tokens per step boundary, so a long prompt never stalls them
    for long), its first token is sampled, and its KV cache is copied into the running
    batch (``n`` times, one per draft; see ``kv_cache.py``),
@@ -23,9 +24,12 @@ step boundary the worker
    (EOS, stop string, ``max_tokens``, context full, the document of a ``response_format``
    or the forced tool calls complete: ``grammar.py``), whose slots are freed at once.
 
-A request's prefill starts from an empty ``DynamicCache`` at offset 0
-(:meth:`Engine._prefill_chunk`); KV already computed for the start of a prompt would enter
-there, as a filled cache and a later offset. The engine also keeps the registry of the
+A request's prefill starts from the KV of its longest cached prefix (``prefix_cache.py``:
+whole blocks computed earlier by the same model version, a fresh ``DynamicCache`` filled
+with copies) and runs only the rest, its position ids continuing from the cached length;
+after the prompt's last chunk, its whole blocks are stored for the requests that follow.
+With nothing cached it starts from an empty ``DynamicCache`` at offset 0
+(:meth:`Engine._prefill_chunk`). The engine also keeps the registry of the
 versions it admits requests for, because unloading one must be refused while the queue or
 the batch holds its requests (:class:`~serving.backends.local.adapters.VersionBusy`).
 """
@@ -47,6 +51,7 @@ from serving.backends.local.adapters import BASE_VERSION, Adapters, VersionBusy
 from serving.backends.local.detokenize import TextTail
 from serving.backends.local.kv_cache import BatchKV, StepCache
 from serving.backends.local.logprobs import TokenBytes, token_logprobs
+from serving.backends.local.prefix_cache import PrefixCache
 from serving.backends.local.rows import Request, Row
 from serving.backends.local.sampling import make_generator, sample
 
@@ -74,7 +79,7 @@ class Engine:
     prefill_budget = 512
 
     def __init__(self, adapters: Adapters, text: TextTail, eos: set[int], *, max_batch: int, max_queue: int,
-                 token_bytes: TokenBytes | None = None):
+                 token_bytes: TokenBytes | None = None, prefix_cache: PrefixCache | None = None):
         self.adapters = adapters
         self.text = text
         self.eos = eos  # ids that end a draft
@@ -82,6 +87,8 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.kv = BatchKV.for_model(adapters.base_model, max_batch)
+        # KV of prompt prefixes, reused across requests (None or max_bytes 0: off)
+        self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache(0)
         self._step_cache = StepCache(self.kv)
         self.rows: list[Row] = []
         # Per-slot tensors mirroring ``self.rows``.
@@ -135,6 +142,7 @@ class Engine:
             "ok": self._thread.is_alive() and not self.closed,
             "running": sum(1 for r in list(self.rows) if not r.done),
             "queued": queued,
+            "prefix_cache": self.prefix_cache.stats(),
         }
 
     def call(self, fn: Callable[[], object]) -> object:
@@ -281,7 +289,8 @@ class Engine:
         """Prefill queued requests, FIFO, while their drafts fit in the batch.
 
         A prompt is prefilled in chunks of ``prefill_chunk`` tokens (always cut at the same
-        offsets, so a prompt's cache does not depend on other traffic). While other rows
+        offsets, so a prompt's cache does not depend on the traffic running beside it;
+        what the prefix cache already holds is skipped). While other rows
         are decoding, at most ``prefill_budget`` prompt tokens are prefilled per step
         boundary, so a long prompt delays the running rows by one chunk at a time instead
         of stalling them for its whole prefill."""
@@ -328,9 +337,7 @@ class Engine:
                 self._finish(Row(req, i, None), "length")
             return 0
         if req.cache is None:
-            from transformers import DynamicCache
-
-            req.cache = DynamicCache(config=self.adapters.base_model.config)
+            self._start_prefill(req)
         begin = req.prefilled
         end = min(len(req.prompt_ids), (begin // self.prefill_chunk + 1) * self.prefill_chunk)
         out = self.adapters.model(
@@ -347,6 +354,8 @@ class Engine:
 
         self._prefilling = None
         cache, req.cache = req.cache, None
+        self.prefix_cache.insert(self.adapters.kv_owner(request.version), req.prompt_ids,
+                                 [(layer.keys, layer.values) for layer in cache.layers])
         grammars = req.grammars or [None] * request.n
         rows = [Row(req, i, make_generator(request.params, i), grammars[i]) for i in range(request.n)]
         logits = out.logits[:, -1, :].expand(request.n, -1)
@@ -360,6 +369,16 @@ class Engine:
         req.open_rows = request.n
         self._after_tokens(list(range(first, first + request.n)), tokens)
         return end - begin
+
+    def _start_prefill(self, req: Request) -> None:
+        """Give ``req`` its prefill cache: the KV of its longest cached prefix (copies; its
+        prefill then starts after it), or an empty one."""
+        from transformers import DynamicCache
+
+        config = self.adapters.base_model.config
+        cached, layers = self.prefix_cache.lookup(self.adapters.kv_owner(req.request.version), req.prompt_ids)
+        req.cache = DynamicCache(layers, config=config) if layers else DynamicCache(config=config)
+        req.prefilled = cached
 
     # -- one decode step over the running batch --------------------------------------------
     def _decode_step(self) -> None:

@@ -68,11 +68,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from flywheel.domains.tool_calls import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, compact_json, parse_call_body
 from serving.backends.base import Generation, GenerationRequest, ToolCallDelta
 from serving.backends.local.grammar import JSON_OPTIONS, Constraint
 
-TOOL_CALL_OPEN = "<tool_call>"
-TOOL_CALL_CLOSE = "</tool_call>"
 #: Most calls one draft may make under a forced grammar (``parallel_tool_calls`` on): a
 #: bound, so that a small model repeating itself stops.
 MAX_CALLS = 8
@@ -99,10 +98,6 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex}"
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 # -- the prompt --------------------------------------------------------------------------------
 
 def tools_prompt(tools: Sequence[Mapping[str, Any]]) -> str:
@@ -116,7 +111,7 @@ def render_call(call: Mapping[str, Any]) -> str:
         arguments = json.loads(function["arguments"]) if function["arguments"].strip() else {}
     except ValueError:
         arguments = function["arguments"]  # kept as the client sent it
-    return f"{TOOL_CALL_OPEN}\n{_compact({'name': function['name'], 'arguments': arguments})}\n{TOOL_CALL_CLOSE}"
+    return f"{TOOL_CALL_OPEN}\n{compact_json({'name': function['name'], 'arguments': arguments})}\n{TOOL_CALL_CLOSE}"
 
 
 def render_messages(request: GenerationRequest) -> list[dict]:
@@ -181,9 +176,9 @@ def tool_grammar(request: GenerationRequest, response_schema: Mapping[str, Any] 
     single = name is not None or request.parallel_tool_calls is False
     calls = "call" if single else f'call ("\\n" call){{0,{MAX_CALLS - 1}}}'
     lines = [f"start: {calls}" if choice != "auto" else
-             f"start: {calls} | %json {_compact({'x-guidance': dict(JSON_OPTIONS), **response_schema})}",
+             f"start: {calls} | %json {compact_json({'x-guidance': dict(JSON_OPTIONS), **response_schema})}",
              f'call: "{TOOL_CALL_OPEN}\\n" ({alternatives}) "\\n{TOOL_CALL_CLOSE}"']
-    lines += [f"f{i}: %json {_compact(_call_schema(f))}" for i, f in enumerate(functions)]
+    lines += [f"f{i}: %json {compact_json(_call_schema(f))}" for i, f in enumerate(functions)]
     index = {t["function"]["name"]: i for i, t in enumerate(request.tools)}
     return Constraint("lark", "\n".join(lines) + "\n", param="tools",
                       parts=tuple((f"tools[{index[f['name']]}].function.parameters", _call_schema(f)) for f in functions))
@@ -193,21 +188,8 @@ def tool_grammar(request: GenerationRequest, response_schema: Mapping[str, Any] 
 
 def parse_call(body: str) -> tuple[str, str] | None:
     """``(name, arguments as compact JSON)`` of a call's JSON, or None if it is not one."""
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return None
-    arguments = value.get("arguments", value.get("parameters", {}))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return None
-    if not isinstance(arguments, dict):
-        return None
-    return value["name"], _compact(arguments)
+    parsed = parse_call_body(body)
+    return None if parsed is None else (parsed[0], compact_json(parsed[1]))
 
 
 def _held(text: str, tag: str) -> int:
