@@ -105,7 +105,8 @@ def test_labels_mask_every_prompt_token(tmp_path, model_dir, turns):
 
     snap = load_snapshot(tiny_snapshot(tmp_path / "s"))
     cfg = load_stage_config("sft", overrides={"args": {**SMALL, "per_device_train_batch_size": 8, "max_length": 256},
-                                              "flywheel": {"assistant_turns": turns}})
+                                              # TRL's own collation, one example a row (packed rows: test_packing.py)
+                                              "flywheel": {"assistant_turns": turns, "shared_prefix_packing": False}})
     trainer, _ = build_sft_trainer(snap, tmp_path / "out", model_dir=model_dir, cfg=cfg)
     batch = next(iter(trainer.get_train_dataloader()))
     tok = trainer.processing_class
