@@ -33,11 +33,13 @@ from typing import Any
 
 from flywheel.domains.domain import Verdict
 
-__all__ = ["TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "arguments_of", "call_key", "check_tool_calls", "compact_json", "make_call", "parse_answer", "parse_call_body",
+__all__ = ["NO_PARAMETERS", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "arguments_of", "call_key", "check_tool_calls", "compact_json", "make_call", "parse_answer", "parse_call_body",
            "render_answer", "tool_names"]
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
+# The schema of a function declared without parameters: it takes none.
+NO_PARAMETERS: Mapping[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 _BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.DOTALL)
 
 
@@ -160,7 +162,7 @@ def check_tool_calls(tools: Sequence[Mapping[str, Any]], calls: Sequence[Mapping
         if not isinstance(arguments, dict):
             reasons.append(f"call {i} ({name}): arguments are not a JSON object")
             continue
-        schema = function.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
+        schema = function.get("parameters") or NO_PARAMETERS
         try:
             validator = validators.validator_for(schema, default=Draft202012Validator)(schema)
             error = next(iter(sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))), None)

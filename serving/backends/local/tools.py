@@ -68,7 +68,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from flywheel.domains.tool_calls import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, compact_json, parse_call_body
+from flywheel.domains.tool_calls import NO_PARAMETERS, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, compact_json, parse_call_body
 from serving.backends.base import Generation, GenerationRequest, ToolCallDelta
 from serving.backends.local.grammar import JSON_OPTIONS, Constraint
 
@@ -89,9 +89,6 @@ For each function call, return a json object with function name and arguments wi
 <tool_call>
 {{"name": <function-name>, "arguments": <args-json-object>}}
 </tool_call>"""
-
-#: A function without ``parameters`` takes none (OpenAI's rule).
-NO_PARAMETERS: Mapping[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 def new_call_id() -> str:
