@@ -49,6 +49,20 @@ def test_limits_close_a_row():
     assert rows[0]["seq_lengths"] == [0, len(examples[0]["input_ids"])]
 
 
+def test_focal_token_loss_weights_the_tokens_the_model_gets_wrong():
+    from training.trainers.sft import focal_token_loss
+
+    log_probs = torch.log(torch.tensor([[0.99, 0.98, 0.2, 1.0]]))  # two format tokens, one decision, a masked one
+    mask = torch.tensor([[True, True, True, False]])
+    mean = -(log_probs[0, :3]).mean()
+    assert focal_token_loss(log_probs, mask, 0.0).item() == pytest.approx(mean.item())
+    focal = focal_token_loss(log_probs, mask, 2.0).item()
+    assert focal == pytest.approx(-torch.log(torch.tensor(0.2)).item(), rel=0.01)  # ~all the weight on the decision
+    lp = log_probs.clone().requires_grad_(True)
+    focal_token_loss(lp, mask, 2.0).backward()
+    assert lp.grad[0, 2] < 0 and abs(lp.grad[0, 0]) < 1e-3 * abs(lp.grad[0, 2]) and lp.grad[0, 3] == 0
+
+
 def test_collator_mask_positions_and_padding():
     rows, _ = pack_shared_prefix([example([7], [1, 2]), example([8], [3])], max_length=1000, min_shared=16)
     single = {"input_ids": [5, 6, 7], "labels": [IGNORE, 1, 2], "seq_lengths": [0, 3]}
@@ -89,10 +103,10 @@ def test_packed_loss_equals_the_loss_of_the_examples_one_by_one(tmp_path):
             "save_steps": 100}
     common = {"args": args, "lora": {"lora_dropout": 0.0}}
 
-    def trainer(packing: bool):
+    def trainer(packing: bool, **flywheel):
         cfg = load_stage_config("sft", overrides={**common, "flywheel": {"shared_prefix_packing": packing,
-                                                                        "per_task_eval": False}})
-        tr, _ = build_sft_trainer(snap, tmp_path / f"out-{packing}", model_dir=model_dir, cfg=cfg)
+                                                                        "per_task_eval": False, **flywheel}})
+        tr, _ = build_sft_trainer(snap, tmp_path / f"out-{packing}-{len(flywheel)}", model_dir=model_dir, cfg=cfg)
         tr.model.eval()
         return tr
 
@@ -106,6 +120,15 @@ def test_packed_loss_equals_the_loss_of_the_examples_one_by_one(tmp_path):
         loss_plain = plain.compute_loss(plain.model, dict(batch_plain)).item()
         loss_packed = packed.compute_loss(packed.model, dict(batch_packed)).item()
     assert loss_packed == pytest.approx(loss_plain, rel=1e-3)
+
+    # the focal token loss takes the same path: with gamma 0 it is the mean loss, with
+    # gamma 2 the tokens the model already predicts weigh less, so the loss is higher
+    focal = trainer(True, token_loss="focal", focal_gamma=0.0)
+    focal.model.train()  # the focal loss is a training loss (evaluation reports the mean)
+    with torch.no_grad():
+        assert focal.compute_loss(focal.model, dict(batch_packed)).item() == pytest.approx(loss_plain, rel=1e-3)
+        focal.flywheel_focal_gamma = 2.0
+        assert focal.compute_loss(focal.model, dict(batch_packed)).item() > loss_plain * 1.05
 
     # and it trains: one step through Trainer, with the tokens it computed counted right
     packed.model.train()

@@ -40,7 +40,8 @@ STAGES = ("sft", "dpo")
 SECTIONS = ("args", "lora", "flywheel")
 OPTIONS = {
     "sft": {"assistant_turns": ("all", "last"), "per_task_eval": bool, "qlora": bool,
-            "shared_prefix_packing": bool, "pack_max_length": int, "pack_max_examples": int},
+            "shared_prefix_packing": bool, "pack_max_length": int, "pack_max_examples": int,
+            "token_loss": ("mean", "focal"), "focal_gamma": float},
     "dpo": {"qlora": bool},
 }
 
