@@ -82,6 +82,10 @@ def test_agent_traffic_carries_tools_and_calls_and_users_correct_wrong_calls():
             assert f.tool_call_id == f.tool_calls[0]["id"] == draft_calls[0]["id"]
     correct = [c for t in truth.requests.values() if t["call"] for c in t["drafts_correct"]]
     assert 0.2 < sum(correct) / len(correct) < 0.8
+    # a session that repeats an earlier request in other words is still the agent's: tools and true call kept
+    reworded = [i for i in interactions if truth[i.request_id]["paraphrase_of"]
+                and truth[i.request_id]["task_type"] == SUPPORT_TASK]
+    assert reworded and all(i.tools and i.app == AGENT_APP and truth[i.request_id]["call"] for i in reworded)
     # the default population has no agent: the analytics assistant's traffic is unchanged
     default = synthetic_events(40, seed=3).interactions
     assert default == synthetic_events(40, seed=3, config=SimulationConfig(agent_share=0)).interactions

@@ -137,8 +137,9 @@ def test_exports_load_with_datasets_and_trl(curated, tmp_path, model_dir):
     built = build_dataset(conn, settings)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     for fmt in EXPORT_FORMATS:
-        written = export_dataset(built.path, fmt, tmp_path / fmt)
-        assert set(written) >= {"sft", "eval"} and ("dpo" in written) == (fmt == "trl")
+        result = export_dataset(built.path, fmt, tmp_path / fmt)
+        written = result.files
+        assert set(written) >= {"sft", "eval"} and ("dpo" in written) == (fmt == "trl") and not result.skipped
         for split, path in written.items():
             ds = load_dataset("json", data_files=str(path), split="train")
             assert len(ds) == built.counts[split]
@@ -148,7 +149,7 @@ def test_exports_load_with_datasets_and_trl(curated, tmp_path, model_dir):
                 text = maybe_apply_chat_template(example, tokenizer)
                 assert ("text" in text) if split != "dpo" else {"prompt", "chosen", "rejected"} <= set(text)
     first = json.loads((tmp_path / "ms-swift" / f"{built.version}-sft.ms-swift.jsonl").read_text().splitlines()[0])
-    assert set(first) >= {"query", "response", "history"}
+    assert first["messages"][-1]["role"] == "assistant"  # ms-swift's standard format
     with pytest.raises(DatasetError, match="unknown export format"):
         export_dataset(built.path, "csv", tmp_path)
 
@@ -159,8 +160,79 @@ def test_multi_turn_formats_keep_the_history():
                         {"role": "assistant", "content": "a2"}], "task_type": "chat/chitchat"}
     assert to_format(rec, "alpaca") == {"instruction": "q2", "input": "", "output": "a2", "history": [["q1", "a1"]],
                                         "system": "S"}
-    assert to_format(rec, "ms-swift") == {"query": "q2", "response": "a2", "history": [["q1", "a1"]], "system": "S"}
+    assert to_format(rec, "ms-swift") == {"messages": rec["messages"]}
     assert [t["from"] for t in to_format(rec, "sharegpt")["conversations"]] == ["system", "human", "gpt", "human", "gpt"]
+
+
+def _call(name: str, arguments, call_id: str | None = None) -> dict:
+    return {**({"id": call_id} if call_id else {}), "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_exports_keep_tools_in_each_formats_own_form_and_alpaca_counts_what_it_cannot_hold(tmp_path):
+    """Issue 12: LLaMA-Factory's sharegpt (tools as a JSON string, function_call/observation
+    turns alternating as its converter demands), ms-swift's agent format (tools, tool_call/
+    tool_response messages), and alpaca, which has no form for calls, leaving them out counted."""
+    from flywheel.domains.support import TOOLS
+    from training.datasets.builder import NoExportForm
+    from training.datasets.snapshot import write_snapshot
+
+    tools = [dict(t) for t in TOOLS]
+    agent = {"task_type": "tool-calling/support-desk", "tools": tools, "messages": [
+        {"role": "system", "content": "You are the support desk."},
+        {"role": "user", "content": "Where is A12345? And cancel B54321."},
+        # history as the gateway records it: OpenAI's shape, arguments as JSON text, parallel calls
+        {"role": "assistant", "content": "", "tool_calls": [
+            _call("lookup_order", '{"order_id": "A12345"}', "call_1"), _call("cancel_order", '{"order_id":"B54321"}', "call_2")]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"status": "shipped"}'},
+        {"role": "tool", "tool_call_id": "call_2", "content": '{"cancelled": true}'},
+        {"role": "assistant", "content": "A12345 has shipped; B54321 is cancelled."},
+        {"role": "user", "content": "Refund the $12 for A12345 then, it came broken."},
+        # the target as the builder writes it: TRL's shape, arguments an object
+        {"role": "assistant", "content": "", "tool_calls": [
+            _call("issue_refund", {"order_id": "A12345", "amount": 12, "reason": "damaged"})]}]}
+    plain = {"task_type": "chat/chitchat", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+    share = to_format(agent, "sharegpt")
+    assert json.loads(share["tools"]) == [t["function"] for t in tools]  # a JSON string, as LLaMA-Factory reads it
+    turns = share["conversations"]
+    assert [t["from"] for t in turns] == ["system", "human", "function_call", "observation", "gpt", "human", "function_call"]
+    after_system = turns[1:]  # LLaMA-Factory: human/observation at odd positions, gpt/function_call at even ones
+    assert len(after_system) % 2 == 0 and all(
+        t["from"] in (("human", "observation"), ("gpt", "function_call"))[k % 2] for k, t in enumerate(after_system))
+    assert json.loads(turns[2]["value"]) == [{"name": "lookup_order", "arguments": {"order_id": "A12345"}},
+                                             {"name": "cancel_order", "arguments": {"order_id": "B54321"}}]
+    assert json.loads(turns[3]["value"]) == ['{"status": "shipped"}', '{"cancelled": true}']  # both results, one turn
+    assert json.loads(turns[6]["value"]) == {"name": "issue_refund", "arguments": {"order_id": "A12345", "amount": 12,
+                                                                                    "reason": "damaged"}}
+
+    swift = to_format(agent, "ms-swift")
+    assert json.loads(swift["tools"]) == tools
+    assert [m["role"] for m in swift["messages"]] == ["system", "user", "tool_call", "tool_call", "tool_response",
+                                                      "tool_response", "assistant", "user", "tool_call"]
+    assert json.loads(swift["messages"][2]["content"]) == {"name": "lookup_order", "arguments": {"order_id": "A12345"}}
+    assert swift["messages"][4]["content"] == '{"status": "shipped"}'
+
+    # text beside calls: ms-swift keeps both; LLaMA-Factory's function_call turn cannot
+    chatty = {**agent, "messages": agent["messages"][:-1] + [{**agent["messages"][-1], "content": "Refunding now."}]}
+    assert [m["role"] for m in to_format(chatty, "ms-swift")["messages"][-2:]] == ["assistant", "tool_call"]
+    with pytest.raises(NoExportForm, match="sharegpt"):
+        to_format(chatty, "sharegpt")
+    with pytest.raises(NoExportForm, match="alpaca"):
+        to_format(agent, "alpaca")
+
+    folder = write_snapshot(tmp_path / "ds-tools", version="ds-tools", sft=[agent, plain, chatty], eval=[agent])
+    result = export_dataset(folder, "alpaca", tmp_path / "alpaca")
+    assert set(result.files) == {"sft"}  # eval held tool records only: no file
+    assert [json.loads(x)["output"] for x in result.files["sft"].read_text().splitlines()] == ["hello"]
+    assert sum(result.skipped["sft"].values()) == 2 and sum(result.skipped["eval"].values()) == 1
+    result = export_dataset(folder, "sharegpt", tmp_path / "sharegpt")
+    assert sum(result.skipped["sft"].values()) == 1 and "eval" not in result.skipped
+    loaded = load_dataset("json", data_files=str(result.files["sft"]), split="train")
+    assert len(loaded) == 2 and loaded[0]["tools"] == share["tools"]
+    assert not export_dataset(folder, "ms-swift", tmp_path / "swift").skipped
+    only_tools = write_snapshot(tmp_path / "ds-only", version="ds-only", sft=[agent])
+    with pytest.raises(DatasetError, match="no record has a alpaca form"):
+        export_dataset(only_tools, "alpaca", tmp_path / "none")
 
 
 def test_the_teacher_fills_in_bad_answers_only_with_answers_that_pass_the_verifiers(curated):

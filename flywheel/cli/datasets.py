@@ -100,12 +100,16 @@ def datasets_show(ctx, version: str) -> None:
 @datasets.command("export")
 @click.argument("version")
 @click.option("--format", "fmt", type=click.Choice(["trl", "alpaca", "sharegpt", "ms-swift"]), default="trl",
-              show_default=True, help="trl: messages and prompt/chosen/rejected; the others: SFT and eval only.")
+              show_default=True, help="trl: messages and prompt/chosen/rejected; the others: SFT and eval only. "
+              "Tools and tool calls: kept by trl, sharegpt (LLaMA-Factory's tools/function_call/observation) and "
+              "ms-swift (messages with tools/tool_call/tool_response); alpaca has no form for them and leaves such "
+              "records out, counted.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder to write VERSION-SPLIT.FORMAT.jsonl files into.")
 @click.pass_context
 def datasets_export(ctx, version: str, fmt: str, out_dir: str) -> None:
-    """Export a version's splits to JSONL in another tool's format."""
+    """Export a version's splits to JSONL in another tool's format. Records the format cannot
+    hold (alpaca: records with tools) are left out and counted."""
     from training.datasets.builder import export_dataset
     from training.datasets.snapshot import snapshot_dir
     from training.errors import TrainingError
@@ -113,8 +117,11 @@ def datasets_export(ctx, version: str, fmt: str, out_dir: str) -> None:
     s = settings_of(ctx)
     folder = Path(version) if Path(version).is_dir() else snapshot_dir(s.data_path, version)
     try:
-        written = export_dataset(folder, fmt, out_dir)
+        result = export_dataset(folder, fmt, out_dir)
     except TrainingError as e:
         raise click.ClickException(str(e)) from None
-    for split, path in written.items():
+    for split, path in result.files.items():
         console.print(f"{split}: {path}")
+    for split, reasons in result.skipped.items():
+        for why, n in reasons.items():
+            console.print(f"[yellow]{split}: left out {n} record{'s' if n != 1 else ''}: {why}[/]")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
@@ -138,9 +138,8 @@ def _reword(task: Task, rng: random.Random) -> Task:
         messages[-1]["content"] = charts.build_prompt(charts.get_schema(task.schema), words)
     else:
         messages[-1]["content"] = messages[-1]["content"].replace(task.user_text, words, 1)
-    return Task(task.task_type, messages, words, truth=task.truth, expected=task.expected, keywords=task.keywords,
-                reference=task.reference, schema=task.schema, intent=task.intent, messy=task.messy,
-                followup=task.followup, meta=task.meta)
+    # Everything else stays: an agent's request keeps its tools, tool_choice and true call.
+    return replace(task, messages=messages, user_text=words)
 
 
 # ----------------------------------------------------------------------------- stand-in model

@@ -369,6 +369,55 @@ def get_dataset(conn, version: str) -> dict:
 
 
 # -- exports --------------------------------------------------------------------------------------
+# Tool calls (issue 12) in each format, as its consumers read them:
+# - sharegpt (LLaMA-Factory, data/README.md and its SharegptDatasetConverter): ``tools`` a JSON
+#   string of the functions (name, description, parameters: the form of its glaive_toolcall
+#   examples; newer versions also unwrap OpenAI's {"type": "function", ...}), an assistant's
+#   calls a ``function_call`` turn whose value is the JSON {"name", "arguments"} (a list for
+#   parallel calls), tool results one ``observation`` turn (several results: a JSON list of
+#   them), keeping its human/observation - gpt/function_call alternation. A function_call turn
+#   holds no text: an assistant turn with text beside its calls has no sharegpt form.
+# - ms-swift (docs Customization/Custom-dataset.md, "Agent format"): the standard ``messages``
+#   format, ``tools`` a JSON string of OpenAI's tools, each call a ``tool_call`` message whose
+#   content is the JSON {"name", "arguments"}, each result a ``tool_response`` message.
+# - alpaca has no form for calls or results: records with tools are left out, and counted.
+class NoExportForm(DatasetError):
+    """A record the export format cannot hold (the message says why)."""
+
+
+def _text(content) -> str:
+    """A message's content as text (OpenAI's content parts joined)."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def _has_tools(rec: dict) -> bool:
+    return bool(rec.get("tools")) or any(m.get("tool_calls") or m["role"] == "tool" for m in rec["messages"])
+
+
+def _calls(calls: list[dict]) -> list[dict]:
+    """Each call as both LLaMA-Factory and ms-swift read one: {"name", "arguments"} (an object)."""
+    from flywheel.domains.tool_calls import arguments_of
+
+    return [{"name": c["function"]["name"], "arguments": arguments_of(c)} for c in calls]
+
+
+def _runs_of_results(messages: list[dict]) -> list:
+    """The messages, each run of consecutive tool results (a parallel call's) as one list."""
+    out: list = []
+    for m in messages:
+        if m["role"] != "tool":
+            out.append(m)
+        elif out and isinstance(out[-1], list):
+            out[-1].append(m)
+        else:
+            out.append([m])
+    return out
+
+
 def _system_and_turns(messages: list[dict]) -> tuple[str | None, list[tuple[str, str]], str]:
     """(system prompt, earlier (user, assistant) turns, last user message) of a conversation
     that ends with the assistant's answer."""
@@ -379,44 +428,116 @@ def _system_and_turns(messages: list[dict]) -> tuple[str | None, list[tuple[str,
     return system, history, query
 
 
+def _sharegpt(rec: dict) -> dict:
+    from flywheel.domains.tool_calls import compact_json
+
+    names = {"system": "system", "user": "human", "assistant": "gpt"}
+    conversation: list[dict] = []
+    for m in _runs_of_results(rec["messages"]):
+        if isinstance(m, list):
+            results = [_text(r.get("content")) for r in m]
+            value = results[0] if len(results) == 1 else json.dumps(results, ensure_ascii=False)
+            conversation.append({"from": "observation", "value": value})
+        elif m["role"] == "assistant" and m.get("tool_calls"):
+            if _text(m.get("content")).strip():
+                raise NoExportForm("an assistant turn with text beside its tool calls has no sharegpt form "
+                                   "(LLaMA-Factory's function_call turn holds the calls only)")
+            calls = _calls(m["tool_calls"])
+            conversation.append({"from": "function_call", "value": compact_json(calls[0] if len(calls) == 1 else calls)})
+        else:
+            conversation.append({"from": names[m["role"]], "value": _text(m.get("content"))})
+    out: dict = {"conversations": conversation}
+    if rec.get("tools"):
+        out["tools"] = json.dumps([t.get("function", t) for t in rec["tools"]], ensure_ascii=False)
+    return out
+
+
+def _ms_swift_messages(rec: dict) -> dict:
+    from flywheel.domains.tool_calls import compact_json
+
+    messages: list[dict] = []
+    for m in rec["messages"]:
+        content = _text(m.get("content"))
+        if m["role"] == "tool":
+            messages.append({"role": "tool_response", "content": content})
+        elif m["role"] == "assistant" and m.get("tool_calls"):
+            if content.strip():  # ms-swift joins consecutive assistant parts into one answer
+                messages.append({"role": "assistant", "content": content})
+            messages += [{"role": "tool_call", "content": compact_json(call)} for call in _calls(m["tool_calls"])]
+        else:
+            messages.append({"role": m["role"], "content": content})
+    out: dict = {"messages": messages}
+    if rec.get("tools"):
+        out["tools"] = json.dumps(rec["tools"], ensure_ascii=False)
+    return out
+
+
 def to_format(rec: dict, fmt: str) -> dict:
-    """One SFT/eval record in an export format (trl: as stored)."""
+    """One SFT/eval record in an export format (trl: as stored). Raises `NoExportForm` for a
+    record the format cannot hold (alpaca: any record with tools)."""
     if fmt == "trl":
         return rec
-    messages = rec["messages"]
-    answer = messages[-1]["content"]
-    system, history, query = _system_and_turns(messages)
-    if fmt == "alpaca":
-        out = {"instruction": query, "input": "", "output": answer, "history": [list(p) for p in history]}
-        return {**out, "system": system} if system else out
     if fmt == "sharegpt":
-        names = {"system": "system", "user": "human", "assistant": "gpt"}
-        return {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in messages]}
+        return _sharegpt(rec)
     if fmt == "ms-swift":
-        out = {"query": query, "response": answer, "history": [list(p) for p in history]}
+        return _ms_swift_messages(rec)
+    if fmt == "alpaca":
+        if _has_tools(rec):
+            raise NoExportForm("alpaca has no form for tools, tool calls or tool results "
+                               "(export as sharegpt, ms-swift or trl to keep them)")
+        system, history, query = _system_and_turns(rec["messages"])
+        out = {"instruction": query, "input": "", "output": rec["messages"][-1]["content"],
+               "history": [list(p) for p in history]}
         return {**out, "system": system} if system else out
     raise DatasetError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
 
 
-def export_dataset(folder: Path | str, fmt: str, out_dir: Path | str) -> dict[str, Path]:
-    """Write the snapshot's splits in ``fmt`` under ``out_dir``; DPO pairs only in trl."""
+@dataclass
+class ExportResult:
+    files: dict[str, Path]  # split -> file written (a split with nothing to write has none)
+    skipped: dict[str, dict[str, int]]  # split -> why -> records left out (the format has no form for them)
+
+    def to_dict(self) -> dict:
+        return {"files": {k: str(v) for k, v in self.files.items()}, "skipped": self.skipped}
+
+
+def export_dataset(folder: Path | str, fmt: str, out_dir: Path | str) -> ExportResult:
+    """Write the snapshot's splits in ``fmt`` under ``out_dir``; DPO pairs only in trl.
+    Records the format cannot hold are left out and counted in ``skipped`` (never silently);
+    when that leaves nothing at all, DatasetError."""
     if fmt not in EXPORT_FORMATS:
         raise DatasetError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     snap = load_snapshot(folder)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
+    converted: dict[str, list[dict]] = {}
+    skipped: dict[str, dict[str, int]] = {}
     for split in ("sft", "dpo", "eval"):
         recs = getattr(snap, split)
         if split == "dpo" and fmt != "trl" or not recs:
             continue
+        why: Counter = Counter()
+        converted[split] = []
+        for rec in recs:
+            try:
+                converted[split].append(to_format(rec, fmt))
+            except NoExportForm as e:
+                why[str(e)] += 1
+        if why:
+            skipped[split] = dict(why)
+    if converted and not any(converted.values()):
+        raise DatasetError(f"{snap.version}: no record has a {fmt} form: {skipped}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, recs in converted.items():
+        if not recs:
+            continue
         path = out_dir / f"{snap.version}-{split}.{fmt}.jsonl"
         with path.open("w", encoding="utf-8") as fh:
             for rec in recs:
-                fh.write(json.dumps(to_format(rec, fmt), ensure_ascii=False) + "\n")
-        written[split] = path
-    return written
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        files[split] = path
+    return ExportResult(files, skipped)
 
 
-__all__ = ["BuildResult", "EXPORT_FORMATS", "FILES", "build_dataset", "content_version", "export_dataset",
-           "get_dataset", "list_datasets", "read_general", "to_format"]
+__all__ = ["BuildResult", "EXPORT_FORMATS", "ExportResult", "FILES", "NoExportForm", "build_dataset", "content_version",
+           "export_dataset", "get_dataset", "list_datasets", "read_general", "to_format"]
