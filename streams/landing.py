@@ -1,10 +1,13 @@
 """Landing: Kafka → DuckDB, exactly once in effect.
 
-A consumer group (aiokafka) reads the event topics; each polled batch is validated
-record by record and written in ONE DuckDB transaction (keyed on ``event_id``, so
-redelivery never duplicates a row) together with the landed position per partition;
-offsets are committed to Kafka only after that transaction committed. A crash anywhere
-re-reads from the last committed offset and lands nothing twice.
+A consumer group (aiokafka) reads the event topics; records are validated one by one as
+they are polled (a msgspec mirror of the model vouches for the valid ones, the pydantic
+model decides the rest: streams/fast_validation.py) and gathered into a batch, up to
+``landing.batch_max``, while the writer is busy with the one before; each batch is written
+in ONE DuckDB transaction (keyed on ``event_id``, so redelivery never duplicates a row)
+together with the landed position per partition; offsets are committed to Kafka only after
+that transaction committed. A crash anywhere re-reads from the last committed offset and
+lands nothing twice.
 
 Records that fail validation become dead letters: landed in ``dead_letters`` with the
 reason (in the same transaction) and produced to the DLQ topic. Nothing is dropped. Their
@@ -41,6 +44,7 @@ from pydantic import BaseModel, ValidationError
 from flywheel.errors import BrokerError
 from flywheel.settings import Settings
 from streams.event_size import json_size
+from streams.fast_validation import fast_validator
 from streams.privacy import Privacy
 from streams.schemas import SCHEMA_VERSION, DeadLetter, Deployment, Feedback, Interaction, Metrics, Review
 
@@ -199,6 +203,9 @@ class Lander:
         self.model_of = {"interactions": Interaction, "feedback": Feedback, "dead_letters": DeadLetter,
                          "deployments": Deployment, "live_metrics": Metrics, "review_decisions": Review}
         self.topic_of = {table: topic for topic, table in self.table_of.items()}
+        # msgspec mirrors of the models (streams/fast_validation.py): a quick yes for a valid
+        # record; anything else is validated by the model itself, whose reason goes to the DLQ.
+        self.fast_of = {table: fast_validator(model) for table, model in self.model_of.items()}
 
     def _dead(self, rec: Record, reason: str) -> DeadLetter:
         dead = DeadLetter(
@@ -217,37 +224,14 @@ class Lander:
         return self.write(self.prepare(records))
 
     def prepare(self, records: Sequence[Record]) -> "Prepared":
-        """Validate records (Python, holds the GIL): canonical rows per table, dead letters.
-        Each record is validated from its raw bytes in one pydantic-core call."""
-        rows: dict[str, dict[str, tuple[bytes, int, int, datetime, bytes | None]]] = {t: {} for t in _INSERTS}
-        prepared = Prepared()
-        positions = prepared.positions
-        for rec in records:
-            key = (rec.topic, rec.partition)
-            if rec.offset >= positions.get(key, 0):
-                positions[key] = rec.offset + 1
-            table = self.table_of.get(rec.topic)
-            if table is None:
-                continue
-            model: type[BaseModel] = self.model_of[table]
-            try:
-                if rec.value is None:
-                    raise ValueError("empty record (no value)")
-                event = model.model_validate_json(rec.value)
-            except (ValidationError, ValueError) as e:
-                dead = self._dead(rec, validation_reason(e))
-                rows["dead_letters"][dead.event_id] = (dead.model_dump_json().encode(), rec.partition, rec.offset,
-                                                       dead.created_at, rec.key)
-                if table != "dead_letters":  # never bounce a broken dead letter back into the DLQ
-                    prepared.dead.append(dead)
-                continue
-            rows[table][event.event_id] = (rec.value, rec.partition, rec.offset, event.created_at, rec.key)
-        for table, by_id in rows.items():
-            if by_id:
-                raw, parts, offs, created, keys = zip(*by_id.values())
-                prepared.tables[table] = _staged(list(by_id), created, raw, parts, offs)
-                prepared.keys[table] = keys
-        return prepared
+        """Validate records (Python, holds the GIL): canonical rows per table, dead letters."""
+        batch = self.batch()
+        batch.add(records)
+        return batch.finish()
+
+    def batch(self) -> "Batch":
+        """An empty batch to `Batch.add` records to, over several polls, then `Batch.finish`."""
+        return Batch(self)
 
     def write(self, prepared: "Prepared") -> BatchResult:
         """One DuckDB transaction for the batch (DuckDB releases the GIL while it works):
@@ -363,6 +347,58 @@ class Prepared:
     dead: list[DeadLetter] = field(default_factory=list)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     keys: dict[str, tuple[bytes | None, ...]] = field(default_factory=dict)  # table -> each row's Kafka key
+
+
+class Batch:
+    """Records validated as they are polled, until the writer takes them as one transaction.
+    Each record is validated from its raw bytes: by the model's msgspec mirror when it vouches
+    for it (streams/fast_validation.py), else by the pydantic model, whose reason a dead
+    letter carries. A repeated event id keeps its last record (one row per id a batch)."""
+
+    def __init__(self, lander: Lander):
+        self.lander = lander
+        self.rows: dict[str, dict[str, tuple[bytes, int, int, datetime, bytes | None]]] = {t: {} for t in _INSERTS}
+        self.dead: list[DeadLetter] = []
+        self.positions: dict[tuple[str, int], int] = {}
+        self.records = 0  # records added (those of topics landing does not know included)
+
+    def add(self, records: Sequence[Record]) -> None:
+        lander, rows, positions = self.lander, self.rows, self.positions
+        table_of, fast_of = lander.table_of, lander.fast_of
+        self.records += len(records)
+        for rec in records:
+            key = (rec.topic, rec.partition)
+            if rec.offset >= positions.get(key, 0):
+                positions[key] = rec.offset + 1
+            table = table_of.get(rec.topic)
+            if table is None:
+                continue
+            value = rec.value
+            check = fast_of[table]
+            event = check(value) if check is not None and value is not None else None
+            if event is None:  # not vouched for by the mirror: the model decides, and says why
+                model: type[BaseModel] = lander.model_of[table]
+                try:
+                    if value is None:
+                        raise ValueError("empty record (no value)")
+                    event = model.model_validate_json(value)
+                except (ValidationError, ValueError) as e:
+                    dead = lander._dead(rec, validation_reason(e))
+                    rows["dead_letters"][dead.event_id] = (dead.model_dump_json().encode(), rec.partition, rec.offset,
+                                                           dead.created_at, rec.key)
+                    if table != "dead_letters":  # never bounce a broken dead letter back into the DLQ
+                        self.dead.append(dead)
+                    continue
+            rows[table][event.event_id] = (value, rec.partition, rec.offset, event.created_at, rec.key)
+
+    def finish(self) -> Prepared:
+        prepared = Prepared(dead=self.dead, positions=self.positions)
+        for table, by_id in self.rows.items():
+            if by_id:
+                raw, parts, offs, created, keys = zip(*by_id.values())
+                prepared.tables[table] = _staged(list(by_id), created, raw, parts, offs)
+                prepared.keys[table] = keys
+        return prepared
 
 
 def land_events(conn: duckdb.DuckDBPyConnection, interactions=(), feedback=(), reviews=(), batch: int = 5000) -> None:
@@ -502,7 +538,7 @@ class LandingConsumer:
 
         loop = asyncio.get_running_loop()
         consumer = dlq = None
-        work: queue.Queue = queue.Queue(maxsize=2)
+        work: queue.Queue = queue.Queue(maxsize=1)  # one batch waits while one is written
         done: asyncio.Queue = asyncio.Queue()
         in_flight = 0
 
@@ -543,18 +579,9 @@ class LandingConsumer:
                 self.landed_total += n
                 self.last_batch_at = time.time()
 
-        async def hand_over(prepared: Prepared) -> None:
-            """Queue a batch for the writer; while it is busy with two, settle what it
-            finished (its error, if any, is raised here) and let the consumer fetch."""
-            while True:
-                try:
-                    work.put_nowait(prepared)
-                    return
-                except queue.Full:
-                    await settle(block=False)
-                    await asyncio.sleep(0.002)
-
         idle_since = time.monotonic()
+        batch_max = self.settings.landing.batch_max
+        batch = self.lander.batch()
         try:
             while not self.stop_now.is_set():
                 if consumer is None:
@@ -567,17 +594,28 @@ class LandingConsumer:
                         await asyncio.sleep(1.0)
                         continue
                 await settle(block=False)
-                polled = await consumer.getmany(timeout_ms=self.settings.landing.poll_ms,
-                                                max_records=self.settings.landing.batch_max)
+                if batch.records and work.empty():  # the writer is free for it (or busy with one before it)
+                    work.put_nowait(batch.finish())
+                    in_flight += 1
+                    batch = self.lander.batch()
+                room = batch_max - batch.records
+                if room <= 0:  # a full batch waits for the writer
+                    await asyncio.sleep(0.002)
+                    continue
+                # While a batch waits for the writer, records polled meanwhile join it: a busy
+                # writer gets fewer, larger transactions (DuckDB's cost per event falls with
+                # the batch), an idle one gets each poll at once.
+                polled = await consumer.getmany(timeout_ms=5 if batch.records else self.settings.landing.poll_ms,
+                                                max_records=room)
                 records = [r for rs in polled.values() for r in rs]
                 if not records:
-                    await settle(block=True)
-                    if self.stop.is_set() and time.monotonic() - idle_since >= self.drain_idle_s:
-                        return
+                    if not batch.records:
+                        await settle(block=True)
+                        if self.stop.is_set() and time.monotonic() - idle_since >= self.drain_idle_s:
+                            return
                     continue
                 idle_since = time.monotonic()
-                await hand_over(self.lander.prepare(records))
-                in_flight += 1
+                batch.add(records)
         finally:
             try:
                 work.put(None, timeout=60)
