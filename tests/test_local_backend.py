@@ -167,12 +167,21 @@ def test_earliest_of_several_stops_wins():
     assert hit and "".join(out) == "one "
 
 
-def test_batch_kv_layout_matches_reference():
-    """Random joins, steps and removals; every active row must see exactly its own tokens."""
+@pytest.mark.parametrize("share", [False, True], ids=["own-rows", "shared-prefix"])
+def test_batch_kv_layout_matches_reference(share):
+    """Random joins, steps and removals; every active row must see exactly its own tokens.
+
+    With ``share``, half the prompts start with a common stem (cut at random lengths) and
+    come from one of two owners: a row's tokens are then the shared prefix's first
+    ``shared_len`` ones followed by its window, and what :meth:`BatchKV.shared_step` lets
+    attention see must be exactly that sequence too."""
     rng = random.Random(0)
-    kv = BatchKV(n_layers=2, max_batch=5, kv_heads=1, head_dim=2, dtype=torch.float32)
+    kv = BatchKV(n_layers=2, max_batch=5, kv_heads=1, head_dim=2, dtype=torch.float32, share_prefixes=share)
     kv.GROW = 8
+    kv.min_shared = 3
+    stem = [1000.0 + i for i in range(12)]
     ref: list[list[float]] = []  # per slot: the values of its tokens, in order
+    owners: list[str] = []
     counter = [0.0]
 
     def fresh(n):
@@ -185,16 +194,20 @@ def test_batch_kv_layout_matches_reference():
         if op < 0.25 and kv.rows < kv.max_batch:
             copies = rng.randint(1, kv.max_batch - kv.rows)
             vals = fresh(rng.randint(1, 20))
+            if share and rng.random() < 0.5:
+                vals = stem[: rng.randint(1, len(stem))] + vals
+            owner = rng.choice("ab")
             t = torch.tensor(vals).view(1, 1, -1, 1).expand(1, 1, -1, 2)
-            kv.add([(t, t + 0.5), (t, t + 0.5)], copies)
+            kv.add([(t, t + 0.5), (t, t + 0.5)], copies, prompt_ids=[int(v) for v in vals], owner=owner)
             ref.extend([list(vals) for _ in range(copies)])
+            owners.extend([owner] * copies)
         elif op < 0.4 and kv.rows:
             slots = rng.sample(range(kv.rows), rng.randint(1, kv.rows))
             moves = dict(kv.remove(slots))
-            new_ref = list(ref)
+            new_ref, new_owners = list(ref), list(owners)
             for src, dst in moves.items():
-                new_ref[dst] = ref[src]
-            ref = new_ref[: kv.rows]
+                new_ref[dst], new_owners[dst] = ref[src], owners[src]
+            ref, owners = new_ref[: kv.rows], new_owners[: kv.rows]
         elif kv.rows:
             mask = kv.begin_step()
             vals = fresh(kv.rows)
@@ -209,16 +222,73 @@ def test_batch_kv_layout_matches_reference():
                 ref[slot].append(vals[slot])
         # check
         assert len(ref) == kv.rows
+        shared = kv.shared_len[: kv.rows].tolist()
+        assert share or not any(shared)
+        step = kv.shared_step(kv.valid[: kv.rows, kv.start : kv.end].unsqueeze(1).unsqueeze(1))
+        assert (step is None) == (not any(shared))
         for slot in range(kv.rows):
+            n = shared[slot]
+            assert n == 0 or owners[slot] == kv.shared_owner
             window = kv.valid[slot, kv.start : kv.end]
             assert not kv.valid[slot, : kv.start].any() and not kv.valid[slot, kv.end :].any()
             for layer in range(2):
-                got = kv.keys[layer][slot, 0, kv.start : kv.end, 0][window].tolist()
+                prefix = kv.shared_keys[layer][0, :n, 0].tolist() if n else []
+                got = prefix + kv.keys[layer][slot, 0, kv.start : kv.end, 0][window].tolist()
                 assert got == ref[slot]
-                got_v = kv.values[layer][slot, 0, kv.start : kv.end, 0][window].tolist()
+                prefix_v = kv.shared_values[layer][0, :n, 0].tolist() if n else []
+                got_v = prefix_v + kv.values[layer][slot, 0, kv.start : kv.end, 0][window].tolist()
                 assert got_v == [v + 0.5 for v in ref[slot]]
+                if step is not None:  # what attention sees: the prefix columns, then the window
+                    seen = torch.cat([step.keys[layer][0, :, 0], kv.keys[layer][slot, 0, kv.start : kv.end, 0]])
+                    visible = torch.cat([step.in_prefix[slot], step.window[slot]])
+                    assert seen[visible].tolist() == ref[slot]
         if kv.rows:
             assert kv.valid[: kv.rows, kv.start].any()  # no all-padding column on the left
+    if share:
+        assert kv.shared_rows > 0
+
+
+@pytest.mark.parametrize("kernel", ["flash", "products"])
+def test_cascade_attention_equals_sdpa_over_whole_rows(kernel, monkeypatch):
+    """attention.attention over (shared prefix, own windows) gives what SDPA gives over each
+    row's whole keys/values (GQA: 9 query heads on 3 KV heads, as SmolLM2), for rows that
+    share all, part or none of the prefix, with padding in their windows; with torch's
+    flash kernel and with the plain-products fallback."""
+    from serving.backends.local import attention as cascade
+    from serving.backends.local.attention import SharedPrefix, attention
+
+    if kernel == "products":
+        monkeypatch.setattr(cascade, "_flash", None)
+    else:
+        assert cascade._flash is not None  # torch 2.13 has it; the fallback is for other versions
+
+    class Layer:
+        layer_idx = 0
+
+    torch.manual_seed(0)
+    rows, kv_heads, group, dim, prefix, width = 5, 3, 3, 16, 40, 30
+    shares = [40, 25, 0, 40, 10]
+    pk, pv = torch.randn(kv_heads, prefix, dim), torch.randn(kv_heads, prefix, dim)
+    q = torch.randn(rows, kv_heads * group, 1, dim)
+    own = width + prefix - min(shares)  # columns of the rows' own windows
+    ok, ov = torch.zeros(rows, kv_heads, own, dim), torch.zeros(rows, kv_heads, own, dim)
+    own_valid = torch.zeros(rows, own, dtype=torch.bool)
+    expected = []
+    for r, n in enumerate(shares):
+        tail = prefix + width - n  # the row's tokens after the part it shares
+        k_tail, v_tail = torch.randn(kv_heads, tail, dim), torch.randn(kv_heads, tail, dim)
+        ok[r, :, own - tail :], ov[r, :, own - tail :] = k_tail, v_tail
+        own_valid[r, own - tail :] = True
+        own_valid[r, own - tail + 3] = False  # a padding column inside the window
+        keep = own_valid[r, own - tail :]
+        k_all = torch.cat([pk[:, :n], k_tail[:, keep]], dim=1)
+        v_all = torch.cat([pv[:, :n], v_tail[:, keep]], dim=1)
+        expected.append(torch.nn.functional.scaled_dot_product_attention(
+            q[r : r + 1], k_all[None], v_all[None], enable_gqa=True).transpose(1, 2))
+    in_prefix = torch.arange(prefix) < torch.tensor(shares)[:, None]
+    out, _ = attention(Layer(), q, ok, ov, own_valid.view(rows, 1, 1, -1),
+                       shared_prefix=SharedPrefix([pk], [pv], in_prefix, own_valid))
+    torch.testing.assert_close(out, torch.cat(expected), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -278,6 +348,30 @@ def test_greedy_alone_equals_greedy_in_a_running_batch(backend):
     assert together.collect() == alone
     for g in [*others, late]:
         assert g.collect()[0][1] in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_prompts_queued_together_are_prefilled_together_and_answer_as_alone(backend, monkeypatch):
+    """Short prompts waiting in the queue at the same time share one prefill forward
+    (Engine._prefill_together: padded, some with cached blocks from the runs alone, one with
+    two drafts); each request answers as it did alone."""
+    requests = [chat("What is the capital of France?", max_tokens=12), chat("hi", max_tokens=12),
+                chat("List three fruits.", max_tokens=12),
+                chat("Name an animal.", n=2, temperature=0.9, seed=7, max_tokens=8)]
+    alone = [backend.submit(r).collect() for r in requests]
+    engine = backend.engine
+    groups: list[int] = []
+    together = engine._prefill_together
+    monkeypatch.setattr(engine, "_prefill_together", lambda group: groups.append(len(group)) or together(group))
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=engine.call, args=(lambda: held.set() or release.wait(10),))
+    holder.start()  # the worker waits in this op while all four are queued
+    assert held.wait(10)
+    gens = [backend.submit(r) for r in requests]
+    release.set()
+    holder.join()
+    assert [g.collect() for g in gens] == alone
+    assert groups == [4]
 
 
 @pytest.mark.slow

@@ -247,10 +247,20 @@ def test_chart_answers_with_cached_prefixes_equal_the_uncached_ones(backend):
     s = cache.stats()
     assert s["blocks"] > 0 and s["bytes"] <= s["max_bytes"] and s["evictions"] == 0
 
-    # concurrently (prefills interleave with decode steps), answers are still the same
+    # concurrently (prefills interleave with decode steps), answers are still the same, and
+    # the rows attend to one copy of their shared instructions (kv_cache.py's shared prefix)
+    # as they do to their own copies
     fresh(backend)
-    gens = [backend.submit(request(p)) for p in prompts]
-    assert [g.collect()[0][0] for g in gens] == expected
+    kv = backend.engine.kv
+    try:
+        for share in (True, False):
+            backend.engine.call(lambda: setattr(kv, "share_prefixes", share))
+            before = backend.health()["shared_prefix"]["rows"]
+            gens = [backend.submit(request(p)) for p in prompts]
+            assert [g.collect()[0][0] for g in gens] == expected
+            assert (backend.health()["shared_prefix"]["rows"] > before) == share
+    finally:
+        backend.engine.call(lambda: setattr(kv, "share_prefixes", True))
 
 
 @pytest.mark.slow

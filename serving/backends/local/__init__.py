@@ -15,7 +15,10 @@ One concept a module, in the order a request meets them:
   finishing rows, the worker thread, the registry of served versions.
 - ``rows.py``: the state of a request and of each of its drafts (rows) in flight.
 - ``kv_cache.py``: the preallocated, left-padded KV cache of the running batch and the
-  transformers ``Cache`` adapters the model writes through.
+  transformers ``Cache`` adapters the model writes through; one copy of a prompt prefix
+  that the rows share.
+- ``attention.py``: decode attention over that shared prefix and each row's own keys and
+  values (cascade attention), so rows with the same instructions read them once a step.
 - ``prefix_cache.py``: the KV of prompt prefixes shared across requests (blocks chained
   by their tokens, per model version, bounded memory, LRU), so a prompt's prefill runs
   only its uncached part.
