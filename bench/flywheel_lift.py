@@ -61,7 +61,7 @@ REPO = BENCH.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.insert(0, str(REPO))
 
-from flywheel.settings import Settings  # noqa: E402
+from flywheel.settings import Settings, load_settings  # noqa: E402
 
 CHART = "data-viz/chart-config"
 
@@ -359,9 +359,11 @@ def tool_arm(args, model_dir, work: Path) -> dict:
 
 
 def bench_settings(work: Path, review: str) -> Settings:
-    """The default settings, but for the curation watermark (simulated time) and what
-    --review asks: the default auto review rules, or everything unreviewed."""
-    return Settings(data_dir=str(work)).replace(
+    """The settings (defaults, then ``FLYWHEEL_*`` variables, e.g.
+    ``FLYWHEEL_DATASETS__REPLAY_RATIO=0.3``), in the work folder, but for the curation
+    watermark (simulated time) and what --review asks: the default auto review rules, or
+    everything unreviewed."""
+    return load_settings(None).replace(data_dir=str(work),
         curation={"watermark_lag_s": 0, "select_total": 5000},
         **({} if review == "auto" else {"review": {"auto_approve": False}, "datasets": {"include_pending": True}}))
 

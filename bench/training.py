@@ -20,6 +20,15 @@ the phase process's max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
 Target (issue 5): ours >= 0.95x plain.
 
     python bench/training.py [--examples 16] [--steps 4] [--batch 2] [--max-length 1024] [--repeats 2]
+
+``--speedups`` instead times one epoch of packed chart rows (the SFT default) through our
+path in several variants, alternating, each in its own process: ``before`` (the recipe of
+session 7: fp32, LoRA dropout 0.05, TRL's fused LM head scoring every position of a row),
+``after`` (today's defaults: bf16 where the CPU has AMX, no LoRA dropout, the LM head only
+where the answer is). Figures:
+supervised (answer) tokens per second and per CPU-second, and seconds per step.
+
+    python bench/training.py --speedups [--examples 48] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -110,8 +119,12 @@ def phase_ours(opts: dict, queue, packing: bool = False) -> None:
     if opts.get("epoch"):  # one pass over the examples, whatever the number of steps it takes
         args.update(max_steps=-1, num_train_epochs=1)
     flywheel = {"per_task_eval": False, "shared_prefix_packing": packing}
-    cfg = load_stage_config("sft", overrides={"args": args, "flywheel": flywheel})
+    variant = opts.get("variant") or {}
+    args.update(variant.get("args", {}))
+    flywheel.update(variant.get("flywheel", {}))
+    cfg = load_stage_config("sft", overrides={"args": args, "flywheel": flywheel, "lora": variant.get("lora", {})})
     trainer, callback = build_sft_trainer(snap, tmp / "run", model_dir=opts["model_dir"], cfg=cfg)
+    trainer.flywheel_answer_head = variant.get("answer_head", True)
     supervised = sum(sum(1 for x in r["labels"] if x != -100) for r in trainer.train_dataset)
     cpu0 = _cpu_s()
     result = run_trainer(trainer, callback, tmp / "run", "sft", len(trainer.train_dataset))
@@ -119,7 +132,8 @@ def phase_ours(opts: dict, queue, packing: bool = False) -> None:
     queue.put({"tokens": result.tokens, "runtime_s": result.train_runtime_s, "tokens_per_s": result.tokens_per_s,
                "peak_mb": _peak_mb(), "tokens_per_cpu_s": result.tokens / cpu, "steps": result.steps,
                "supervised_tokens": supervised, "supervised_per_cpu_s": supervised / cpu,
-               "supervised_per_s": supervised / result.train_runtime_s, "final_loss": result.train_loss[-1]["loss"]})
+               "supervised_per_s": supervised / result.train_runtime_s, "final_loss": result.train_loss[-1]["loss"],
+               "bf16": bool(trainer.args.bf16)})
 
 
 def phase_packed(opts: dict, queue) -> None:
@@ -142,6 +156,23 @@ def run_phase(fn, opts: dict) -> dict:
     return result
 
 
+def alternate(phases: list[tuple], repeats: int, line) -> dict[str, list[dict]]:
+    """Run ``(name, fn, opts)`` phases ``repeats`` times, the order reversed every other
+    repeat (drift on a shared machine stays out of the ratios); ``line(result)`` is printed
+    after each phase. Returns each phase's results."""
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in phases}
+    for r in range(repeats):
+        for name, fn, opts in phases if r % 2 == 0 else phases[::-1]:
+            res = run_phase(fn, opts)
+            runs[name].append(res)
+            print(f"repeat {r + 1}/{repeats} {name}: {line(res)}", file=sys.stderr, flush=True)
+    return runs
+
+
+def median_of(runs: dict[str, list[dict]]):
+    return lambda name, key: round(statistics.median(x[key] for x in runs[name]), 2)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--examples", type=int, default=16)
@@ -149,6 +180,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--speedups", action="store_true",
+                   help="time packed SFT before and after session 8's speed-ups (bf16 on AMX CPUs, answer-only LM "
+                   "head, no LoRA dropout); see the module docstring")
     p.add_argument("--packing", action="store_true",
                    help="compare shared-prefix packing with our unpacked path instead: one epoch over --examples "
                    "each, tokens of supervision (answer tokens) per CPU-second (target of issue 11: more)")
@@ -162,21 +196,15 @@ def main(argv=None) -> None:
     model_dir = str(ensure_hf_model(load_settings(None, env={}).model_cache_path))
     if a.packing:
         return compare_packing(a, model_dir, emit)
-    runs: dict[str, list[dict]] = {"plain": [], "ours": []}
+    if a.speedups:
+        return compare_speedups(a, model_dir, emit)
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         opts = {"examples": a.examples, "steps": a.steps, "batch": a.batch, "max_length": a.max_length,
                 "model_dir": model_dir, "tmp": tmp}
-        for r in range(a.repeats):
-            for name, fn in (("plain", phase_plain), ("ours", phase_ours)) if r % 2 == 0 else \
-                    (("ours", phase_ours), ("plain", phase_plain)):
-                res = run_phase(fn, opts)
-                runs[name].append(res)
-                print(f"repeat {r + 1}/{a.repeats} {name}: {res['tokens_per_s']:.1f} tokens/s, "
-                      f"{res['tokens_per_cpu_s']:.1f} tokens/cpu-s, "
-                      f"peak {res['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
-
-    def med(name, key):
-        return round(statistics.median(x[key] for x in runs[name]), 2)
+        runs = alternate([("plain", phase_plain, opts), ("ours", phase_ours, opts)], a.repeats,
+                         lambda res: f"{res['tokens_per_s']:.1f} tokens/s, {res['tokens_per_cpu_s']:.1f} tokens/cpu-s, "
+                                     f"peak {res['peak_mb']:.0f} MB")
+    med = median_of(runs)
 
     import torch
 
@@ -200,21 +228,14 @@ def main(argv=None) -> None:
 
 
 def compare_packing(a, model_dir: str, emit) -> None:
-    runs: dict[str, list[dict]] = {"unpacked": [], "packed": []}
     with tempfile.TemporaryDirectory(prefix="bench-packing-") as tmp:
         opts = {"examples": a.examples, "steps": a.steps, "batch": a.batch, "max_length": a.max_length,
                 "model_dir": model_dir, "tmp": tmp, "epoch": True}
-        for r in range(a.repeats):
-            order = (("unpacked", phase_ours), ("packed", phase_packed))
-            for name, fn in order if r % 2 == 0 else order[::-1]:
-                res = run_phase(fn, opts)
-                runs[name].append(res)
-                print(f"repeat {r + 1}/{a.repeats} {name}: {res['steps']} steps, {res['tokens']} tokens computed, "
-                      f"{res['supervised_per_cpu_s']:.1f} supervised tokens/cpu-s, final loss "
-                      f"{res['final_loss']:.3f}", file=sys.stderr, flush=True)
-
-    def med(name, key):
-        return round(statistics.median(x[key] for x in runs[name]), 2)
+        runs = alternate([("unpacked", phase_ours, opts), ("packed", phase_packed, opts)], a.repeats,
+                         lambda res: f"{res['steps']} steps, {res['tokens']} tokens computed, "
+                                     f"{res['supervised_per_cpu_s']:.1f} supervised tokens/cpu-s, final loss "
+                                     f"{res['final_loss']:.3f}")
+    med = median_of(runs)
 
     emit({
         "bench": "training-packing", "examples": a.examples, "batch": a.batch, "repeats": a.repeats,
@@ -226,6 +247,39 @@ def compare_packing(a, model_dir: str, emit) -> None:
         "cpu_ratio": round(med("packed", "supervised_per_cpu_s") / med("unpacked", "supervised_per_cpu_s"), 3),
         "wall_ratio": round(med("packed", "supervised_per_s") / med("unpacked", "supervised_per_s"), 3),
         "unpacked_peak_mb": med("unpacked", "peak_mb"), "packed_peak_mb": med("packed", "peak_mb"),
+    })
+
+
+#: session 7's recipe, and today's defaults
+SPEEDUP_VARIANTS = {
+    "before": {"args": {"bf16": False}, "lora": {"lora_dropout": 0.05}, "answer_head": False},
+    "after": {},
+}
+
+
+def compare_speedups(a, model_dir: str, emit) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-speedups-") as tmp:
+        phases = [(name, phase_packed, {"examples": a.examples, "steps": a.steps, "batch": 1,
+                                        "max_length": a.max_length, "model_dir": model_dir, "tmp": tmp,
+                                        "epoch": True, "variant": variant})
+                  for name, variant in SPEEDUP_VARIANTS.items()]
+        runs = alternate(phases, a.repeats,
+                         lambda res: f"{res['steps']} steps in {res['runtime_s']:.1f} s, "
+                                     f"{res['supervised_per_s']:.1f} supervised tokens/s, "
+                                     f"{res['supervised_per_cpu_s']:.1f}/cpu-s, final loss {res['final_loss']:.3f}")
+    med = median_of(runs)
+
+    import os
+
+    emit({
+        "bench": "training-speedups", "examples": a.examples, "repeats": a.repeats,
+        "bf16_in_after": runs["after"][0]["bf16"], "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        **{name: {"steps": med(name, "steps"), "s_per_step": round(med(name, "runtime_s") / med(name, "steps"), 2),
+                  "supervised_per_s": med(name, "supervised_per_s"),
+                  "supervised_per_cpu_s": med(name, "supervised_per_cpu_s"), "peak_mb": med(name, "peak_mb"),
+                  "final_loss": med(name, "final_loss")} for name in runs},
+        "after_vs_before": round(med("after", "supervised_per_s") / med("before", "supervised_per_s"), 2),
+        "after_vs_before_by_cpu": round(med("after", "supervised_per_cpu_s") / med("before", "supervised_per_cpu_s"), 2),
     })
 
 

@@ -100,7 +100,7 @@ def test_packed_loss_equals_the_loss_of_the_examples_one_by_one(tmp_path):
     model_dir = ensure_hf_model(MODEL_CACHE)
     snap = load_snapshot(chart_snapshot(tmp_path / "snap"))
     args = {"max_steps": 1, "per_device_train_batch_size": 8, "max_length": 1024, "logging_steps": 1,
-            "save_steps": 100}
+            "save_steps": 100, "bf16": False}  # exactness is the point here: fp32 on any CPU
     common = {"args": args, "lora": {"lora_dropout": 0.0}}
 
     def trainer(packing: bool, **flywheel):
@@ -120,6 +120,12 @@ def test_packed_loss_equals_the_loss_of_the_examples_one_by_one(tmp_path):
         loss_plain = plain.compute_loss(plain.model, dict(batch_plain)).item()
         loss_packed = packed.compute_loss(packed.model, dict(batch_packed)).item()
     assert loss_packed == pytest.approx(loss_plain, rel=1e-3)
+
+    # training computes the LM head only where the answer is (answer_log_probs): the same loss
+    packed.model.train()
+    with torch.no_grad():
+        assert packed.compute_loss(packed.model, dict(batch_packed)).item() == pytest.approx(loss_plain, rel=1e-3)
+    packed.model.eval()
 
     # the focal token loss takes the same path: with gamma 0 it is the mean loss, with
     # gamma 2 the tokens the model already predicts weigh less, so the loss is higher

@@ -88,10 +88,14 @@ def test_config_overrides_and_unknown_keys():
     with pytest.raises(TrainingConfigError, match="STAGE.SECTION.KEY=VALUE"):
         parse_overrides(["max_steps=4"])
 
-    from training.trainers.config import build_args
+    from training.trainers.config import build_args, cpu_has_native_bf16
 
     args = build_args(load_stage_config("dpo"), "/tmp/unused")
-    assert args.learning_rate > 1e-6 and args.bf16 is False  # CPU: bf16 off; DPO lr above TRL's default
+    assert args.learning_rate > 1e-6  # above TRL's default
+    # CPU: bf16 where the CPU multiplies bf16 in hardware (AMX), fp32 elsewhere; the config decides if it says
+    assert args.bf16 is cpu_has_native_bf16() and args.use_cpu is True
+    assert build_args(load_stage_config("sft", overrides=[("args", "bf16", False)]), "/tmp/unused").bf16 is False
+    assert build_args(load_stage_config("sft", overrides=[("args", "bf16", True)]), "/tmp/unused").bf16 is True
 
 
 # -- SFT ---------------------------------------------------------------------------------

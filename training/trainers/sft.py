@@ -231,11 +231,24 @@ def focal_token_loss(log_probs, label_mask, gamma: float):
     return (weights * -log_probs).sum() / weights.sum().clamp(min=torch.finfo(log_probs.dtype).tiny)
 
 
+def answer_log_probs(logits, targets):
+    """Each position's log-probability of its target (fp32; zero where the target is
+    ``IGNORE``): ``logits`` (batch, positions, vocab) as the LM head gave them."""
+    import torch.nn.functional as F
+
+    from training.trainers.packing import IGNORE
+
+    flat = logits.float().reshape(-1, logits.size(-1))
+    nll = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="none")
+    return -nll.view(targets.shape)
+
+
 def flywheel_trainer_class():
     """TRL's ``SFTTrainer`` that also counts the tokens of supervision it trained on (answer
     tokens: the figure that matters when prompts are long and shared), and counts computed
     tokens right under shared-prefix packing's 4D attention mask (Trainer and TRL sum the
     mask, which is a padding mask only in 2D)."""
+    import torch
     from trl import SFTTrainer
 
     from training.trainers.packing import IGNORE, real_tokens
@@ -243,6 +256,7 @@ def flywheel_trainer_class():
     class FlywheelSFTTrainer(SFTTrainer):
         flywheel_supervised_tokens = 0
         flywheel_focal_gamma: float | None = None  # set: the focal token loss (training only)
+        flywheel_answer_head = True  # training: the LM head only where labels are (False: TRL's path, for benches)
 
         def _track_num_input_tokens(self, inputs):
             if self.args.include_num_input_tokens_seen != "no":
@@ -251,8 +265,8 @@ def flywheel_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             before = self._total_train_tokens
             tokens = real_tokens(inputs)
-            if self.flywheel_focal_gamma is not None and self.model.training:
-                out = self._focal_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.model.training and (self.flywheel_answer_head or self.flywheel_focal_gamma is not None):
+                out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
             else:
                 out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                            num_items_in_batch=num_items_in_batch)
@@ -262,18 +276,34 @@ def flywheel_trainer_class():
                 self.flywheel_supervised_tokens += int((inputs["labels"] != IGNORE).sum())
             return out
 
-        def _focal_loss(self, model, inputs, return_outputs, num_items_in_batch):
-            # TRL's fused head gives each position's log-probability of its label (the
-            # path of its own `nll` loss); the metrics it logs are kept.
-            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
-            loss = focal_token_loss(outputs.log_probs, outputs.label_mask, self.flywheel_focal_gamma)
-            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-                # the Trainer leaves gradient accumulation to such a loss: a mean per micro-batch
-                loss = loss / self.current_gradient_accumulation_steps
-            valid = outputs.label_mask.sum()
-            if valid > 0:
-                self._metrics["train"]["entropy"].append((outputs.entropy.detach().sum() / valid).item())
-                self._metrics["train"]["mean_token_accuracy"].append((outputs.is_top1.sum() / valid).item())
+        def _answer_loss(self, model, inputs, return_outputs, num_items_in_batch):
+            # The LM head only where a label is (`logits_to_keep` as positions): a packed
+            # row's prompt is most of its tokens, and TRL's fused head scores every position
+            # off GPU (a third of a CPU step went there). Same loss as TRL's `nll`.
+            labels = inputs["labels"][:, 1:]
+            keep = (labels != IGNORE).any(0).nonzero().squeeze(-1)
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**model_inputs, use_cache=False, logits_to_keep=keep)
+            targets = labels[:, keep]
+            mask = targets != IGNORE
+            log_probs = answer_log_probs(outputs.logits, targets)
+            if self.flywheel_focal_gamma is not None:
+                loss = focal_token_loss(log_probs, mask, self.flywheel_focal_gamma)
+                if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                    # the Trainer leaves gradient accumulation to such a loss: a mean per micro-batch
+                    loss = loss / self.current_gradient_accumulation_steps
+            else:
+                count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+                loss = -log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+            valid = int(mask.sum())
+            if valid:
+                with torch.no_grad():
+                    logits = outputs.logits.float()[mask]
+                    lp = logits.log_softmax(-1)
+                    entropy = -(lp.exp() * lp).sum(-1)
+                    self._metrics["train"]["entropy"].append(float(entropy.mean()))
+                    top1 = logits.argmax(-1) == targets[mask]
+                    self._metrics["train"]["mean_token_accuracy"].append(float(top1.float().mean()))
             return (loss, outputs) if return_outputs else loss
 
     return FlywheelSFTTrainer
