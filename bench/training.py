@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import random
 import resource
@@ -268,8 +269,6 @@ def compare_speedups(a, model_dir: str, emit) -> None:
                                      f"{res['supervised_per_s']:.1f} supervised tokens/s, "
                                      f"{res['supervised_per_cpu_s']:.1f}/cpu-s, final loss {res['final_loss']:.3f}")
     med = median_of(runs)
-
-    import os
 
     emit({
         "bench": "training-speedups", "examples": a.examples, "repeats": a.repeats,

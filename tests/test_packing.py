@@ -121,7 +121,7 @@ def test_packed_loss_equals_the_loss_of_the_examples_one_by_one(tmp_path):
         loss_packed = packed.compute_loss(packed.model, dict(batch_packed)).item()
     assert loss_packed == pytest.approx(loss_plain, rel=1e-3)
 
-    # training computes the LM head only where the answer is (answer_log_probs): the same loss
+    # training computes the LM head only where the answer is (_answer_loss): the same loss
     packed.model.train()
     with torch.no_grad():
         assert packed.compute_loss(packed.model, dict(batch_packed)).item() == pytest.approx(loss_plain, rel=1e-3)

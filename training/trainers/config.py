@@ -247,7 +247,7 @@ def device_plan(cfg: StageConfig) -> DevicePlan:
     import torch
 
     cuda = torch.cuda.is_available()
-    bf16 = bool(cuda and torch.cuda.is_bf16_supported()) if cuda else cpu_has_native_bf16()
+    bf16 = bool(torch.cuda.is_bf16_supported()) if cuda else cpu_has_native_bf16()
     if "bf16" in cfg.args:
         bf16 = bool(cfg.args["bf16"])
     qlora = bool(cuda and cfg.flywheel.get("qlora", False) and importlib.util.find_spec("bitsandbytes"))

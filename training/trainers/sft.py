@@ -231,18 +231,6 @@ def focal_token_loss(log_probs, label_mask, gamma: float):
     return (weights * -log_probs).sum() / weights.sum().clamp(min=torch.finfo(log_probs.dtype).tiny)
 
 
-def answer_log_probs(logits, targets):
-    """Each position's log-probability of its target (fp32; zero where the target is
-    ``IGNORE``): ``logits`` (batch, positions, vocab) as the LM head gave them."""
-    import torch.nn.functional as F
-
-    from training.trainers.packing import IGNORE
-
-    flat = logits.float().reshape(-1, logits.size(-1))
-    nll = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="none")
-    return -nll.view(targets.shape)
-
-
 def flywheel_trainer_class():
     """TRL's ``SFTTrainer`` that also counts the tokens of supervision it trained on (answer
     tokens: the figure that matters when prompts are long and shared), and counts computed
@@ -286,7 +274,8 @@ def flywheel_trainer_class():
             outputs = model(**model_inputs, use_cache=False, logits_to_keep=keep)
             targets = labels[:, keep]
             mask = targets != IGNORE
-            log_probs = answer_log_probs(outputs.logits, targets)
+            vocab_log_probs = outputs.logits.float().log_softmax(-1)  # once, for the loss and the metrics
+            log_probs = vocab_log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
             if self.flywheel_focal_gamma is not None:
                 loss = focal_token_loss(log_probs, mask, self.flywheel_focal_gamma)
                 if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
@@ -298,11 +287,10 @@ def flywheel_trainer_class():
             valid = int(mask.sum())
             if valid:
                 with torch.no_grad():
-                    logits = outputs.logits.float()[mask]
-                    lp = logits.log_softmax(-1)
+                    lp = vocab_log_probs[mask]
                     entropy = -(lp.exp() * lp).sum(-1)
                     self._metrics["train"]["entropy"].append(float(entropy.mean()))
-                    top1 = logits.argmax(-1) == targets[mask]
+                    top1 = lp.argmax(-1) == targets[mask]
                     self._metrics["train"]["mean_token_accuracy"].append(float(top1.float().mean()))
             return (loss, outputs) if return_outputs else loss
 
