@@ -305,7 +305,9 @@ class DatasetSettings(_Section):
     eval_share: float = Field(0.1, ge=0, lt=1, description="Share of each task type held out for evaluation (by dedup group).")
     eval_min_per_type: int = Field(2, ge=0, description="Held-out items per task type at least, when it has 3x as many.")
     replay_ratio: float = Field(
-        0.1, ge=0, le=1, description="General replay records per SFT record (training/data/general.jsonl), against forgetting.")
+        0.3, ge=0, le=1, description="General replay records per SFT record (training/data/general.jsonl, 44 records "
+        "at most), against forgetting; SFT's flywheel.replay_loss says how they train (kl: toward the base model's "
+        "distribution).")
     hard_weight: float = Field(2.0, gt=0, description="Training weight of candidates tagged 'hard'.")
     relabel: bool = Field(
         False, description="Ask the teacher (section teacher) for a target when a kept candidate's answer is bad and "

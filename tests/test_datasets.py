@@ -5,6 +5,7 @@ one, every record traced to its events, review decisions obeyed, exports that lo
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 
 import pytest
@@ -81,7 +82,7 @@ def test_splits_targets_and_pairs(curated):
     enough = {t for t, n in sizes.items() if n >= 3 * settings.datasets.eval_min_per_type}
     assert enough and enough <= set(snap.task_types("eval"))
     replay = [r for r in snap.sft if r["task_type"] == "general/replay"]
-    assert 0 < len(replay) <= 0.1 * (len(snap.sft) - len(replay)) + 1
+    assert 0 < len(replay) == min(44, math.ceil(settings.datasets.replay_ratio * (len(snap.sft) - len(replay))))
     # Targets: bad answers never are; user corrections are; chart targets pass the verifier.
     from training.labeling.verify import verify
 

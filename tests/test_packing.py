@@ -43,10 +43,31 @@ def test_limits_close_a_row():
     assert [len(r["seq_lengths"]) - 1 for r in rows] == [4, 4, 2]
     rows, _ = pack_shared_prefix(examples, max_length=len(PREFIX) + 3 * 3, max_examples=8, min_shared=16)
     assert all(len(r["input_ids"]) <= len(PREFIX) + 9 for r in rows)
-    # too short a shared prefix: every example alone, unchanged
+    # too short a shared prefix: nothing shared, the examples side by side after an empty prefix
     rows, stats = pack_shared_prefix(examples, max_length=1000, min_shared=64)
-    assert len(rows) == 10 and stats.saved == 0
-    assert rows[0]["seq_lengths"] == [0, len(examples[0]["input_ids"])]
+    assert [r["seq_lengths"] for r in rows] == [[0] + [len(PREFIX) + 3] * 8, [0] + [len(PREFIX) + 3] * 2]
+    assert stats.saved == 0 and rows[0]["input_ids"] == sum((e["input_ids"] for e in examples[:8]), [])
+    rows, _ = pack_shared_prefix(examples, max_length=2 * (len(PREFIX) + 3), min_shared=64)
+    assert [len(r["seq_lengths"]) - 1 for r in rows] == [2] * 5
+    # side by side, each example is as it was alone: positions from 0, attending only to itself
+    batch = SharedPrefixCollator(pad_token_id=0)(rows[:1])
+    n = len(PREFIX) + 3
+    assert batch["position_ids"][0].tolist() == list(range(n)) * 2
+    allowed = batch["attention_mask"][0, 0] == 0
+    assert allowed[n:, n:].equal(torch.ones((n, n), dtype=torch.bool).tril()) and not allowed[n:, :n].any()
+
+
+def test_replay_examples_never_share_a_row_with_app_examples():
+    app = [example([i], [1, 2]) for i in range(3)]
+    replay = [{**example([i], [3]), "replay": True} for i in range(3)] + [
+        {"input_ids": [9, 9, 5], "labels": [IGNORE, 5, 6], "replay": True}]
+    rows, stats = pack_shared_prefix(app + replay, max_length=1000, min_shared=16)
+    assert stats.examples == 7 and [r["replay"] for r in rows] == [False, True, True]
+    assert rows[0]["seq_lengths"][0] == rows[1]["seq_lengths"][0] == len(PREFIX)  # each kind shares its prefix
+    assert rows[2]["seq_lengths"] == [0, 3]  # the replay example that shares nothing
+    batch = SharedPrefixCollator(pad_token_id=0)(rows)
+    assert batch["replay"].tolist() == [False, True, True]
+    assert "replay" not in SharedPrefixCollator(pad_token_id=0)(rows[:1])
 
 
 def test_focal_token_loss_weights_the_tokens_the_model_gets_wrong():
@@ -78,7 +99,7 @@ def test_collator_mask_positions_and_padding():
     assert (batch["labels"][1, 3:] == IGNORE).all()
 
 
-def chart_snapshot(folder, n: int = 6):
+def chart_snapshot(folder, n: int = 6, replay: int = 0):
     from flywheel.simulate.charts import build_prompt, dump_config, generate_request
     import random
 
@@ -89,6 +110,11 @@ def chart_snapshot(folder, n: int = 6):
         sft.append({"messages": [{"role": "user", "content": build_prompt(req.schema, req.text)},
                                  {"role": "assistant", "content": dump_config(req.truth)}],
                     "task_type": "chart_config", "weight": 1.0, "source_ids": [f"s-{i}"]})
+    if replay:
+        from training.datasets.builder import REPLAY_TASK, read_general
+
+        sft += [{**rec, "weight": 1.0, "source_ids": []} for rec in read_general()[:replay]]
+        assert all(rec["task_type"] == REPLAY_TASK for rec in sft[n:])
     return write_snapshot(folder, version="pack-1", sft=sft, dpo=[], eval=[])
 
 
@@ -140,3 +166,55 @@ def test_packed_loss_equals_the_loss_of_the_examples_one_by_one(tmp_path):
     packed.model.train()
     packed.train()
     assert packed.state.num_input_tokens_seen == packed.flywheel_packing["tokens_after"]
+
+
+@pytest.mark.slow
+def test_replay_rows_train_on_kl_toward_the_base(tmp_path):
+    """``replay_loss: kl``: a replay answer token's loss is KL(base || tuned); zero while the
+    adapter changes nothing, positive with gradient once it does; app rows keep their loss,
+    and a batch of both sums the two over the batch's answer tokens."""
+    from serving.model_store import ensure_hf_model
+    from training.trainers.sft import build_sft_trainer
+
+    model_dir = ensure_hf_model(MODEL_CACHE)
+    snap = load_snapshot(chart_snapshot(tmp_path / "snap", n=4, replay=4))
+    args = {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 1024, "save_steps": 100, "bf16": False}
+
+    def trainer(replay_loss: str):
+        cfg = load_stage_config("sft", overrides={"args": args, "lora": {"lora_dropout": 0.0}, "flywheel": {
+            "shared_prefix_packing": True, "per_task_eval": False, "replay_loss": replay_loss}})
+        tr, _ = build_sft_trainer(snap, tmp_path / f"out-{replay_loss}", model_dir=model_dir, cfg=cfg)
+        tr.model.train()
+        return tr
+
+    kl, ce = trainer("kl"), trainer("ce")
+    rows = list(kl.train_dataset)
+    app = [r for r in rows if not r["replay"]]
+    replay = [r for r in rows if r["replay"]]
+    assert len(replay) == 1 and len(replay[0]["seq_lengths"]) == 5  # the four general records side by side
+    assert kl.flywheel_packing["examples"] == 8
+    app_batch, replay_batch = kl.data_collator(app[:1]), kl.data_collator(replay)
+    both = kl.data_collator([app[0], replay[0]])
+
+    def count(batch) -> int:
+        return int((batch["labels"] != IGNORE).sum())
+
+    with torch.no_grad():  # a fresh LoRA changes nothing (B = 0): the KL is zero, the CE is not
+        assert kl.compute_loss(kl.model, dict(replay_batch)).item() == pytest.approx(0.0, abs=1e-6)
+        assert ce.compute_loss(ce.model, dict(replay_batch)).item() > 0.5
+    for name, param in kl.model.named_parameters():
+        if "lora_B" in name:
+            torch.manual_seed(len(name))
+            param.data.normal_(0, 0.02)
+    loss = kl.compute_loss(kl.model, dict(replay_batch))
+    assert loss.item() > 1e-4
+    loss.backward()
+    grads = [p.grad for n, p in kl.model.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    kl.model.zero_grad()
+    with torch.no_grad():
+        app_loss = kl.compute_loss(kl.model, dict(app_batch)).item()
+        assert app_loss == pytest.approx(ce.compute_loss(kl.model, dict(app_batch)).item(), rel=1e-5)
+        mixed = kl.compute_loss(kl.model, dict(both)).item()
+    n_app, n_replay = count(app_batch), count(replay_batch)
+    assert mixed == pytest.approx((app_loss * n_app + loss.item() * n_replay) / (n_app + n_replay), rel=1e-4)

@@ -44,7 +44,8 @@ SECTIONS = ("args", "lora", "flywheel")
 OPTIONS = {
     "sft": {"assistant_turns": ("all", "last"), "per_task_eval": bool, "qlora": bool,
             "shared_prefix_packing": bool, "pack_max_length": int, "pack_max_examples": int,
-            "token_loss": ("mean", "focal"), "focal_gamma": float},
+            "token_loss": ("mean", "focal"), "focal_gamma": float,
+            "replay_loss": ("ce", "kl"), "replay_kl_beta": float},
     "dpo": {"qlora": bool},
 }
 

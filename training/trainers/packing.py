@@ -25,7 +25,14 @@ needs FlashAttention for the block-diagonal mask; it shares nothing.
 Rows are grouped after sorting the examples by their token ids, so examples with the
 longest common prefixes end up side by side; a group closes when adding the next example
 would pass ``max_length`` or ``max_examples``, or when the shared prefix would fall below
-``min_shared`` tokens (then packing saves too little to matter and the row is left alone).
+``min_shared`` tokens. The examples left alone that way (general replay records share no
+prompt with the app's traffic, nor with each other) are then packed side by side with an
+empty prefix: each sees only itself, positions from 0, so nothing changes but the number of
+rows (one step of the general replay holds up to ``max_examples`` of them, not one).
+
+An example may carry ``replay: True`` (general replay, trained by a loss of its own: see
+``training/trainers/sft.py``); replay and app examples never share a row, and a row says
+which it is in its ``replay`` key.
 """
 
 from __future__ import annotations
@@ -70,11 +77,13 @@ def _common(a: list[int], b: list[int], limit: int) -> int:
 
 def pack_shared_prefix(examples: list[dict], *, max_length: int, max_examples: int = 8,
                        min_shared: int = 32) -> tuple[list[dict], PackStats]:
-    """Pack tokenized examples (``input_ids``, ``labels``) into rows with ``input_ids``,
-    ``labels`` and ``seq_lengths`` = [prefix length, length of each example's rest].
-    An example that shares no useful prefix becomes a row of its own (``[0, length]``)."""
-    order = sorted(range(len(examples)), key=lambda i: examples[i]["input_ids"])
+    """Pack tokenized examples (``input_ids``, ``labels``, optional ``replay``) into rows with
+    ``input_ids``, ``labels``, ``replay`` and ``seq_lengths`` = [prefix length, length of each
+    example's rest]. Examples that share no useful prefix are packed side by side after an
+    empty prefix (``[0, length, length, ...]``)."""
+    order = sorted(range(len(examples)), key=lambda i: (bool(examples[i].get("replay")), examples[i]["input_ids"]))
     rows: list[dict] = []
+    alone: list[dict] = []  # examples that shared too little with their neighbours
     group: list[dict] = []
     prefix = 0  # length of the group's shared prefix
 
@@ -82,18 +91,9 @@ def pack_shared_prefix(examples: list[dict], *, max_length: int, max_examples: i
         if not group:
             return
         if len(group) == 1:
-            ex = group[0]
-            rows.append({"input_ids": list(ex["input_ids"]), "labels": list(ex["labels"]),
-                         "seq_lengths": [0, len(ex["input_ids"])]})
+            alone.append(group[0])
         else:
-            ids = list(group[0]["input_ids"][:prefix])
-            labels = [IGNORE] * prefix
-            lengths = [prefix]
-            for ex in group:
-                ids += ex["input_ids"][prefix:]
-                labels += ex["labels"][prefix:]
-                lengths.append(len(ex["input_ids"]) - prefix)
-            rows.append({"input_ids": ids, "labels": labels, "seq_lengths": lengths})
+            rows.append(_row(group, prefix))
         group.clear()
 
     for i in order:
@@ -103,7 +103,8 @@ def pack_shared_prefix(examples: list[dict], *, max_length: int, max_examples: i
         if group:
             shared = _common(group[0]["input_ids"], ex["input_ids"], min(prefix, shareable))
             total = shared + sum(len(g["input_ids"]) - shared for g in group) + len(ex["input_ids"]) - shared
-            if shared >= min_shared and total <= max_length and len(group) < max_examples:
+            same_kind = bool(group[0].get("replay")) == bool(ex.get("replay"))
+            if same_kind and shared >= min_shared and total <= max_length and len(group) < max_examples:
                 group.append(ex)
                 prefix = shared
                 continue
@@ -111,13 +112,34 @@ def pack_shared_prefix(examples: list[dict], *, max_length: int, max_examples: i
         group.append(ex)
         prefix = shareable
     close()
+    # Side by side, in their sorted order (first fit: a row closes at a limit or a change of kind).
+    for ex in alone:
+        if (group and (bool(group[0].get("replay")) != bool(ex.get("replay")) or len(group) >= max_examples
+                       or sum(len(g["input_ids"]) for g in group) + len(ex["input_ids"]) > max_length)):
+            rows.append(_row(group, 0))
+            group.clear()
+        group.append(ex)
+    if group:
+        rows.append(_row(group, 0))
     before = sum(len(e["input_ids"]) for e in examples)
     after = sum(len(r["input_ids"]) for r in rows)
     return rows, PackStats(len(examples), len(rows), before, after)
 
 
+def _row(group: list[dict], prefix: int) -> dict:
+    ids = list(group[0]["input_ids"][:prefix])
+    labels = [IGNORE] * prefix
+    lengths = [prefix]
+    for ex in group:
+        ids += ex["input_ids"][prefix:]
+        labels += ex["labels"][prefix:]
+        lengths.append(len(ex["input_ids"]) - prefix)
+    return {"input_ids": ids, "labels": labels, "seq_lengths": lengths, "replay": bool(group[0].get("replay"))}
+
+
 class SharedPrefixCollator:
-    """Pads packed rows into a batch with the block attention mask and position ids."""
+    """Pads packed rows into a batch with the block attention mask and position ids, and
+    ``replay`` (one bool per row) when a row of the batch is general replay."""
 
     def __init__(self, pad_token_id: int, dtype: torch.dtype = torch.float32):
         self.pad_token_id = pad_token_id
@@ -150,7 +172,10 @@ class SharedPrefixCollator:
             allowed[b, idx, idx] = True
         mask = torch.zeros((batch, 1, width, width), dtype=self.dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
-        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+        out = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+        if any(r.get("replay") for r in rows):
+            out["replay"] = torch.tensor([bool(r.get("replay")) for r in rows])
+        return out
 
 
 def real_tokens(inputs: dict) -> int:

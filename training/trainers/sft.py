@@ -28,6 +28,13 @@
   already writes (the JSON format, ~75 of a chart answer's ~80 tokens) fall out of the loss,
   the few it gets wrong (the decisions: a chart type, whether a ``topN`` follows) carry it.
   Same compute as ``mean`` (:func:`focal_token_loss`).
+- ``flywheel.replay_loss`` (with packing): how the general replay records (the dataset's
+  guard against forgetting) train. ``ce`` learns their reference answers like any record;
+  ``kl`` keeps the model's distribution on them where the base model's is: the loss on a
+  replay answer token is ``replay_kl_beta * KL(base || tuned)`` over the vocabulary, the
+  base's distribution taken from the same forward pass with the adapter switched off
+  (one forward more, no gradient, on replay rows only). Learning the 44 reference answers
+  by heart over many epochs is itself a drift from the base; the KL is not.
 """
 
 from __future__ import annotations
@@ -112,10 +119,15 @@ def _conversation(messages: list[dict], assistant_turns: str, tools: list[dict] 
 
 
 def sft_rows(records: list[dict], assistant_turns: str = "all") -> list[dict]:
-    """Training rows in TRL's conversational format, weights applied as repeats."""
+    """Training rows in TRL's conversational format, weights applied as repeats; ``replay``
+    marks the general replay records (``flywheel.replay_loss``)."""
+    from training.datasets.builder import REPLAY_TASK
+
     rows = []
     for rec in records:
-        rows += [_conversation(rec["messages"], assistant_turns, rec.get("tools"))] * max(1, round(rec.get("weight", 1.0)))
+        row = {**_conversation(rec["messages"], assistant_turns, rec.get("tools")),
+               "replay": rec.get("task_type") == REPLAY_TASK}
+        rows += [row] * max(1, round(rec.get("weight", 1.0)))
     return rows
 
 
@@ -192,6 +204,12 @@ def build_sft_trainer(snapshot: Snapshot, out_dir: Path | str, *, model_dir: Pat
     trainer.flywheel_plan = plan
     if cfg.flywheel.get("token_loss", "mean") == "focal":
         trainer.flywheel_focal_gamma = float(cfg.flywheel.get("focal_gamma", 2.0))
+    if cfg.flywheel.get("replay_loss", "ce") == "kl":
+        if packing:
+            trainer.flywheel_replay_kl_beta = float(cfg.flywheel.get("replay_kl_beta", 1.0))
+        else:  # the packed rows carry which examples are replay; TRL's rows do not
+            log.warning("sft: flywheel.replay_loss=kl needs shared_prefix_packing; the replay records train on "
+                        "their reference answers (ce)")
     trainer.flywheel_dropped = account_truncation(trainer, len(train), {ch: len(d) for ch, d in eval_sets.items()},
                                                   cfg.args.get("max_length"), "sft")
     trainer.flywheel_packing = None
@@ -207,12 +225,13 @@ def pack_train_dataset(trainer, tokenizer, cfg: StageConfig) -> dict:
 
     from training.trainers.packing import SharedPrefixCollator, pack_shared_prefix
 
-    examples = [{"input_ids": r["input_ids"], "labels": r["labels"]}
-                for r in trainer.train_dataset.select_columns(["input_ids", "labels"])]
+    examples = list(trainer.train_dataset.select_columns(["input_ids", "labels", "replay"]))
     rows, stats = pack_shared_prefix(
         examples, max_length=int(cfg.flywheel.get("pack_max_length", 2048)),
         max_examples=int(cfg.flywheel.get("pack_max_examples", 8)))
     trainer.train_dataset = Dataset.from_list(rows)
+    trainer._set_signature_columns_if_needed()  # TRL keeps the model's inputs and seq_lengths; we add `replay`
+    trainer._signature_columns = [*trainer._signature_columns, "replay"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer.data_collator = SharedPrefixCollator(pad, dtype=next(trainer.model.parameters()).dtype)
     log.info("shared-prefix packing: %d examples in %d rows, %d -> %d tokens (%.0f%% saved)", stats.examples,
@@ -231,6 +250,21 @@ def focal_token_loss(log_probs, label_mask, gamma: float):
     return (weights * -log_probs).sum() / weights.sum().clamp(min=torch.finfo(log_probs.dtype).tiny)
 
 
+def replay_kl(model, model_inputs: dict, replay, keep, log_probs):
+    """KL(base || tuned) at each kept position of the `replay` rows (zeros elsewhere):
+    the base's distribution from the same rows with the adapter switched off, no gradient.
+    `log_probs`: the tuned model's log-softmax at the kept positions, (rows, kept, vocab)."""
+    import torch
+
+    rows = replay.nonzero().squeeze(-1)
+    with torch.no_grad(), model.disable_adapter():
+        base = model(**{k: v[rows] for k, v in model_inputs.items()}, use_cache=False, logits_to_keep=keep)
+        base_log_probs = base.logits.float().log_softmax(-1)
+    kl = torch.zeros(log_probs.shape[:2], dtype=log_probs.dtype, device=log_probs.device)
+    kl[rows] = (base_log_probs.exp() * (base_log_probs - log_probs[rows])).sum(-1)
+    return kl
+
+
 def flywheel_trainer_class():
     """TRL's ``SFTTrainer`` that also counts the tokens of supervision it trained on (answer
     tokens: the figure that matters when prompts are long and shared), and counts computed
@@ -245,6 +279,7 @@ def flywheel_trainer_class():
         flywheel_supervised_tokens = 0
         flywheel_focal_gamma: float | None = None  # set: the focal token loss (training only)
         flywheel_answer_head = True  # training: the LM head only where labels are (False: TRL's path, for benches)
+        flywheel_replay_kl_beta: float | None = None  # set: replay rows train on KL(base || tuned) (training only)
 
         def _track_num_input_tokens(self, inputs):
             if self.args.include_num_input_tokens_seen != "no":
@@ -253,7 +288,10 @@ def flywheel_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             before = self._total_train_tokens
             tokens = real_tokens(inputs)
-            if self.model.training and (self.flywheel_answer_head or self.flywheel_focal_gamma is not None):
+            replay = inputs.pop("replay", None)  # which rows are general replay (packed batches only)
+            kl = self.flywheel_replay_kl_beta is not None and replay is not None and bool(replay.any())
+            if self.model.training and (self.flywheel_answer_head or self.flywheel_focal_gamma is not None or kl):
+                inputs["replay"] = replay if kl else None
                 out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
             else:
                 out = super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -269,21 +307,26 @@ def flywheel_trainer_class():
             # row's prompt is most of its tokens, and TRL's fused head scores every position
             # off GPU (a third of a CPU step went there). Same loss as TRL's `nll`.
             labels = inputs["labels"][:, 1:]
+            replay = inputs.get("replay")  # rows whose answers train on KL toward the base (None: none)
             keep = (labels != IGNORE).any(0).nonzero().squeeze(-1)
-            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "replay")}
             outputs = model(**model_inputs, use_cache=False, logits_to_keep=keep)
             targets = labels[:, keep]
             mask = targets != IGNORE
             vocab_log_probs = outputs.logits.float().log_softmax(-1)  # once, for the loss and the metrics
             log_probs = vocab_log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+            ce_mask = mask if replay is None else mask & ~replay[:, None]
+            count = torch.as_tensor(mask.sum() if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
             if self.flywheel_focal_gamma is not None:
-                loss = focal_token_loss(log_probs, mask, self.flywheel_focal_gamma)
+                loss = focal_token_loss(log_probs * ce_mask, ce_mask, self.flywheel_focal_gamma)
                 if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                     # the Trainer leaves gradient accumulation to such a loss: a mean per micro-batch
                     loss = loss / self.current_gradient_accumulation_steps
             else:
-                count = mask.sum() if num_items_in_batch is None else num_items_in_batch
-                loss = -log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+                loss = -(log_probs * ce_mask).sum() / count
+            if replay is not None:
+                kl = replay_kl(model, model_inputs, replay, keep, vocab_log_probs)
+                loss = loss + self.flywheel_replay_kl_beta * (kl * (mask & replay[:, None])).sum() / count
             valid = int(mask.sum())
             if valid:
                 with torch.no_grad():
