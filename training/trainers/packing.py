@@ -81,7 +81,7 @@ def pack_shared_prefix(examples: list[dict], *, max_length: int, max_examples: i
     ``input_ids``, ``labels``, ``replay`` and ``seq_lengths`` = [prefix length, length of each
     example's rest]. Examples that share no useful prefix are packed side by side after an
     empty prefix (``[0, length, length, ...]``)."""
-    order = sorted(range(len(examples)), key=lambda i: (bool(examples[i].get("replay")), examples[i]["input_ids"]))
+    order = sorted(range(len(examples)), key=lambda i: (_replay(examples[i]), examples[i]["input_ids"]))
     rows: list[dict] = []
     alone: list[dict] = []  # examples that shared too little with their neighbours
     group: list[dict] = []
@@ -103,8 +103,8 @@ def pack_shared_prefix(examples: list[dict], *, max_length: int, max_examples: i
         if group:
             shared = _common(group[0]["input_ids"], ex["input_ids"], min(prefix, shareable))
             total = shared + sum(len(g["input_ids"]) - shared for g in group) + len(ex["input_ids"]) - shared
-            same_kind = bool(group[0].get("replay")) == bool(ex.get("replay"))
-            if same_kind and shared >= min_shared and total <= max_length and len(group) < max_examples:
+            if (_replay(group[0]) == _replay(ex) and shared >= min_shared and total <= max_length
+                    and len(group) < max_examples):
                 group.append(ex)
                 prefix = shared
                 continue
@@ -114,7 +114,7 @@ def pack_shared_prefix(examples: list[dict], *, max_length: int, max_examples: i
     close()
     # Side by side, in their sorted order (first fit: a row closes at a limit or a change of kind).
     for ex in alone:
-        if (group and (bool(group[0].get("replay")) != bool(ex.get("replay")) or len(group) >= max_examples
+        if (group and (_replay(group[0]) != _replay(ex) or len(group) >= max_examples
                        or sum(len(g["input_ids"]) for g in group) + len(ex["input_ids"]) > max_length)):
             rows.append(_row(group, 0))
             group.clear()
@@ -134,7 +134,11 @@ def _row(group: list[dict], prefix: int) -> dict:
         ids += ex["input_ids"][prefix:]
         labels += ex["labels"][prefix:]
         lengths.append(len(ex["input_ids"]) - prefix)
-    return {"input_ids": ids, "labels": labels, "seq_lengths": lengths, "replay": bool(group[0].get("replay"))}
+    return {"input_ids": ids, "labels": labels, "seq_lengths": lengths, "replay": _replay(group[0])}
+
+
+def _replay(example: dict) -> bool:
+    return bool(example.get("replay"))
 
 
 class SharedPrefixCollator:
@@ -173,8 +177,8 @@ class SharedPrefixCollator:
         mask = torch.zeros((batch, 1, width, width), dtype=self.dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
         out = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
-        if any(r.get("replay") for r in rows):
-            out["replay"] = torch.tensor([bool(r.get("replay")) for r in rows])
+        if any(map(_replay, rows)):
+            out["replay"] = torch.tensor([_replay(r) for r in rows])
         return out
 
 

@@ -291,8 +291,7 @@ def flywheel_trainer_class():
             replay = inputs.pop("replay", None)  # which rows are general replay (packed batches only)
             kl = self.flywheel_replay_kl_beta is not None and replay is not None and bool(replay.any())
             if self.model.training and (self.flywheel_answer_head or self.flywheel_focal_gamma is not None or kl):
-                inputs["replay"] = replay if kl else None
-                out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch)
+                out = self._answer_loss(model, inputs, return_outputs, num_items_in_batch, replay if kl else None)
             else:
                 out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                            num_items_in_batch=num_items_in_batch)
@@ -302,14 +301,14 @@ def flywheel_trainer_class():
                 self.flywheel_supervised_tokens += int((inputs["labels"] != IGNORE).sum())
             return out
 
-        def _answer_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        def _answer_loss(self, model, inputs, return_outputs, num_items_in_batch, replay=None):
             # The LM head only where a label is (`logits_to_keep` as positions): a packed
             # row's prompt is most of its tokens, and TRL's fused head scores every position
             # off GPU (a third of a CPU step went there). Same loss as TRL's `nll`.
             labels = inputs["labels"][:, 1:]
-            replay = inputs.get("replay")  # rows whose answers train on KL toward the base (None: none)
+            # `replay`: rows whose answers train on KL toward the base (None: none)
             keep = (labels != IGNORE).any(0).nonzero().squeeze(-1)
-            model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "replay")}
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             outputs = model(**model_inputs, use_cache=False, logits_to_keep=keep)
             targets = labels[:, keep]
             mask = targets != IGNORE
@@ -318,7 +317,7 @@ def flywheel_trainer_class():
             ce_mask = mask if replay is None else mask & ~replay[:, None]
             count = torch.as_tensor(mask.sum() if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
             if self.flywheel_focal_gamma is not None:
-                loss = focal_token_loss(log_probs * ce_mask, ce_mask, self.flywheel_focal_gamma)
+                loss = focal_token_loss(log_probs, ce_mask, self.flywheel_focal_gamma)
                 if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                     # the Trainer leaves gradient accumulation to such a loss: a mean per micro-batch
                     loss = loss / self.current_gradient_accumulation_steps
